@@ -1,0 +1,39 @@
+"""`import wattwise` must stay cheap and free of side effects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("pynvml", "torch", "codecarbon", "lightning", "pytorch_lightning", "pandas")
+
+
+def test_import_is_light_and_fast() -> None:
+    code = (
+        "import json, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "import wattwise\n"
+        "dt = time.perf_counter() - t0\n"
+        f"print(json.dumps({{'dt': dt, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    # best of three: the first may pay for a cold disk cache
+    results = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    assert all(r["heavy"] == [] for r in results), results
+    assert min(r["dt"] for r in results) < 0.100, results
+
+
+def test_version_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wattwise", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    import wattwise
+
+    assert out.strip() == f"wattwise {wattwise.__version__}"

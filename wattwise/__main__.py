@@ -1,0 +1,5 @@
+import sys
+
+from wattwise.cli import main
+
+sys.exit(main())

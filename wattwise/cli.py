@@ -1,0 +1,83 @@
+"""The ``wattwise`` command line: thin wrappers over the library.
+
+Each group of sub-commands lives in ``wattwise/commands/<name>.py`` and exposes
+``register(app)``. ``main()`` maps errors to exit codes: 0 ok, 2 bad input (``BadInput``: the
+message names the bad value and what is accepted, no traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from wattwise import __version__
+from wattwise.errors import BadInput, WattwiseError
+
+COMMAND_MODULES = (
+    "devices",  # wattwise devices
+    "replay",  # wattwise replay
+    "runs",  # wattwise runs / run
+    "money",  # wattwise carbon / config / hardware
+    "estimate",  # wattwise estimate
+    "report",  # wattwise report
+    "demo",  # wattwise demo
+)
+
+app = typer.Typer(
+    name="wattwise",
+    help="Energy, money and carbon of deep-learning training: measure, compare, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wattwise {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """wattwise: energy, money and carbon accounting for deep-learning training."""
+
+
+for _name in COMMAND_MODULES:
+    _module = importlib.import_module(f"wattwise.commands.{_name}")
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wattwise`` console script; returns the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except BadInput as err:
+        typer.echo(f"wattwise: error: {err}", err=True)
+        return 2
+    except WattwiseError as err:
+        typer.echo(f"wattwise: error: {err}", err=True)
+        return 1
+    except typer.Exit as err:
+        return err.exit_code
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except Exception as err:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-command modules of the ``wattwise`` CLI; each exposes ``register(app)``."""

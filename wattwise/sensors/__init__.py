@@ -1,0 +1,1 @@
+"""Sensors: one module per source. Nothing here touches hardware at import time."""
