@@ -1,0 +1,1088 @@
+"""The run ledger: one SQLite file holding every measured run, its phases and snapshots.
+
+Design:
+
+- stdlib ``sqlite3`` in WAL mode (``synchronous=NORMAL``: a commit survives a killed process);
+  files are marked with ``PRAGMA application_id`` and versioned with ``PRAGMA user_version``.
+  A new file is built by running every migration from version 0, so the upgrade path of old
+  files is the path every file takes.
+- Before anything is written, an existing file is checked through a read-only connection; a file
+  that is not a wattwise ledger, or one from a newer wattwise, raises
+  :class:`~wattwise.errors.LedgerFormatError` and is left exactly as it was.
+- Writes are short ``BEGIN IMMEDIATE`` transactions (one per epoch in ``add_phases``) under a
+  busy timeout, retried on "database is locked", so concurrent trainings sharing a file never see
+  that error. One connection per ``Ledger`` object, opened on first use and guarded by a lock,
+  so the object may be used from any thread.
+- A ``running`` run whose process is gone (same host; pid dead, a zombie, or reused by a process
+  that started at another time; or the host has rebooted) is reported as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from wattwise import _procinfo
+from wattwise.errors import BadInput, LedgerFormatError
+from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
+from wattwise.units import j_to_wh
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "Ledger", "RunRecord"]
+
+APPLICATION_ID = 0x57415454  # "WATT"
+STATUSES: tuple[str, ...] = ("running", "finished", "failed", "interrupted")
+MAX_TIMELINE_POINTS = 1000
+"""Upper bound on the stored power timeline per run and device (older points are averaged)."""
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BUSY_TIMEOUT_S = 30.0
+_RETRY_FOR_S = 120.0
+_DEFAULT_NAME = "wattwise.db"
+
+# Migrations: MIGRATIONS[i] takes a file from version i to i + 1. Never edit a released step;
+# add a new one (and a fixture of the old version under tests/fixtures/ledger/).
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the first schema.
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        architecture TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        host TEXT,
+        pid INTEGER,
+        proc_started_at REAL,
+        boot_id TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        settings TEXT NOT NULL DEFAULT '{}',
+        region TEXT,
+        pricing TEXT,
+        versions TEXT NOT NULL DEFAULT '{}',
+        git_commit TEXT,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        parent_run_id TEXT,
+        epochs INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE devices (
+        run_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT,
+        uuid TEXT,
+        method TEXT,
+        details TEXT NOT NULL DEFAULT '{}',
+        flags TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (run_id, device_id)
+    );
+    CREATE TABLE phases (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        epoch INTEGER,
+        stage TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        start_s REAL,
+        end_s REAL,
+        energy_j REAL NOT NULL,
+        mean_power_w REAL,
+        peak_power_w REAL,
+        method TEXT NOT NULL,
+        flags TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX phases_run ON phases (run_id);
+    CREATE TABLE snapshots (
+        run_id TEXT NOT NULL,
+        epoch INTEGER,
+        trainable_params INTEGER,
+        total_params INTEGER,
+        model_class TEXT,
+        label TEXT
+    );
+    CREATE UNIQUE INDEX snapshots_run_epoch ON snapshots (run_id, epoch);
+    """,
+    # 1 -> 2: why a run ended, when it was last written (duration of interrupted runs),
+    # and the downsampled power timeline.
+    """
+    ALTER TABLE runs ADD COLUMN reason TEXT;
+    ALTER TABLE runs ADD COLUMN updated_at TEXT;
+    UPDATE runs SET updated_at = COALESCE(ended_at, started_at);
+    CREATE TABLE timeline (
+        run_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        points TEXT NOT NULL,
+        PRIMARY KEY (run_id, device_id)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_RECORD_COLUMNS = (
+    "run_id",
+    "architecture",
+    "status",
+    "started_at",
+    "ended_at",
+    "updated_at",
+    "host",
+    "pid",
+    "proc_started_at",
+    "boot_id",
+    "tags",
+    "settings",
+    "region",
+    "pricing",
+    "versions",
+    "git_commit",
+    "metrics",
+    "parent_run_id",
+    "epochs",
+    "reason",
+)
+_RUN_TABLES = ("runs", "devices", "phases", "snapshots", "timeline")
+
+RUNS_COLUMNS = (
+    "run_id",
+    "architecture",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "epochs",
+    "energy_j",
+    "energy_wh",
+    "gpu_energy_j",
+    "cpu_energy_j",
+    "ram_energy_j",
+    "method_mix",
+    "flags",
+    "host",
+    "gpu_name",
+    "n_gpus",
+    "cpu_name",
+    "region",
+    "pricing",
+    "parent_run_id",
+    "tags",
+    "params_start",
+    "params_end",
+)
+PHASES_COLUMNS = (
+    "run_id",
+    "epoch",
+    "stage",
+    "device_id",
+    "kind",
+    "device_name",
+    "start_s",
+    "end_s",
+    "duration_s",
+    "energy_j",
+    "mean_power_w",
+    "peak_power_w",
+    "method",
+    "flags",
+)
+SNAPSHOTS_COLUMNS = (
+    "run_id",
+    "epoch",
+    "trainable_params",
+    "total_params",
+    "model_class",
+    "label",
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunRecord:
+    """One run as stored, with its energy summed over every phase and device."""
+
+    run_id: str
+    architecture: str
+    status: str
+    started_at: str
+    ended_at: str | None
+    duration_s: float | None
+    epochs: int
+    energy_j: float
+    energy_by_kind_j: dict[str, float]
+    methods: dict[str, str]
+    """device_id -> method (how that device's energy was obtained)."""
+    flags: list[str]
+    host: str | None
+    pid: int | None
+    parent_run_id: str | None
+    tags: list[str]
+    settings: dict[str, Any]
+    region: str | None
+    pricing: str | None
+    metrics: dict[str, float]
+    devices: list[dict[str, Any]]
+    versions: dict[str, Any]
+    git_commit: str | None
+    reason: str | None
+    energy_by_method_j: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def energy_wh(self) -> float:
+        return j_to_wh(self.energy_j)
+
+    @property
+    def method_mix(self) -> str:
+        """Share of the energy per method, largest first, e.g. ``counter 93%, estimate 7%``."""
+        total = sum(self.energy_by_method_j.values())
+        ordered = sorted(self.energy_by_method_j.items(), key=lambda kv: (-kv[1], kv[0]))
+        if total <= 0:
+            return ", ".join(method for method, _ in ordered)
+        return ", ".join(f"{method} {100 * e / total:.0f}%" for method, e in ordered)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "architecture": self.architecture,
+            "status": self.status,
+            "epochs": self.epochs,
+            "duration_s": self.duration_s,
+            "energy_wh": self.energy_wh,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "energy_j": self.energy_j,
+            "energy_by_kind_wh": {k: j_to_wh(v) for k, v in self.energy_by_kind_j.items()},
+            "method_mix": self.method_mix,
+            "methods": self.methods,
+            "flags": self.flags,
+            "host": self.host,
+            "pid": self.pid,
+            "parent_run_id": self.parent_run_id,
+            "tags": self.tags,
+            "settings": self.settings,
+            "region": self.region,
+            "pricing": self.pricing,
+            "metrics": self.metrics,
+            "devices": self.devices,
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+            "reason": self.reason,
+        }
+
+
+def default_path() -> pathlib.Path:
+    """``$WATTWISE_LEDGER`` if set, else ``./wattwise.db``."""
+    return pathlib.Path(os.environ.get("WATTWISE_LEDGER") or _DEFAULT_NAME)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _iso(moment: datetime | None) -> str:
+    if moment is None:
+        return _now_iso()
+    return moment.astimezone(UTC).isoformat()  # a naive datetime is taken as local time
+
+
+def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:
+    if end_iso is None:
+        return None
+    return (datetime.fromisoformat(end_iso) - datetime.fromisoformat(start_iso)).total_seconds()
+
+
+def _join_flags(flags: Iterable[str]) -> str:
+    return ",".join(sorted(set(flags)))
+
+
+def _split_flags(text: str | None) -> set[str]:
+    return {flag for flag in (text or "").split(",") if flag}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise BadInput(f"run status {status!r} is not one of {', '.join(STATUSES)}")
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(err).lower()
+    return "locked" in text or "busy" in text
+
+
+def _retry(action: Callable[[], T]) -> T:
+    """Run ``action``, retrying with jittered back-off while the file is locked by others."""
+    deadline = time.monotonic() + _RETRY_FOR_S
+    delay_s = 0.01
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as err:
+            if not _is_busy(err) or time.monotonic() > deadline:
+                raise
+            logger.debug("ledger busy, retrying in %.3f s: %s", delay_s, err)
+        time.sleep(delay_s * random.uniform(0.5, 1.5))
+        delay_s = min(delay_s * 2, 0.5)
+
+
+def _read_only_uri(path: pathlib.Path) -> str:
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
+
+
+def _inspect(path: pathlib.Path) -> int | None:
+    """Check, without writing, that ``path`` is usable as a ledger; return its schema version.
+
+    None: nothing there yet (no file, or an empty file / SQLite database with no schema), so a
+    new ledger may be created in it. Anything else that is not a wattwise ledger of a version
+    this wattwise reads raises :class:`LedgerFormatError`.
+    """
+    expected = f"a wattwise ledger (SQLite, schema version <= {SCHEMA_VERSION})"
+    if path.is_dir():
+        raise LedgerFormatError(f"ledger path {str(path)!r} is a directory; expected {expected}")
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise LedgerFormatError(
+            f"cannot read ledger {str(path)!r} ({err}); expected {expected}"
+        ) from err
+    if not header:
+        return None
+    if header != _SQLITE_MAGIC:
+        raise LedgerFormatError(f"{str(path)!r} is not an SQLite file; expected {expected}")
+
+    def query() -> tuple[int, int, int]:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, timeout=_BUSY_TIMEOUT_S)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            conn.close()
+        return app_id, version, n_objects
+
+    try:
+        app_id, version, n_objects = _retry(query)
+    except sqlite3.DatabaseError as err:
+        raise LedgerFormatError(
+            f"{str(path)!r} is not a readable SQLite database ({err}); expected {expected}"
+        ) from err
+    if app_id == 0 and version == 0 and n_objects == 0:
+        return None
+    if app_id != APPLICATION_ID:
+        raise LedgerFormatError(
+            f"{str(path)!r} is an SQLite database of another application "
+            f"(application_id {app_id:#x}, {n_objects} schema objects); expected {expected}"
+        )
+    if version > SCHEMA_VERSION:
+        raise LedgerFormatError(
+            f"ledger {str(path)!r} has schema version {version}, written by a newer wattwise; "
+            f"this wattwise reads versions up to {SCHEMA_VERSION}: upgrade wattwise"
+        )
+    return version
+
+
+def _downsample(points: Sequence[tuple[float, float]], limit: int) -> list[tuple[float, float]]:
+    """At most ``limit`` points: consecutive points averaged in equal-count buckets."""
+    if len(points) <= limit:
+        return [(float(t), float(p)) for t, p in points]
+    out = []
+    n = len(points)
+    for i in range(limit):
+        bucket = points[i * n // limit : (i + 1) * n // limit]
+        out.append(
+            (
+                sum(t for t, _ in bucket) / len(bucket),
+                sum(p for _, p in bucket) / len(bucket),
+            )
+        )
+    return out
+
+
+class Ledger:
+    """A SQLite file of measured runs. See the module docstring for the guarantees."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None):
+        self.path = pathlib.Path(path if path is not None else default_path()).expanduser()
+        self.path = self.path.absolute()
+        _inspect(self.path)  # raises on a foreign or newer file; writes nothing
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    # Pickling / deep copies carry the path only; the copy opens its own connection.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = pathlib.Path(state["path"])
+        self._lock = threading.RLock()
+        self._conn = None
+        self._finalizer = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._conn = None
+            self._finalizer = None
+
+    # ------------------------------------------------------------------ connection and schema
+
+    def _connection(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+                self._finalizer = weakref.finalize(self, self._conn.close)
+            return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        _inspect(self.path)  # the file may have changed since __init__
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=_BUSY_TIMEOUT_S,
+            isolation_level=None,  # transactions are explicit
+            check_same_thread=False,  # guarded by self._lock instead
+        )
+        try:
+            _retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _retry(lambda: self._migrate(conn))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Checked again under the write lock: another process may have just done it.
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id == 0 and (version or n_objects):
+                raise LedgerFormatError(
+                    f"{str(self.path)!r} became another application's SQLite database while "
+                    "it was being opened; expected a wattwise ledger"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            if version != SCHEMA_VERSION:
+                logger.info(
+                    "ledger %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION
+                )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _write(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``action`` in one short write transaction, retried while the file is locked."""
+
+        def attempt() -> T:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = action(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        with self._lock:
+            return _retry(attempt)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._connection()
+            return _retry(lambda: conn.execute(sql, params).fetchall())
+
+    # ------------------------------------------------------------------ writing
+
+    def begin_run(
+        self,
+        *,
+        architecture: str,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Sequence[str] = (),
+        settings: dict[str, Any] | None = None,
+        region: str | None = None,
+        pricing: str | None = None,
+        devices: Sequence[DeviceInfo] = (),
+        started_at: datetime | None = None,
+        versions: dict[str, Any] | None = None,
+    ) -> str:
+        """Record a new run with status ``running``; returns its id (a new UUID by default)."""
+        if not isinstance(architecture, str) or not architecture.strip():
+            raise BadInput(f"architecture {architecture!r} must be a non-empty label")
+        run_id = run_id or str(uuid.uuid4())
+        tags = [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+        started = _iso(started_at)
+        pid = os.getpid()
+        row = {
+            "run_id": run_id,
+            "architecture": architecture,
+            "status": "running",
+            "started_at": started,
+            "updated_at": started,
+            "host": _procinfo.host(),
+            "pid": pid,
+            "proc_started_at": _procinfo.process_start_time(pid),
+            "boot_id": _procinfo.boot_id(),
+            "tags": _dumps(tags),
+            "settings": _dumps(settings or {}),
+            "region": region,
+            "pricing": pricing,
+            "versions": _dumps({**_procinfo.versions(), **(versions or {})}),
+            "git_commit": _procinfo.git_commit(),
+            "parent_run_id": parent_run_id,
+        }
+        columns = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                raise BadInput(
+                    f"run id {run_id!r} is already in ledger {str(self.path)!r}; "
+                    "use reopen_run() to continue it or give a new id"
+                )
+            conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row)
+            self._put_devices(conn, run_id, devices)
+
+        self._write(write)
+        return run_id
+
+    @staticmethod
+    def _put_devices(conn: sqlite3.Connection, run_id: str, devices: Sequence[DeviceInfo]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO devices (run_id, device_id, kind, name, uuid, method, "
+            "details, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    d.device_id,
+                    d.kind,
+                    d.name,
+                    d.uuid,
+                    d.method,
+                    _dumps(d.details),
+                    _join_flags(d.flags),
+                )
+                for d in devices
+            ],
+        )
+
+    def _touch(
+        self, conn: sqlite3.Connection, run_id: str, assignments: str = "", params: tuple = ()
+    ) -> None:
+        """Update ``updated_at`` (and ``assignments``) of a run; BadInput if there is none."""
+        sql = f"UPDATE runs SET updated_at = ?{', ' + assignments if assignments else ''} "
+        cursor = conn.execute(sql + "WHERE run_id = ?", (_now_iso(), *params, run_id))
+        if cursor.rowcount == 0:
+            raise BadInput(f"no run {run_id!r} in ledger {str(self.path)!r}")
+
+    def add_phases(
+        self,
+        run_id: str,
+        phases: Sequence[PhaseEnergy],
+        *,
+        epoch: int | None,
+        snapshot: ArchSnapshot | None = None,
+        epochs_completed: int | None = None,
+        devices: Sequence[DeviceInfo] = (),
+    ) -> None:
+        """Commit the phases of one epoch (and its snapshot) in a single transaction."""
+        rows = []
+        for p in phases:
+            if not math.isfinite(p.energy_j):
+                raise BadInput(
+                    f"phase {p.name!r} of device {p.device_id!r} has energy_j={p.energy_j!r}; "
+                    "expected a finite number of joules"
+                )
+            rows.append(
+                (
+                    run_id,
+                    epoch,
+                    p.name,
+                    p.device_id,
+                    p.kind,
+                    p.start_s,
+                    p.end_s,
+                    p.energy_j,
+                    p.mean_power_w,
+                    p.peak_power_w,
+                    p.method,
+                    _join_flags(p.flags),
+                )
+            )
+
+        def write(conn: sqlite3.Connection) -> None:
+            if epochs_completed is None:
+                self._touch(conn, run_id)
+            else:
+                self._touch(conn, run_id, "epochs = ?", (epochs_completed,))
+            self._put_devices(conn, run_id, devices)
+            conn.executemany(
+                "INSERT INTO phases (run_id, epoch, stage, device_id, kind, start_s, end_s, "
+                "energy_j, mean_power_w, peak_power_w, method, flags) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if snapshot is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO snapshots (run_id, epoch, trainable_params, "
+                    "total_params, model_class, label) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        epoch,
+                        snapshot.trainable_params,
+                        snapshot.total_params,
+                        snapshot.model_class,
+                        snapshot.label,
+                    ),
+                )
+
+        self._write(write)
+
+    def add_timeline(
+        self, run_id: str, device_id: str, points: Sequence[tuple[float, float]]
+    ) -> None:
+        """Append ``(t_s, power_w)`` points; the stored series stays under MAX_TIMELINE_POINTS."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._touch(conn, run_id)
+            row = conn.execute(
+                "SELECT points FROM timeline WHERE run_id = ? AND device_id = ?",
+                (run_id, device_id),
+            ).fetchone()
+            merged = [tuple(p) for p in json.loads(row[0])] if row else []
+            merged.extend((float(t), float(w)) for t, w in points)
+            merged.sort()
+            conn.execute(
+                "INSERT OR REPLACE INTO timeline (run_id, device_id, points) VALUES (?, ?, ?)",
+                (run_id, device_id, json.dumps(_downsample(merged, MAX_TIMELINE_POINTS))),
+            )
+
+        self._write(write)
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str = "finished",
+        metrics: dict[str, float] | None = None,
+        reason: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        """Close a run: its status, end time, final metrics and (optionally) why it ended."""
+        _check_status(status)
+        assignments = "status = ?, ended_at = ?, reason = COALESCE(?, reason)"
+        params: tuple = (status, _iso(ended_at), reason)
+        if metrics is not None:
+            assignments += ", metrics = ?"
+            params += (_dumps({k: float(v) for k, v in metrics.items()}),)
+        self._write(lambda conn: self._touch(conn, run_id, assignments, params))
+
+    def reopen_run(self, run_id: str) -> None:
+        """Continue a run (resume): status back to ``running``, owned by this process."""
+        pid = os.getpid()
+        params = (
+            _procinfo.host(),
+            pid,
+            _procinfo.process_start_time(pid),
+            _procinfo.boot_id(),
+        )
+        assignments = (
+            "status = 'running', ended_at = NULL, reason = NULL, "
+            "host = ?, pid = ?, proc_started_at = ?, boot_id = ?"
+        )
+        self._write(lambda conn: self._touch(conn, run_id, assignments, params))
+
+    def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
+        _check_status(status)
+        self._write(
+            lambda conn: self._touch(
+                conn, run_id, "status = ?, reason = COALESCE(?, reason)", (status, reason)
+            )
+        )
+
+    def remove(self, run_id: str) -> None:
+        """Delete a run (id or unique prefix) and everything recorded for it."""
+        full_id = self._resolve(run_id)
+
+        def write(conn: sqlite3.Connection) -> None:
+            for table in _RUN_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (full_id,))
+
+        self._write(write)
+
+    def merge(self, other_path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Import the runs of another ledger that this one lacks; returns (added, skipped).
+
+        The other file is checked first and only read (a copy of it is upgraded to this schema);
+        runs already here, by id, are skipped, so merging twice adds nothing the second time.
+        """
+        other = pathlib.Path(other_path).expanduser().absolute()
+        if not other.is_file():
+            raise LedgerFormatError(f"no ledger file at {str(other)!r}; expected a wattwise ledger")
+        if _inspect(other) is None:
+            return (0, 0)  # an empty file holds no runs
+        with tempfile.TemporaryDirectory(prefix="wattwise-merge-") as tmp:
+            copy_path = pathlib.Path(tmp) / "other.db"
+            src = sqlite3.connect(_read_only_uri(other), uri=True, timeout=_BUSY_TIMEOUT_S)
+            dst = sqlite3.connect(str(copy_path))
+            try:
+                _retry(lambda: src.backup(dst))
+            finally:
+                src.close()
+                dst.close()
+            with Ledger(copy_path) as copy:
+                copy._connection()  # migrates the copy to this schema version
+            return self._merge_from(copy_path)
+
+    def _merge_from(self, copy_path: pathlib.Path) -> tuple[int, int]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("ATTACH DATABASE ? AS other", (str(copy_path),))
+            try:
+                return self._write(self._copy_new_runs)
+            finally:
+                conn.execute("DETACH DATABASE other")
+
+    @staticmethod
+    def _copy_new_runs(conn: sqlite3.Connection) -> tuple[int, int]:
+        total = conn.execute("SELECT count(*) FROM other.runs").fetchone()[0]
+        conn.execute("DROP TABLE IF EXISTS temp.merge_ids")
+        conn.execute(
+            "CREATE TEMP TABLE merge_ids AS SELECT run_id FROM other.runs "
+            "WHERE run_id NOT IN (SELECT run_id FROM main.runs)"
+        )
+        added = conn.execute("SELECT count(*) FROM temp.merge_ids").fetchone()[0]
+        for table in _RUN_TABLES:
+            columns = [
+                row[1]
+                for row in conn.execute(f"PRAGMA main.table_info({table})")
+                if not (table == "phases" and row[1] == "id")
+            ]
+            names = ", ".join(columns)
+            conn.execute(
+                f"INSERT INTO main.{table} ({names}) SELECT {names} FROM other.{table} "
+                "WHERE run_id IN (SELECT run_id FROM temp.merge_ids)"
+            )
+        conn.execute("DROP TABLE temp.merge_ids")
+        return added, total - added
+
+    # ------------------------------------------------------------------ reading
+
+    def _resolve(self, run_id_or_prefix: str) -> str:
+        query = str(run_id_or_prefix).strip()
+        if not query:
+            raise BadInput("run id '' is empty; give a run id or a unique prefix of one")
+        rows = self._read(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id",
+            (len(query), query),
+        )
+        ids = [row[0] for row in rows]
+        if query in ids:
+            return query
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise BadInput(
+                f"no run {query!r} in ledger {str(self.path)!r}; "
+                "give a run id or a unique prefix (see `wattwise runs`)"
+            )
+        raise BadInput(
+            f"run prefix {query!r} is ambiguous in ledger {str(self.path)!r}: it matches "
+            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; give more characters"
+        )
+
+    def get_run(self, run_id_or_unique_prefix: str) -> RunRecord:
+        """One run by id or unique id prefix; BadInput if unknown or ambiguous."""
+        return self._records(self._resolve(run_id_or_unique_prefix))[0]
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every run, oldest first (no pandas needed)."""
+        return self._records(None)
+
+    def _records(self, run_id: str | None) -> list[RunRecord]:
+        where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        runs = [
+            dict(zip(_RECORD_COLUMNS, row, strict=True))
+            for row in self._read(
+                f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs {where} "
+                "ORDER BY started_at, run_id",
+                params,
+            )
+        ]
+        energy = self._read(
+            "SELECT run_id, device_id, kind, method, SUM(energy_j), GROUP_CONCAT(DISTINCT flags) "
+            f"FROM phases {where} GROUP BY run_id, device_id, kind, method",
+            params,
+        )
+        devices = self._read(
+            "SELECT run_id, device_id, kind, name, uuid, method, details, flags "
+            f"FROM devices {where} ORDER BY run_id, device_id",
+            params,
+        )
+        by_run: dict[str, dict[str, Any]] = {
+            row["run_id"]: {
+                "kind": dict.fromkeys(DEVICE_KINDS, 0.0),
+                "method": {},
+                "device_method": {},
+                "flags": set(),
+                "devices": [],
+            }
+            for row in runs
+        }
+        for rid, device_id, kind, method, energy_j, flags in energy:
+            agg = by_run.get(rid)
+            if agg is None:
+                continue
+            agg["kind"][kind] = agg["kind"].get(kind, 0.0) + energy_j
+            agg["method"][method] = agg["method"].get(method, 0.0) + energy_j
+            best = agg["device_method"].get(device_id)
+            if best is None or energy_j > best[1]:
+                agg["device_method"][device_id] = (method, energy_j)
+            agg["flags"].update(_split_flags(flags))
+        for rid, device_id, kind, name, dev_uuid, method, details, flags in devices:
+            agg = by_run.get(rid)
+            if agg is None:
+                continue
+            agg["devices"].append(
+                {
+                    "device_id": device_id,
+                    "kind": kind,
+                    "name": name,
+                    "uuid": dev_uuid,
+                    "method": method,
+                    "details": json.loads(details),
+                    "flags": sorted(_split_flags(flags)),
+                }
+            )
+            agg["flags"].update(_split_flags(flags))
+        alive: dict[tuple[int, float | None], bool] = {}
+        records = []
+        for row in runs:
+            rid, status = row["run_id"], row["status"]
+            started, ended = row["started_at"], row["ended_at"]
+            agg = by_run[rid]
+            if status == "running" and self._process_gone(row, alive):
+                status = "interrupted"
+            if ended is not None:
+                duration = _seconds_between(started, ended)
+            elif status == "interrupted":
+                duration = _seconds_between(started, row["updated_at"])
+            else:
+                duration = _seconds_between(started, _now_iso())
+            methods = {device_id: m for device_id, (m, _) in agg["device_method"].items()}
+            methods.update({d["device_id"]: d["method"] for d in agg["devices"] if d["method"]})
+            records.append(
+                RunRecord(
+                    run_id=rid,
+                    architecture=row["architecture"],
+                    status=status,
+                    started_at=started,
+                    ended_at=ended,
+                    duration_s=duration,
+                    epochs=row["epochs"],
+                    energy_j=sum(agg["kind"].values()),
+                    energy_by_kind_j=agg["kind"],
+                    methods=methods,
+                    flags=sorted(agg["flags"]),
+                    host=row["host"],
+                    pid=row["pid"],
+                    parent_run_id=row["parent_run_id"],
+                    tags=json.loads(row["tags"]),
+                    settings=json.loads(row["settings"]),
+                    region=row["region"],
+                    pricing=row["pricing"],
+                    metrics=json.loads(row["metrics"]),
+                    devices=agg["devices"],
+                    versions=json.loads(row["versions"]),
+                    git_commit=row["git_commit"],
+                    reason=row["reason"],
+                    energy_by_method_j=agg["method"],
+                )
+            )
+        return records
+
+    @staticmethod
+    def _process_gone(row: dict[str, Any], cache: dict[tuple[int, float | None], bool]) -> bool:
+        """Whether the process that owns a running run is known to be gone (same host only)."""
+        if row["host"] != _procinfo.host() or row["pid"] is None:
+            return False  # another machine's process: we cannot tell
+        current_boot = _procinfo.boot_id()
+        if row["boot_id"] and current_boot and row["boot_id"] != current_boot:
+            return True  # the host rebooted since
+        key = (row["pid"], row["proc_started_at"])
+        if key not in cache:
+            cache[key] = not _procinfo.process_alive(*key)
+        return cache[key]
+
+    def runs(self) -> pandas.DataFrame:
+        """One row per run (columns: RUNS_COLUMNS plus ``metric/<name>`` per final metric)."""
+        import pandas as pd
+
+        records = self.list_runs()
+        params: dict[str, list[int]] = {}
+        for rid, trainable in self._read(
+            "SELECT run_id, trainable_params FROM snapshots ORDER BY run_id, epoch"
+        ):
+            params.setdefault(rid, []).append(trainable)
+        rows = []
+        metric_names: set[str] = set()
+        for rec in records:
+            gpus = [d for d in rec.devices if d["kind"] == "gpu"]
+            cpus = [d for d in rec.devices if d["kind"] == "cpu"]
+            counts = params.get(rec.run_id)
+            row = {
+                "run_id": rec.run_id,
+                "architecture": rec.architecture,
+                "status": rec.status,
+                "started_at": rec.started_at,
+                "ended_at": rec.ended_at,
+                "duration_s": rec.duration_s,
+                "epochs": rec.epochs,
+                "energy_j": rec.energy_j,
+                "energy_wh": rec.energy_wh,
+                "gpu_energy_j": rec.energy_by_kind_j["gpu"],
+                "cpu_energy_j": rec.energy_by_kind_j["cpu"],
+                "ram_energy_j": rec.energy_by_kind_j["ram"],
+                "method_mix": rec.method_mix,
+                "flags": ",".join(rec.flags),
+                "host": rec.host,
+                "gpu_name": ", ".join(sorted({d["name"] for d in gpus if d["name"]})) or None,
+                "n_gpus": len(gpus),
+                "cpu_name": ", ".join(sorted({d["name"] for d in cpus if d["name"]})) or None,
+                "region": rec.region,
+                "pricing": rec.pricing,
+                "parent_run_id": rec.parent_run_id,
+                "tags": ",".join(rec.tags),
+                "params_start": counts[0] if counts else None,
+                "params_end": counts[-1] if counts else None,
+            }
+            for name, value in rec.metrics.items():
+                row[f"metric/{name}"] = value
+                metric_names.add(f"metric/{name}")
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=[*RUNS_COLUMNS, *sorted(metric_names)])
+        for column in ("params_start", "params_end"):
+            frame[column] = frame[column].astype("Int64")
+        return frame
+
+    def phases(self, run_id: str | None = None) -> pandas.DataFrame:
+        """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order."""
+        import pandas as pd
+
+        where, params = ("WHERE p.run_id = ?", (self._resolve(run_id),)) if run_id else ("", ())
+        rows = self._read(
+            "SELECT p.run_id, p.epoch, p.stage, p.device_id, p.kind, d.name, p.start_s, p.end_s, "
+            "p.end_s - p.start_s, p.energy_j, p.mean_power_w, p.peak_power_w, p.method, p.flags "
+            "FROM phases p LEFT JOIN devices d ON d.run_id = p.run_id AND "
+            f"d.device_id = p.device_id {where} ORDER BY p.id",
+            params,
+        )
+        frame = pd.DataFrame.from_records(rows, columns=list(PHASES_COLUMNS))
+        frame["epoch"] = frame["epoch"].astype("Int64")
+        return frame
+
+    def snapshots(self, run_id: str | None = None) -> pandas.DataFrame:
+        """Model size at each committed epoch (columns: SNAPSHOTS_COLUMNS)."""
+        import pandas as pd
+
+        where, params = ("WHERE run_id = ?", (self._resolve(run_id),)) if run_id else ("", ())
+        rows = self._read(
+            f"SELECT {', '.join(SNAPSHOTS_COLUMNS)} FROM snapshots {where} ORDER BY run_id, epoch",
+            params,
+        )
+        frame = pd.DataFrame.from_records(rows, columns=list(SNAPSHOTS_COLUMNS))
+        frame["epoch"] = frame["epoch"].astype("Int64")
+        return frame
+
+    def timeline(self, run_id: str) -> dict[str, list[tuple[float, float]]]:
+        """The stored downsampled power series: device_id -> [(t_s, power_w)]."""
+        rows = self._read(
+            "SELECT device_id, points FROM timeline WHERE run_id = ? ORDER BY device_id",
+            (self._resolve(run_id),),
+        )
+        return {device_id: [(t, w) for t, w in json.loads(points)] for device_id, points in rows}
+
+    # ------------------------------------------------------------------ lineage
+
+    def ancestors(self, run_id: str) -> list[str]:
+        """Parent, grandparent, ... as far as this ledger knows them."""
+        current = self._resolve(run_id)
+        chain: list[str] = []
+        seen = {current}
+        while True:
+            row = self._read("SELECT parent_run_id FROM runs WHERE run_id = ?", (current,))
+            parent = row[0][0] if row else None
+            if parent is None or parent in seen:
+                return chain
+            if not self._read("SELECT 1 FROM runs WHERE run_id = ?", (parent,)):
+                logger.debug("run %s: parent %s is not in %s", current, parent, self.path)
+                return chain
+            chain.append(parent)
+            seen.add(parent)
+            current = parent
+
+    def own_energy_j(self, run_id: str) -> float:
+        """Device energy of this run alone (every phase, every device)."""
+        full_id = self._resolve(run_id)
+        return self._read(
+            "SELECT COALESCE(SUM(energy_j), 0.0) FROM phases WHERE run_id = ?", (full_id,)
+        )[0][0]
+
+    def cumulative_energy_j(self, run_id: str) -> float:
+        """This run's energy plus that of every ancestor in this ledger."""
+        return sum(
+            self.own_energy_j(rid) for rid in (self._resolve(run_id), *self.ancestors(run_id))
+        )
