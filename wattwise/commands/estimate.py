@@ -1,9 +1,243 @@
-"""`wattwise` sub-commands: estimate (placeholder until implemented)."""
+"""`wattwise estimate`: what a planned run will take and cost on one or more GPUs."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from wattwise.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wattwise.estimate import EstimateResult
+
+
+def _check_positive(flag: str, value: float | None, whole: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value <= 0 or (whole and value != int(value)):
+        accepted = "a whole number > 0" if whole else "a number > 0"
+        raise BadInput(f"{flag} {value:g} is not accepted: give {accepted}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _band(value: str, lo: str, hi: str) -> str:
+    return f"{value} [dim]({lo}-{hi})[/dim]"
+
+
+def _show(result: EstimateResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def yes_no(value: bool | None) -> str:
+        return {True: "yes", False: "[red]no[/red]", None: "?"}[value]
+
+    table = Table(
+        title=f"Estimate for {result.epochs:g} epochs ({result.pricing}, "
+        f"{result.region or 'world average'}: {result.gco2e_per_kwh:.0f} gCO2e/kWh, "
+        f"PUE {result.pue:g})"
+    )
+    for column in ("GPU", "fits", "time", "energy kWh", "cost USD", "kgCO2e"):
+        table.add_column(column, justify="left" if column == "GPU" else "right")
+    if result.budgets:
+        table.add_column("budgets")
+    for t in result.targets:
+        b = t.band
+        row = [
+            f"{t.n_gpus} x {t.gpu}" if t.n_gpus > 1 else t.gpu,
+            yes_no(t.fits_memory),
+            _band(_duration(t.seconds), *map(_duration, b["seconds"])),
+            _band(*(f"{v:.3g}" for v in (t.energy_kwh, *b["energy_kwh"]))),
+            _band(*(f"{v:,.2f}" for v in (t.cost_usd, *b["cost_usd"]))),
+            _band(*(f"{v:.3g}" for v in (t.co2e_kg, *b["co2e_kg"]))),
+        ]
+        if result.budgets:
+            row.append(
+                ", ".join(f"{k} {'ok' if v else '[red]over[/red]'}" for k, v in t.verdicts.items())
+            )
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for label, name in (
+        ("cheapest", result.cheapest),
+        ("fastest", result.fastest),
+        ("greenest", result.greenest),
+    ):
+        console.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+    for t in result.targets:
+        if t.break_even_gpu_hours_per_year is not None:
+            console.print(
+                f"{t.gpu}: owning beats renting above "
+                f"{t.break_even_gpu_hours_per_year:,.0f} GPU-hours a year"
+            )
+    if result.flags:
+        console.print(f"flags: {', '.join(result.flags)}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `wattwise estimate` to the app."""
+
+    @app.command("estimate")
+    def estimate_command(
+        run: Annotated[
+            str | None,
+            typer.Option(
+                "--run", help="Ledger run (id or unique prefix) to take the measured rates from."
+            ),
+        ] = None,
+        ledger: Annotated[
+            Path | None,
+            typer.Option(
+                "--ledger", help="Ledger file (default $WATTWISE_LEDGER or ./wattwise.db)."
+            ),
+        ] = None,
+        measured_gpu: Annotated[
+            str | None,
+            typer.Option("--measured-gpu", help="GPU the typed-in numbers were measured on."),
+        ] = None,
+        seconds_per_epoch: Annotated[
+            float | None,
+            typer.Option("--seconds-per-epoch", help="Measured steady seconds per epoch."),
+        ] = None,
+        joules_per_epoch: Annotated[
+            float | None,
+            typer.Option("--joules-per-epoch", help="Measured steady device joules per epoch."),
+        ] = None,
+        peak_mem_gib: Annotated[
+            float | None, typer.Option("--peak-mem-gib", help="Measured peak GPU memory in GiB.")
+        ] = None,
+        epochs: Annotated[float | None, typer.Option("--epochs", help="Planned epochs.")] = None,
+        steps: Annotated[
+            int | None, typer.Option("--steps", help="Planned optimizer steps.")
+        ] = None,
+        steps_per_epoch: Annotated[
+            int | None, typer.Option("--steps-per-epoch", help="Steps per epoch (for --steps).")
+        ] = None,
+        gpu: Annotated[
+            str | None,
+            typer.Option(
+                "--gpu",
+                help="Target GPUs, comma-separated (default: the run's GPU for --run, else all).",
+            ),
+        ] = None,
+        region: Annotated[
+            str | None, typer.Option("--region", help="Grid region (FRA, aws:...).")
+        ] = None,
+        pricing: Annotated[
+            str | None,
+            typer.Option("--pricing", help="Pricing scenario: onprem or provider:instance."),
+        ] = None,
+        budget_kwh: Annotated[
+            float | None, typer.Option("--budget-kwh", help="Energy budget.")
+        ] = None,
+        budget_usd: Annotated[
+            float | None, typer.Option("--budget-usd", help="Money budget.")
+        ] = None,
+        budget_kgco2e: Annotated[
+            float | None, typer.Option("--budget-kgco2e", help="Carbon budget in kg CO2e.")
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Predict time, energy, cost and CO2e of a planned run, from a measured one."""
+        from wattwise import config, hardware
+        from wattwise.estimate import Budgets, Plan, Profile, estimate, profile_from_run
+
+        for flag, value in (
+            ("--seconds-per-epoch", seconds_per_epoch),
+            ("--joules-per-epoch", joules_per_epoch),
+            ("--peak-mem-gib", peak_mem_gib),
+            ("--epochs", epochs),
+            ("--budget-kwh", budget_kwh),
+            ("--budget-usd", budget_usd),
+            ("--budget-kgco2e", budget_kgco2e),
+        ):
+            _check_positive(flag, value)
+        _check_positive("--steps", steps, whole=True)
+        _check_positive("--steps-per-epoch", steps_per_epoch, whole=True)
+        if (epochs is None) == (steps is None):
+            raise BadInput(
+                "give exactly one of --epochs N or --steps N (a number > 0), "
+                f"not {'both' if epochs is not None else 'neither'}"
+            )
+        if steps_per_epoch is not None and steps is None:
+            raise BadInput("--steps-per-epoch goes with --steps N; with --epochs leave it out")
+
+        typed = {
+            "--seconds-per-epoch": seconds_per_epoch,
+            "--joules-per-epoch": joules_per_epoch,
+            "--peak-mem-gib": peak_mem_gib,
+        }
+        settings = config.load()
+        if run is not None:
+            if measured_gpu is not None or any(v is not None for v in typed.values()):
+                raise BadInput(
+                    "--run takes the measured numbers from the ledger: leave out --measured-gpu, "
+                    "--seconds-per-epoch, --joules-per-epoch and --peak-mem-gib"
+                )
+            from wattwise.ledger import Ledger
+
+            with Ledger(ledger) as store:
+                profile = profile_from_run(store, run, settings=settings)
+        elif measured_gpu is not None:
+            missing = [
+                flag
+                for flag in ("--seconds-per-epoch", "--joules-per-epoch")
+                if typed[flag] is None
+            ]
+            if missing:
+                raise BadInput(f"--measured-gpu {measured_gpu!r} needs {' and '.join(missing)}")
+            profile = Profile(
+                gpu=hardware.lookup(measured_gpu, settings),
+                seconds_per_epoch=seconds_per_epoch,
+                joules_per_epoch=joules_per_epoch,
+                peak_mem_gib=peak_mem_gib,
+                steps_per_epoch=steps_per_epoch,
+            )
+        else:
+            raise BadInput(
+                "no measured input: give --run RUN_ID, or --measured-gpu NAME with "
+                "--seconds-per-epoch S and --joules-per-epoch J"
+            )
+
+        if gpu is not None:
+            names = [name.strip() for name in gpu.split(",") if name.strip()]
+            if not names:
+                raise BadInput(f"--gpu {gpu!r} names no GPU: give NAME[,NAME...]")
+            targets = [hardware.lookup(name, settings) for name in names]
+        elif run is not None:
+            targets = [profile.gpu]
+        else:
+            targets = hardware.all_gpus(settings)
+
+        result = estimate(
+            profile,
+            Plan(epochs=epochs, steps=steps, steps_per_epoch=steps_per_epoch),
+            targets,
+            region=region or settings.get("region"),
+            pricing=pricing or _first(settings.get("pricing")),
+            budgets=Budgets(max_kwh=budget_kwh, max_usd=budget_usd, max_kgco2e=budget_kgco2e),
+            settings=settings,
+        )
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            _show(result)
+
+
+def _first(pricing: str | list[str] | None) -> str:
+    """The configured pricing scenario (the first one when the configuration lists several)."""
+    if isinstance(pricing, list | tuple):
+        return pricing[0] if pricing else "onprem"
+    return pricing or "onprem"
