@@ -1,9 +1,121 @@
-"""`wattwise` sub-commands: money (placeholder until implemented)."""
+"""`wattwise` sub-commands: carbon, config, hardware, prices (money and carbon inputs in force)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
+
+_JSON = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(columns: list[str], rows: list[list[Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
+
+
+def carbon_command(
+    region: str | None = typer.Option(
+        None, "--region", help="ISO-3166 alpha-3 (FRA) or provider:region (aws:us-east-1)."
+    ),
+    list_regions: bool = typer.Option(False, "--list", help="List every known region code."),
+    as_json: bool = _JSON,
+) -> None:
+    """The grid carbon intensity in force, with its source, year and flags."""
+    from wattwise import carbon, config
+
+    settings = config.load().with_overrides(region=region)
+    if list_regions:
+        codes = carbon.known_regions(settings)
+        if as_json:
+            _print_json(codes)
+        else:
+            typer.echo("\n".join(codes))
+        return
+    found = carbon.intensity(settings.get("region"), settings)
+    pue = carbon.pue(_first_scenario(settings.get("pricing")), settings)
+    if as_json:
+        _print_json(
+            {
+                **found.to_json(),
+                "region_source": settings.source("region"),
+                "pue": {"value": pue.value, "source": pue.source, "year": pue.year},
+            }
+        )
+        return
+    typer.echo(f"region:    {found.region or 'none (world average)'} ({settings.source('region')})")
+    typer.echo(f"intensity: {found.gco2e_per_kwh:.1f} gCO2e/kWh ({found.year})")
+    typer.echo(f"source:    {found.source}")
+    typer.echo(f"flags:     {', '.join(found.flags) or '-'}")
+    typer.echo(f"PUE:       {pue.value:g} ({pue.source})")
+
+
+def _first_scenario(pricing: str | list[str]) -> str:
+    return pricing[0] if isinstance(pricing, list) else pricing
+
+
+def config_command(as_json: bool = _JSON) -> None:
+    """Every setting in force and where it came from."""
+    from wattwise import config
+
+    settings = config.load()
+    if as_json:
+        _print_json(settings.to_json())
+        return
+    typer.echo(f"configuration file: {settings.path or 'none'}")
+    rows = [
+        [key, json.dumps(settings.get(key), default=str), settings.source(key)]
+        for key in config.KEYS
+    ]
+    _table(["key", "value", "source"], rows, "settings in force")
+
+
+def hardware_command(as_json: bool = _JSON) -> None:
+    """The GPU/CPU spec table the estimator and the on-prem pricing know."""
+    from wattwise import config, hardware
+
+    specs = hardware.all_gpus(config.load())
+    if as_json:
+        _print_json([spec.to_json() for spec in specs])
+        return
+    columns = ["name", "TDP W", "idle W", "bf16 TF", "fp32 TF", "GiB", "GB/s", "USD"]
+    fields = ("tdp_w", "idle_w", "bf16_tflops", "fp32_tflops", "memory_gib")
+    fields += ("memory_bandwidth_gbs", "price_usd")
+    rows = [[s.name, *(getattr(s, f) for f in fields)] for s in specs]
+    _table(columns, rows, "hardware (sources: wattwise hardware --json)")
+
+
+def prices_command(as_json: bool = _JSON) -> None:
+    """Cloud instance prices usable as --pricing provider:instance."""
+    from wattwise import config, pricing
+
+    rows = pricing.instances(config.load())
+    if as_json:
+        _print_json([row.to_json() for row in rows])
+        return
+    table = [
+        [r.name, r.n_gpus, r.gpu, r.price_per_hour_usd, r.price_per_gpu_hour_usd, r.region, r.date]
+        for r in rows
+    ]
+    columns = ["scenario", "gpus", "gpu", "usd_per_hour", "usd_per_gpu_hour", "region", "date"]
+    _table(columns, table, "on-demand prices (sources: wattwise prices --json)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("carbon")(carbon_command)
+    app.command("config")(config_command)
+    app.command("hardware")(hardware_command)
+    app.command("prices")(prices_command)
