@@ -235,6 +235,11 @@ class Budgets:
         return {name: limit for name, limit in limits.items() if limit is not None}
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no infinity: an infinite break-even (renting always cheaper) becomes null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 @dataclass(frozen=True)
 class TargetEstimate:
     gpu: str
@@ -252,8 +257,14 @@ class TargetEstimate:
     gpu_power_w: float
     uncertainty: float
     memory_gib: float | None
+    pricing: str
+    """The scenario priced: the one asked, or for a cloud instance with another GPU the same
+    provider's cheapest instance with this one (on-prem when it has none)."""
+    pue: float
     cost_flags: tuple[str, ...] = ()
     break_even_gpu_hours_per_year: float | None = None
+    """Owning beats renting above this many GPU-hours a year (``inf``: renting always cheaper)."""
+    break_even_instance: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -271,8 +282,11 @@ class TargetEstimate:
             "gpu_power_w": self.gpu_power_w,
             "uncertainty": self.uncertainty,
             "memory_gib": self.memory_gib,
+            "pricing": self.pricing,
+            "pue": self.pue,
             "cost_flags": list(self.cost_flags),
-            "break_even_gpu_hours_per_year": self.break_even_gpu_hours_per_year,
+            "break_even_gpu_hours_per_year": _finite_or_none(self.break_even_gpu_hours_per_year),
+            "break_even_instance": self.break_even_instance,
         }
 
 
@@ -347,13 +361,52 @@ def time_ratio(profile: Profile, target: GpuSpec, busy: float, compute_share: fl
     return (1 - busy) + busy * (compute_share * compute + (1 - compute_share) * memory)
 
 
-def _break_even(target: GpuSpec, pricing: str, settings: Any) -> float | None:
-    """GPU-hours a year above which owning ``target`` beats renting it (cloud scenarios only)."""
-    if ":" not in pricing:
-        return None
+def _same_gpu(a: str, b: str, settings: Any) -> bool:
+    from wattwise import hardware
+
+    return hardware.lookup(a, settings).name == hardware.lookup(b, settings).name
+
+
+def _scenario_for(target: GpuSpec, pricing: str, n_gpus: int, settings: Any) -> str:
+    """The pricing scenario that can run on ``target``: ``pricing`` itself when it is on-prem or an
+    instance with that GPU, else the same provider's cheapest instance with that GPU and enough of
+    them, else on-prem."""
+    from wattwise import carbon
     from wattwise import pricing as pricing_mod
 
-    return pricing_mod.break_even_gpu_hours_per_year(target.name, pricing, settings)
+    if ":" not in pricing:
+        return pricing
+    asked = pricing_mod.instance(pricing, settings)
+    if _same_gpu(asked.gpu, target.name, settings) and asked.n_gpus >= n_gpus:
+        return asked.name
+    provider = carbon.provider_of(asked.name)
+    rows = [
+        row
+        for row in pricing_mod.instances(settings)
+        if row.provider.lower() == provider
+        and row.n_gpus >= n_gpus
+        and _same_gpu(row.gpu, target.name, settings)
+    ]
+    return min(rows, key=lambda r: r.price_per_hour_usd).name if rows else "onprem"
+
+
+def _break_even(target: GpuSpec, scenario: str, settings: Any) -> tuple[float, str] | None:
+    """GPU-hours a year above which owning ``target`` beats renting it, and the instance compared:
+    the scenario's instance when it is a cloud one, else the cheapest per GPU-hour anywhere."""
+    from wattwise import pricing as pricing_mod
+
+    if ":" in scenario:
+        name = scenario
+    else:
+        rows = [
+            row
+            for row in pricing_mod.instances(settings)
+            if _same_gpu(row.gpu, target.name, settings)
+        ]
+        if not rows:
+            return None
+        name = min(rows, key=lambda r: r.price_per_gpu_hour_usd).name
+    return pricing_mod.break_even_gpu_hours_per_year(target.name, name, settings), name
 
 
 def _fits(profile: Profile, target: GpuSpec) -> bool | None:
@@ -382,7 +435,7 @@ def estimate(
     n_epochs = plan.n_epochs(profile)
     n_warm = 1.0 if plan.from_scratch else 0.0
     intensity = carbon.intensity(region, settings)
-    pue = carbon.pue(pricing, settings).value
+    asked_pue = carbon.pue(pricing, settings).value
     limits = budgets.given() if budgets else {}
 
     m = profile
@@ -407,30 +460,34 @@ def estimate(
         warm_j = n_warm * m.warmup_extra_j * epoch_j / m.joules_per_epoch
         return warm_s + n_epochs * epoch_s, warm_j + n_epochs * epoch_j
 
-    def money_and_carbon(target: GpuSpec, seconds: float, energy_j: float) -> tuple[Any, float]:
+    def money_and_carbon(
+        target: GpuSpec, scenario: str, seconds: float, energy_j: float
+    ) -> tuple[Any, float]:
         cost = pricing_mod.cost(
             energy_j,
             seconds,
-            scenario=pricing,
+            scenario=scenario,
             gpu_name=target.name,
             n_gpus=m.n_gpus,
             settings=settings,
         )
-        return cost, carbon.co2e_kg(energy_j, intensity, pue)
+        return cost, carbon.co2e_kg(energy_j, intensity, cost.pue)
 
     results = []
     for target in targets:
         ratio = time_ratio(m, target, busy, DEFAULT_COMPUTE_SHARE)
         seconds, energy_j = run_totals(target, ratio)
-        cost, co2e = money_and_carbon(target, seconds, energy_j)
+        scenario = _scenario_for(target, pricing, m.n_gpus, settings)
+        cost, co2e = money_and_carbon(target, scenario, seconds, energy_j)
         corners = [time_ratio(m, target, b, c) for b in busy_range for c in (0.0, 1.0)]
         widen = _uncertainty(m.gpu, target) + m.spread
         lo_s, lo_j = run_totals(target, min(corners))
         hi_s, hi_j = run_totals(target, max(corners))
         lo_s, lo_j = lo_s * (1 - widen), lo_j * (1 - widen)
         hi_s, hi_j = hi_s * (1 + widen), hi_j * (1 + widen)
-        lo_cost, lo_co2e = money_and_carbon(target, lo_s, lo_j)
-        hi_cost, hi_co2e = money_and_carbon(target, hi_s, hi_j)
+        lo_cost, lo_co2e = money_and_carbon(target, scenario, lo_s, lo_j)
+        hi_cost, hi_co2e = money_and_carbon(target, scenario, hi_s, hi_j)
+        break_even = _break_even(target, scenario, settings)
         figures = {"kwh": j_to_kwh(energy_j), "usd": cost.total_usd, "kgco2e": co2e}
         verdicts = {name: figures[name] <= limit for name, limit in limits.items()}
         results.append(
@@ -454,8 +511,11 @@ def estimate(
                 gpu_power_w=target.idle_w + u * (target.tdp_w - target.idle_w),
                 uncertainty=widen,
                 memory_gib=target.memory_gib,
+                pricing=scenario,
+                pue=cost.pue,
                 cost_flags=tuple(cost.flags),
-                break_even_gpu_hours_per_year=_break_even(target, pricing, settings),
+                break_even_gpu_hours_per_year=break_even[0] if break_even else None,
+                break_even_instance=break_even[1] if break_even else None,
             )
         )
 
@@ -473,7 +533,7 @@ def estimate(
         region=intensity.region,
         pricing=pricing,
         gco2e_per_kwh=intensity.gco2e_per_kwh,
-        pue=pue,
+        pue=asked_pue,
         flags=tuple(intensity.flags),
         budgets=limits,
         profile={

@@ -25,16 +25,16 @@ def _check_positive(flag: str, value: float | None, whole: bool = False) -> None
 
 def _duration(seconds: float) -> str:
     if seconds < 120:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.3g}s"
     if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
+        return f"{seconds / 60:.3g}m"
     if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+        return f"{seconds / 3600:.3g}h"
+    return f"{seconds / 86400:.3g}d"
 
 
 def _band(value: str, lo: str, hi: str) -> str:
-    return f"{value} [dim]({lo}-{hi})[/dim]"
+    return f"{value}\n[dim]{lo}-{hi}[/dim]"
 
 
 def _show(result: EstimateResult) -> None:
@@ -47,12 +47,14 @@ def _show(result: EstimateResult) -> None:
     table = Table(
         title=f"Estimate for {result.epochs:g} epochs ({result.pricing}, "
         f"{result.region or 'world average'}: {result.gco2e_per_kwh:.0f} gCO2e/kWh, "
-        f"PUE {result.pue:g})"
+        f"PUE {result.pue:g})",
+        caption="each figure with its low-high band below it",
     )
-    for column in ("GPU", "fits", "time", "energy kWh", "cost USD", "kgCO2e"):
-        table.add_column(column, justify="left" if column == "GPU" else "right")
+    for column in ("GPU", "fits", "time", "kWh", "USD", "kgCO2e"):
+        left = column == "GPU"
+        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
     if result.budgets:
-        table.add_column("budgets")
+        table.add_column("budget", no_wrap=True)
     for t in result.targets:
         b = t.band
         row = [
@@ -60,13 +62,12 @@ def _show(result: EstimateResult) -> None:
             yes_no(t.fits_memory),
             _band(_duration(t.seconds), *map(_duration, b["seconds"])),
             _band(*(f"{v:.3g}" for v in (t.energy_kwh, *b["energy_kwh"]))),
-            _band(*(f"{v:,.2f}" for v in (t.cost_usd, *b["cost_usd"]))),
+            _band(*(f"{v:,.3g}" for v in (t.cost_usd, *b["cost_usd"]))),
             _band(*(f"{v:.3g}" for v in (t.co2e_kg, *b["co2e_kg"]))),
         ]
         if result.budgets:
-            row.append(
-                ", ".join(f"{k} {'ok' if v else '[red]over[/red]'}" for k, v in t.verdicts.items())
-            )
+            over = [name for name, ok in t.verdicts.items() if not ok]
+            row.append(f"[red]over: {', '.join(over)}[/red]" if over else "ok")
         table.add_row(*row)
     console = Console()
     console.print(table)
@@ -77,10 +78,17 @@ def _show(result: EstimateResult) -> None:
     ):
         console.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
     for t in result.targets:
-        if t.break_even_gpu_hours_per_year is not None:
+        hours = t.break_even_gpu_hours_per_year
+        if t.pricing != result.pricing:
+            console.print(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})")
+        if hours is None:
+            continue
+        if math.isinf(hours):
+            console.print(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper")
+        else:
             console.print(
-                f"{t.gpu}: owning beats renting above "
-                f"{t.break_even_gpu_hours_per_year:,.0f} GPU-hours a year"
+                f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
+                f"{hours:,.0f} GPU-hours a year"
             )
     if result.flags:
         console.print(f"flags: {', '.join(result.flags)}")
