@@ -52,9 +52,14 @@ def _show(result: EstimateResult) -> None:
     )
     for column in ("GPU", "fits", "time", "kWh", "USD", "kgCO2e"):
         left = column == "GPU"
-        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
+        table.add_column(
+            column,
+            justify="left" if left else "right",
+            no_wrap=not left,
+            min_width=9 if left else 0,
+        )
     if result.budgets:
-        table.add_column("budget", no_wrap=True)
+        table.add_column("budget")
     for t in result.targets:
         b = t.band
         row = [
