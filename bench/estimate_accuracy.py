@@ -1,0 +1,147 @@
+"""Estimator accuracy against real measurements (tests/fixtures/nvml).
+
+(a) Cross-GPU: each run of a measured pair (the same Lightning workload on two GPUs) predicts the
+    other GPU's steady epoch and its whole run from scratch (warm-up + N epochs); prints the time
+    and energy errors and whether the band holds the measurement. Target: <= 10 % between GPUs of
+    the same generation.
+(b) Whole run from its first epochs: on the 8-epoch mlp6144 H200 trace, per-epoch energies from
+    the hardware counter (``wattwise.integrate.integrate_phases`` over the recorded marks); the
+    first k epochs predict the 8-epoch total, wattwise's way (warm-up split off, paid once:
+    warm-up extra + 8 x steady epoch) side by side with carbontracker's (mean of the first k
+    epochs x 8). Target: <= 5 %.
+
+    python bench/estimate_accuracy.py [--fixtures tests/fixtures/nvml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+
+from wattwise import hardware
+from wattwise.estimate import Plan, Profile, estimate, steady_state
+from wattwise.integrate import integrate_phases
+from wattwise.sensors.replay import load_marks, load_trace
+from wattwise.types import DeviceInfo
+from wattwise.units import kwh_to_j
+
+PAIRS = ("h100-h200-mlp-width2048.json",)
+WHOLE_RUNS = (("h200-mlp6144-8epochs-20hz.csv", "h200-mlp6144-8epochs-marks.json"),)
+
+
+def error_pct(predicted: float, actual: float) -> float:
+    return 100.0 * (predicted - actual) / actual
+
+
+def profile_of(run: dict) -> tuple[Profile, list[float], list[float]]:
+    seconds = [e["seconds"] for e in run["epochs"]]
+    joules = [e["joules"] for e in run["epochs"]]
+    steady = steady_state(seconds, joules)
+    profile = Profile(
+        gpu=hardware.lookup(run["gpu"]),
+        seconds_per_epoch=steady.seconds_per_epoch,
+        joules_per_epoch=steady.joules_per_epoch,
+        warmup_extra_s=steady.warmup_extra_s,
+        warmup_extra_j=steady.warmup_extra_j,
+        peak_mem_gib=run.get("peak_mem_GiB"),
+        epochs_measured=len(seconds),
+        warmup_epochs=steady.warmup_epochs,
+        spread=steady.spread,
+    )
+    return profile, seconds, joules
+
+
+def cross_gpu(path: pathlib.Path) -> list[float]:
+    data = json.loads(path.read_text())
+    print(f"(a) {path.name}: {data['workload'][:100]}...")
+    runs = [profile_of(run) for run in data["runs"]]
+    for p, s, _ in runs:
+        print(
+            f"    {p.gpu.name}: steady {p.seconds_per_epoch:.4f} s, {p.joules_per_epoch:.1f} J per "
+            f"epoch ({len(s) - p.warmup_epochs} steady of {len(s)}; warm-up "
+            f"+{p.warmup_extra_s:.3f} s, +{p.warmup_extra_j:.1f} J; spread {p.spread:.1%})"
+        )
+    errors = []
+    for (src, _, _), (dst, dst_s, dst_j) in ((runs[0], runs[1]), (runs[1], runs[0])):
+        target = dst.gpu
+        epoch = estimate(src, Plan(epochs=1, from_scratch=False), [target]).targets[0]
+        whole = estimate(src, Plan(epochs=len(dst_s)), [target]).targets[0]
+        print(f"    {src.gpu.name} -> {target.name} (time ratio {epoch.time_ratio:.3f}):")
+        for label, t, actual_s, actual_j in (
+            ("steady epoch", epoch, dst.seconds_per_epoch, dst.joules_per_epoch),
+            (f"{len(dst_s)}-epoch run", whole, sum(dst_s), sum(dst_j)),
+        ):
+            e_s = error_pct(t.seconds, actual_s)
+            e_j = error_pct(kwh_to_j(t.energy_kwh), actual_j)
+            lo_s, hi_s = t.band["seconds"]
+            lo_j, hi_j = (kwh_to_j(v) for v in t.band["energy_kwh"])
+            print(
+                f"      {label:14s} time {t.seconds:8.4f} s vs {actual_s:8.4f} s: {e_s:+6.1f} % "
+                f"(band {'holds' if lo_s <= actual_s <= hi_s else 'misses'}) | energy "
+                f"{kwh_to_j(t.energy_kwh):8.1f} J vs {actual_j:8.1f} J: {e_j:+6.1f} % "
+                f"(band {'holds' if lo_j <= actual_j <= hi_j else 'misses'})"
+            )
+            errors += [e_s, e_j]
+    return errors
+
+
+def epochs_from_trace(trace_path: pathlib.Path, marks_path: pathlib.Path):
+    """Seconds and counter joules of each training epoch (train + validation inside it)."""
+    trace, marks = load_trace(trace_path), load_marks(marks_path)
+    device = DeviceInfo(
+        "gpu:replay", "gpu", marks.gpu or "GPU", "counter", update_period_s=trace.update_period_s()
+    )
+    phases = integrate_phases(trace.samples(device.device_id), [device], marks.marks)
+    starts = [i for i, (label, _) in enumerate(marks.marks) if label == "train_epoch_start"]
+    ends = [i for i, (label, _) in enumerate(marks.marks) if label == "train_epoch_end"]
+    seconds, joules = [], []
+    for first, last in zip(starts, ends, strict=True):
+        seconds.append(marks.marks[last][1] - marks.marks[first][1])
+        joules.append(sum(p.energy_j for p in phases if first <= p.index < last))
+    return marks, seconds, joules
+
+
+def whole_run(trace_path: pathlib.Path, marks_path: pathlib.Path) -> list[float]:
+    marks, seconds, joules = epochs_from_trace(trace_path, marks_path)
+    n = len(seconds)
+    total_s, total_j = sum(seconds), sum(joules)
+    print(f"(b) {trace_path.name}: {n} epochs on {marks.gpu}, {total_s:.3f} s, {total_j:.0f} J")
+    print("    epochs (s): " + ", ".join(f"{s:.3f}" for s in seconds))
+    print("    epochs (J): " + ", ".join(f"{j:.0f}" for j in joules))
+    errors = []
+    for k in range(1, min(4, n)):
+        steady = steady_state(seconds[:k], joules[:k])
+        ours_s = steady.warmup_extra_s + n * steady.seconds_per_epoch
+        ours_j = steady.warmup_extra_j + n * steady.joules_per_epoch
+        ct_s = n * statistics.fmean(seconds[:k])
+        ct_j = n * statistics.fmean(joules[:k])
+        print(
+            f"    from the first {k} epoch(s) ({steady.warmup_epochs} warm-up): wattwise "
+            f"time {error_pct(ours_s, total_s):+5.1f} %, energy "
+            f"{error_pct(ours_j, total_j):+5.1f} % | carbontracker (mean x {n}) time "
+            f"{error_pct(ct_s, total_s):+5.1f} %, energy "
+            f"{error_pct(ct_j, total_j):+5.1f} %"
+        )
+        if k > 1:  # with one epoch warm-up cannot be told apart: both methods are the same
+            errors += [error_pct(ours_s, total_s), error_pct(ours_j, total_j)]
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--fixtures", type=pathlib.Path, default=pathlib.Path("tests/fixtures/nvml")
+    )
+    args = parser.parse_args()
+    cross = [e for name in PAIRS for e in cross_gpu(args.fixtures / name)]
+    whole = [e for t, m in WHOLE_RUNS for e in whole_run(args.fixtures / t, args.fixtures / m)]
+    print(
+        f"worst |error|: cross-GPU {max(map(abs, cross)):.1f} % (target 10 %), whole run from "
+        f"2+ epochs {max(map(abs, whole)):.1f} % (target 5 %)"
+    )
+
+
+if __name__ == "__main__":
+    main()
