@@ -197,7 +197,7 @@ def _grid(grid: str, region: str) -> Intensity:
 
 def known_regions(settings: Settings | None = None) -> list[str]:
     """Every region code :func:`intensity` accepts."""
-    custom = list(settings.get("intensities")) if settings is not None else []
+    custom = [_normalise(k) for k in settings.get("intensities")] if settings is not None else []
     return sorted({*custom, *_countries(), *_gcp(), *_cloud_regions()})
 
 

@@ -283,7 +283,7 @@ def _unknown(where: str, key: str, accepted: list[str], prefix: str = "") -> Con
     close = difflib.get_close_matches(key, accepted, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(
-        f"{where}: unknown key {prefix}{key!r}{hint}; accepted: {', '.join(accepted)}"
+        f"{where}: unknown key {prefix + key!r}{hint}; accepted: {', '.join(accepted)}"
     )
 
 
