@@ -171,7 +171,7 @@ def test_non_usd_tariff_needs_its_rate(tmp_path):
 
 
 def test_bad_env_value_names_the_variable(tmp_path):
-    with pytest.raises(ConfigError, match="WATTWISE_PRICING.*provider:instance"):
+    with pytest.raises(ConfigError, match=r"WATTWISE_PRICING.*provider:instance"):
         config.load(cwd=tmp_path, env={"WATTWISE_PRICING": "cheapest"})
 
 
@@ -186,7 +186,7 @@ def test_overrides_are_checked_too(tmp_path):
     settings = config.load(cwd=tmp_path, env={})
     with pytest.raises(ConfigError, match="'tariff_per_kwh'"):
         settings.with_overrides(tariff_per_kwh=-1)
-    with pytest.raises(ConfigError, match="'regio'.*did you mean 'region'"):
+    with pytest.raises(ConfigError, match=r"'regio'.*did you mean 'region'"):
         settings.with_overrides(regio="FRA")
     with pytest.raises(BadInput):
         settings.get("nonsense")
