@@ -42,8 +42,13 @@ class DeviceIntegrator:
         self._at: list[float] = []
         self._ae: list[float] = []
         self._last_raw_j: float | None = None
+        self._last_read_t: float | None = None  # newest counter read
+        self._prev_read_t: float | None = None  # the read before the newest value appeared
+        self._quantized = False  # a repeated value was seen: the counter updates in steps
+        self._last_tight = False  # the newest change was caught within a quarter period
         self._offset_j = 0.0
         self._resets: list[tuple[float, float]] = []  # gaps bridged with power
+        self.reset_count = 0
         self._lost: list[tuple[float, float]] = []  # closed intervals without readings
         self._lost_since: float | None = None  # open loss: last good reading time
         self._sample_flags: list[tuple[float, frozenset[str]]] = []
@@ -90,15 +95,30 @@ class DeviceIntegrator:
         self._gap = False
 
     def _add_counter(self, t: float, raw_j: float) -> None:
-        last = self._last_raw_j
-        self._last_raw_j = raw_j
+        last, last_read = self._last_raw_j, self._last_read_t
+        self._last_raw_j, self._last_read_t = raw_j, t
         if last is not None and raw_j == last:
+            self._quantized = True
             return  # not updated yet
+        period = self.info.update_period_s
+        tight = last_read is not None and t - last_read <= period / 4
         if last is not None and raw_j < last:
             # reset or wrap: carry on from the last anchor with the power integral
             bridged = self._ae[-1] + self.power_cum_j(t) - self.power_cum_j(self._at[-1])
             self._resets.append((self._at[-1], t))
+            self.reset_count += 1
             self._offset_j = bridged - raw_j
+        elif tight and self._quantized and self._at:
+            # A change caught within a quarter period: the previous value appeared one update
+            # period earlier (the counter updates on a steady clock), not when it was first read.
+            lo = self._at[-1] - period
+            if self._prev_read_t is not None:
+                lo = max(lo, self._prev_read_t)
+            if len(self._at) > 1:
+                lo = max(lo, self._at[-2])
+            self._at[-1] = min(self._at[-1], max(lo, t - period))
+        self._prev_read_t = last_read
+        self._last_tight = tight
         self._at.append(t)
         self._ae.append(raw_j + self._offset_j)
 
@@ -110,6 +130,11 @@ class DeviceIntegrator:
     @property
     def has_power(self) -> bool:
         return bool(self._pt)
+
+    @property
+    def last_t_s(self) -> float:
+        """Time of the newest sample fed (-inf before any)."""
+        return -math.inf if self._last_t is None else self._last_t
 
     @property
     def lost(self) -> bool:
@@ -220,7 +245,11 @@ class DeviceIntegrator:
         if self.lost:
             return True
         if self.has_counter:
-            return self._at[-1] >= t
+            # an anchor after t whose time is pinned: a change caught within a quarter period,
+            # or any anchor followed by another (a newest, loosely caught one may still move)
+            if self._last_tight and self._at[-1] >= t:
+                return True
+            return len(self._at) > 1 and self._at[-2] >= t
         return bool(self._pt) and self._pt[-1] >= t
 
     def prune(self, before_s: float) -> None:
@@ -244,7 +273,10 @@ class DeviceIntegrator:
     ) -> PhaseEnergy:
         """One PhaseEnergy over ``[t0, t1]``."""
         energy_j, flags = self.energy_between(t0, t1, requested)
-        return self.make_phase(name, index, t0, t1, energy_j, flags, self.method_for(requested))
+        method = self.method_for(requested)
+        return self.make_phase(
+            name, index, t0, t1, energy_j, flags, method, self.peak_power_w(t0, t1)
+        )
 
     def make_phase(
         self,
@@ -255,7 +287,9 @@ class DeviceIntegrator:
         energy_j: float,
         flags: frozenset[str],
         method: Method,
+        peak_power_w: float | None,
     ) -> PhaseEnergy:
+        """A PhaseEnergy from figures worked out elsewhere (the sampler's running ones)."""
         duration_s = t1 - t0
         return PhaseEnergy(
             name=name,
@@ -267,7 +301,7 @@ class DeviceIntegrator:
             energy_j=energy_j,
             method=method,
             mean_power_w=energy_j / duration_s if duration_s > 0 else self.power_at(t0),
-            peak_power_w=self.peak_power_w(t0, t1),
+            peak_power_w=peak_power_w,
             flags=flags,
         )
 
