@@ -1,9 +1,76 @@
-"""`wattwise` sub-commands: report (placeholder until implemented)."""
+"""`wattwise report`: the HTML page and CSV files that compare the runs of a ledger."""
 
 from __future__ import annotations
+
+import json
+import pathlib
+from typing import Annotated
 
 import typer
 
 
+def report_command(
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[RUN_ID]...", help="Runs to include (ids or unique prefixes; default all)."
+        ),
+    ] = None,
+    ledger: Annotated[
+        pathlib.Path | None,
+        typer.Option("--ledger", help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db)."),
+    ] = None,
+    html: Annotated[
+        pathlib.Path | None,
+        typer.Option("--html", help="HTML file to write (default: reports/report.html)."),
+    ] = None,
+    csv_dir: Annotated[
+        pathlib.Path | None,
+        typer.Option("--csv", help="Folder for runs.csv and phases.csv (default: reports/)."),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="Grid region for every run's CO2e (default: each run's own, else the "
+            "configured one).",
+        ),
+    ] = None,
+    pricing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pricing",
+            help="Pricing scenario: onprem or provider:instance; repeat it or give a comma list.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
+    ] = False,
+) -> None:
+    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs."""
+    from wattwise.errors import BadInput
+    from wattwise.ledger import Ledger, default_path
+    from wattwise.report import build_report
+
+    path = ledger if ledger is not None else default_path()
+    if not path.exists():
+        raise BadInput(
+            f"no ledger at {str(path)!r}: accepted: an existing ledger file (--ledger PATH or "
+            "$WATTWISE_LEDGER), written by EnergyCallback, wattwise.Meter or `wattwise run`"
+        )
+    with Ledger(path) as opened:
+        result = build_report(
+            opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    typer.echo(f"report of {result.n_runs} run{'s' if result.n_runs != 1 else ''}:")
+    typer.echo(f"  html:       {result.html_path}")
+    typer.echo(f"  runs.csv:   {result.runs_csv}")
+    typer.echo(f"  phases.csv: {result.phases_csv}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("report")(report_command)
