@@ -1,0 +1,812 @@
+"""``EnergyCallback``: the drop-in Lightning callback that measures a fit and records it.
+
+How it measures: at ``setup`` each process starts a :class:`wattwise.Meter` for what it should
+measure (see *Distributed* below); hooks only mark stage boundaries (``meter.mark(stage)``, a clock
+read); at each training epoch end the finished phases are collected (``meter.collect()``),
+gathered to every rank, added to the totals and written by global rank 0 to the ledger in one
+transaction (``add_phases`` with the epoch index and an architecture snapshot). ``teardown``
+stops the meter, writes the tail and finishes the run.
+
+Phases: ``train``, ``validate``, ``test``, ``predict``, ``sanity_check``, ``baseline`` (the idle
+measurement of ``baseline="idle"``) and ``other`` (set-up, data-loader start, checkpoint saving:
+time inside the call but outside those), so the phases of a fit add up to the whole fit. Rows of
+training epoch *i* hold everything since the end of epoch *i-1* (epoch 0: since set-up); the tail
+after the last epoch and stand-alone ``validate``/``test``/``predict`` rows have ``epoch=None``.
+
+Distributed: on a CUDA Trainer each rank measures the GPU it trains on (its ``root_device``);
+GPUs no rank trains on (a CPU Trainer on a GPU host, a replayed trace), the CPU and the RAM are
+measured by local rank 0 of each node. GPUs are de-duplicated by UUID; host devices of node *k* >
+0 get ``@node<k>`` appended to their id. Totals are identical on every rank (so a budget decision
+agrees); only global rank 0 writes the ledger and prints the summary.
+
+Nothing here raises into training: a failure inside a hook becomes one logged warning (rank 0)
+and the flag ``callback_error`` on the run; only bad constructor arguments and a ledger that
+cannot be opened at ``setup`` raise (:class:`wattwise.errors.BadInput`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from lightning_callbacks._compat import callback_bases, rank_zero_info, read_checkpoint
+from wattwise import units
+from wattwise.errors import BadInput
+from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
+
+log = logging.getLogger(__name__)
+
+CPU_MODES = ("machine", "process")
+BASELINES = ("idle",)
+IDLE_BASELINE_S = 1.0
+"""How long ``baseline="idle"`` measures before the fit (the GPU has not been used yet)."""
+CHECKPOINT_STAMP = "wattwise_run_id"
+"""Key under which every checkpoint saved with the callback carries the run id (lineage)."""
+STATE_VERSION = 1
+OWN_METRICS = ("energy/", "power/", "cost/", "carbon/")
+"""Prefixes of the metrics the callback logs (not stored again as the run's final metrics)."""
+_RUNTIME_ATTRS = ("_meter", "_ledger", "_config")
+"""Live objects (sampler thread, SQLite connection, loaded settings): never pickled or copied."""
+G_PER_KG = 1000.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(hook: _F) -> _F:
+    """Run a hook body so that no exception reaches training: it becomes a warning and a flag."""
+
+    @functools.wraps(hook)
+    def wrapper(self: _EnergyLogic, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, trainer, *args, **kwargs)
+        except Exception as err:
+            self._fault(trainer, hook.__name__, err)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _RankReport:
+    """What one process contributes at a commit (pickled for ``all_gather_object``)."""
+
+    node_rank: int
+    phases: tuple[PhaseEnergy, ...]
+    devices: tuple[DeviceInfo, ...]
+    epoch_start_index: int | None
+    """Phases with this index or later belong to the training epoch itself."""
+
+
+class _EnergyLogic:
+    """All of EnergyCallback's behaviour; the public class adds the Lightning ``Callback`` bases."""
+
+    def __init__(
+        self,
+        ledger: Any = None,
+        architecture: str | None = None,
+        parent: str | os.PathLike[str] | None = None,
+        sample_hz: float = 10,
+        region: str | None = None,
+        pricing: str | None = None,
+        cpu_mode: str = "machine",
+        sync_cuda: bool = False,
+        log_metrics: bool = True,
+        baseline: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> None:
+        self._ledger = None
+        if ledger is None or isinstance(ledger, str | os.PathLike):
+            self._ledger_path = None if ledger is None else os.fspath(ledger)
+        elif hasattr(ledger, "begin_run") and hasattr(ledger, "path"):
+            self._ledger, self._ledger_path = ledger, os.fspath(ledger.path)
+        else:
+            raise BadInput(
+                f"ledger={ledger!r}: expected None (default ledger), a path or a wattwise.Ledger"
+            )
+        if architecture is not None and (not isinstance(architecture, str) or not architecture):
+            raise BadInput(
+                f"architecture={architecture!r}: expected a non-empty label or None "
+                "(the LightningModule's class name)"
+            )
+        if parent is not None and not isinstance(parent, str | os.PathLike):
+            raise BadInput(f"parent={parent!r}: expected a run id, a checkpoint path or None")
+        if isinstance(parent, os.PathLike) or (
+            isinstance(parent, str) and (parent.endswith(".ckpt") or os.sep in parent)
+        ):
+            if not os.path.isfile(parent):
+                raise BadInput(f"parent={os.fspath(parent)!r}: no such checkpoint file")
+            parent = os.fspath(parent)
+        if isinstance(sample_hz, bool) or not isinstance(sample_hz, int | float):
+            raise BadInput(f"sample_hz={sample_hz!r}: expected a number of samples per second")
+        if not 0 < sample_hz <= 1000:
+            raise BadInput(f"sample_hz={sample_hz!r}: expected 0 < sample_hz <= 1000 (default 10)")
+        for name, value in (("region", region), ("pricing", pricing)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise BadInput(f"{name}={value!r}: expected a non-empty string or None")
+        _check_region_pricing(region, pricing)
+        if cpu_mode not in CPU_MODES:
+            raise BadInput(f"cpu_mode={cpu_mode!r}: expected one of {', '.join(CPU_MODES)}")
+        if baseline is not None and baseline not in BASELINES:
+            raise BadInput(f"baseline={baseline!r}: expected None or 'idle'")
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            raise BadInput(f"tags={tags!r}: expected an iterable of strings, e.g. ('sweep-3',)")
+        self.architecture = architecture
+        self.parent = parent
+        self.sample_hz = float(sample_hz)
+        self.region = region
+        self.pricing = pricing
+        self.cpu_mode = cpu_mode
+        self.sync_cuda = bool(sync_cuda)
+        self.log_metrics = bool(log_metrics)
+        self.baseline = baseline
+        self.tags = tuple(tags)
+        # Results, carried by state_dict (plain numbers) so a resumed fit continues them.
+        self.run_id: str | None = None
+        self.epochs_completed = 0
+        self.epoch_energy_j: list[float] = []
+        self.epoch_duration_s: list[float] = []
+        self.energy_by_kind_j: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "ram": 0.0}
+        self.duration_s = 0.0
+        self.energy_above_idle_j = 0.0
+        self.idle_power_w: dict[str, float] = {}
+        self.flags: set[str] = set()
+        self.methods: dict[str, str] = {}
+        self.devices: dict[str, DeviceInfo] = {}
+        self.metrics: dict[str, float] = {}
+        self.summary: dict[str, Any] = {}
+        self._reason: str | None = None
+        self._warned: set[str] = set()
+        self._stamp: str | None = None
+        self._meter = None
+        self._config = None
+        self._reset_call_state()
+
+    def _reset_call_state(self) -> None:
+        """State of one Trainer call (fit / validate / test / predict)."""
+        self._stage: str | None = None
+        self._label: str | None = None
+        self._n_marks = 0
+        self._epoch_start_index: int | None = None
+        self._epoch_start_s: float | None = None
+        self._call_start_s: float | None = None
+        self._run_open = False
+        self._global_zero = True
+        self._pending: list[PhaseEnergy] = []  # collected early (idle baseline), not yet counted
+        self._counted: set[tuple[int, str]] = set()  # (phase index, device id) already counted
+        self._history: dict[str, list[tuple[float, float]]] = {}
+
+    # ----------------------------------------------------------------- public numbers
+    @property
+    def energy_j(self) -> float:
+        """Cumulative device energy so far (all ranks, all devices, before PUE), in J."""
+        return sum(self.energy_by_kind_j.values())
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            ledger=self._ledger_path, architecture=self.architecture, tags=self.tags
+        )
+
+    def record_reason(self, reason: str) -> None:
+        """Keep a reason (e.g. BudgetGuard's stop reason), stored in the ledger at the end."""
+        self._reason = str(reason)
+
+    # ----------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in _RUNTIME_ATTRS:
+            state[name] = None
+        return state
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "run_id": self.run_id,
+            "epochs_completed": self.epochs_completed,
+            "epoch_energy_j": list(self.epoch_energy_j),
+            "epoch_duration_s": list(self.epoch_duration_s),
+            "energy_by_kind_j": dict(self.energy_by_kind_j),
+            "duration_s": self.duration_s,
+            "energy_above_idle_j": self.energy_above_idle_j,
+            "idle_power_w": dict(self.idle_power_w),
+            "flags": sorted(self.flags),
+            "methods": dict(self.methods),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run_id = state_dict.get("run_id", self.run_id)
+        self.epochs_completed = int(state_dict.get("epochs_completed", 0))
+        self.epoch_energy_j = [float(x) for x in state_dict.get("epoch_energy_j", [])]
+        self.epoch_duration_s = [float(x) for x in state_dict.get("epoch_duration_s", [])]
+        by_kind = state_dict.get("energy_by_kind_j", {})
+        self.energy_by_kind_j = {k: float(by_kind.get(k, 0.0)) for k in ("gpu", "cpu", "ram")}
+        self.duration_s = float(state_dict.get("duration_s", 0.0))
+        self.energy_above_idle_j = float(state_dict.get("energy_above_idle_j", 0.0))
+        self.idle_power_w = {k: float(v) for k, v in state_dict.get("idle_power_w", {}).items()}
+        self.flags = set(state_dict.get("flags", []))
+        self.methods = dict(state_dict.get("methods", {}))
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            checkpoint[CHECKPOINT_STAMP] = self.run_id
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self._stamp = checkpoint.get(CHECKPOINT_STAMP)
+
+    # ----------------------------------------------------------------- set-up and run
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # Misconfiguration raises here, before any training; everything later only warns.
+        self._global_zero = bool(trainer.is_global_zero)
+        if self._global_zero:
+            self._open_ledger()
+        self._start(trainer, stage)
+
+    @_guarded
+    def _start(self, trainer: Any, stage: str) -> None:
+        if self._meter is not None:  # a call that ended without teardown (should not happen)
+            self._meter.stop()
+            self._meter = None
+        self._reset_call_state()
+        self._global_zero = bool(trainer.is_global_zero)
+        self._stage = stage
+        self._call_start_s = time.monotonic()
+        layout = _meter_layout(trainer)
+        if layout is None:
+            return
+        from wattwise.meter import Meter
+
+        gpus, measure_host = layout
+        meter = Meter(
+            sample_hz=self.sample_hz, cpu_mode=self.cpu_mode, gpus=gpus, measure_host=measure_host
+        )
+        first = "baseline" if self.baseline == "idle" and stage == "fit" else "other"
+        meter.start(first)
+        self._meter, self._label, self._n_marks = meter, first, 0
+        if first == "baseline":
+            time.sleep(IDLE_BASELINE_S)
+            self._mark(trainer, "other")
+
+    def _open_ledger(self) -> Any:
+        if self._ledger is None:
+            from wattwise.ledger import Ledger
+
+            self._ledger = Ledger(self._ledger_path)
+        return self._ledger
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._begin(trainer, pl_module)
+
+    def _begin(self, trainer: Any, pl_module: Any) -> None:
+        """Open the run (new, resumed or reopened) on rank 0 and share its id with every rank."""
+        if self._run_open:
+            return
+        self._run_open = True
+        if self._stage == "fit" and self.baseline == "idle":
+            self._collect_idle(trainer)
+        run_id = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
+        self.run_id = _broadcast(trainer, run_id if run_id is not None else self.run_id)
+
+    def _collect_idle(self, trainer: Any) -> None:
+        """Idle power per device from the ``baseline`` phase; the phase is counted later."""
+        local: dict[str, float] = {}
+        if self._meter is not None:
+            self._pending = self._guard(trainer, "idle baseline", self._meter.collect) or []
+            for phase in self._pending:
+                if phase.name == "baseline" and phase.duration_s > 0:
+                    local[phase.device_id] = phase.energy_j / phase.duration_s
+        for idle_w in _gather(trainer, local):
+            self.idle_power_w.update(idle_w)
+        self.flags.add("idle_baseline")
+
+    def _begin_on_rank_zero(self, trainer: Any, pl_module: Any) -> str | None:
+        if not self._global_zero:
+            return None
+        ledger = self._open_ledger()
+        if self.run_id is not None:  # resumed from our own state, or a second call
+            ledger.reopen_run(self.run_id)
+            return self.run_id
+        devices = list(self._meter.devices) if self._meter is not None else []
+        return ledger.begin_run(
+            architecture=self._architecture(pl_module),
+            parent_run_id=self._parent_run_id(),
+            tags=self.tags,
+            settings=self._settings(trainer),
+            region=self.region,
+            pricing=self.pricing,
+            devices=devices,
+            versions=_versions(trainer),
+        )
+
+    def _parent_run_id(self) -> str | None:
+        if self.parent is None:
+            return self._stamp
+        if os.path.isfile(self.parent):
+            stamp = read_checkpoint(self.parent).get(CHECKPOINT_STAMP)
+            if stamp is None:
+                self._warn_once(
+                    f"parent checkpoint {self.parent} carries no wattwise run id; "
+                    "the run is recorded without a parent"
+                )
+            return stamp
+        return os.fspath(self.parent)
+
+    def _architecture(self, pl_module: Any) -> str:
+        return self.architecture or type(pl_module).__name__
+
+    def _settings(self, trainer: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "sample_hz": self.sample_hz,
+            "cpu_mode": self.cpu_mode,
+            "sync_cuda": self.sync_cuda,
+            "baseline": self.baseline,
+            "stage": self._stage,
+            "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "precision": str(trainer.precision),
+        }
+        if self.idle_power_w:
+            settings["idle_power_w"] = dict(self.idle_power_w)
+        return settings
+
+    # ----------------------------------------------------------------- boundaries
+    def _mark(self, trainer: Any, label: str) -> None:
+        """Start a new phase now: a clock read in the Meter, never a sensor read."""
+        if self._meter is None:
+            return
+        if self.sync_cuda and trainer.strategy.root_device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        self._meter.mark(label)
+        self._label = label
+        self._n_marks += 1
+
+    @_guarded
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        self._mark(trainer, "sanity_check")
+
+    @_guarded
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+        self._mark(trainer, "other")
+
+    @_guarded
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._mark(trainer, "other")
+        self._epoch_start_index = self._n_marks
+        self._epoch_start_s = time.monotonic()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if self._label != "train":  # once per epoch (and after a mid-epoch validation)
+            self._guard(trainer, "on_train_batch_start", self._mark, trainer, "train")
+
+    @_guarded
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._stage != "fit":
+            self._begin(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self._mark(trainer, "validate")
+
+    @_guarded
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._mark(trainer, "other")
+
+    @_guarded
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._begin(trainer, pl_module)
+        self._mark(trainer, "test")
+
+    @_guarded
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._mark(trainer, "other")
+
+    @_guarded
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._begin(trainer, pl_module)
+        self._mark(trainer, "predict")
+
+    @_guarded
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._mark(trainer, "other")
+
+    # ----------------------------------------------------------------- epoch commit
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.flush(trainer)
+
+    def flush(self, trainer: Any) -> None:
+        """Integrate and count the training epoch that just ended; idempotent.
+
+        Every rank must call it (it gathers); BudgetGuard calls it before reading the numbers.
+        """
+        if self._epoch_start_s is None:
+            return
+        duration_s = time.monotonic() - self._epoch_start_s
+        self._epoch_start_s = None
+        local = self._guard(trainer, "flush", self._local_report, trainer, close_epoch=True)
+        reports = _gather(trainer, local)
+        self._guard(trainer, "flush", self._commit, trainer, reports, duration_s, False)
+
+    def _local_report(self, trainer: Any, *, close_epoch: bool) -> _RankReport | None:
+        if self._meter is None:
+            return None
+        start_index = self._epoch_start_index
+        if close_epoch:
+            self._mark(trainer, "other")
+            self._epoch_start_index = None
+            phases = self._pending + list(self._meter.collect())
+        else:
+            # stop() may return every phase of the meter: count each one once.
+            phases = self._pending + list(self._meter.stop().phases)
+            self._history = self._meter.history()
+        self._pending = []
+        new = [p for p in phases if (p.index, p.device_id) not in self._counted]
+        self._counted.update((p.index, p.device_id) for p in new)
+        return _RankReport(
+            node_rank=int(trainer.node_rank),
+            phases=tuple(new),
+            devices=tuple(self._meter.devices),
+            epoch_start_index=start_index,
+        )
+
+    def _commit(
+        self, trainer: Any, reports: Sequence[_RankReport | None], duration_s: float, tail: bool
+    ) -> None:
+        """Add gathered phases to the totals (every rank) and write them (rank 0)."""
+        phases, devices, in_epoch = _merge(reports)
+        for device in devices:
+            self.devices.setdefault(device.device_id, device)
+            self.methods[device.device_id] = device.method
+            self.flags.update(device.flags)
+        for phase in phases:
+            self.energy_by_kind_j[phase.kind] = self.energy_by_kind_j.get(phase.kind, 0.0) + (
+                phase.energy_j
+            )
+            self.flags.update(phase.flags)
+            idle_w = self.idle_power_w.get(phase.device_id)
+            if idle_w is not None:
+                self.energy_above_idle_j += max(0.0, phase.energy_j - idle_w * phase.duration_s)
+        epoch = None if tail else self.epochs_completed
+        if not tail:
+            self.epochs_completed += 1
+            self.epoch_energy_j.append(sum(p.energy_j for p in in_epoch))
+            self.epoch_duration_s.append(duration_s)
+        pl_module = trainer.lightning_module
+        if self._global_zero and self.run_id is not None:
+            extra = frozenset(self.flags & {"callback_error", "idle_baseline"})
+            rows = [replace(p, flags=p.flags | extra) if extra else p for p in phases]
+            self._open_ledger().add_phases(
+                self.run_id,
+                rows,
+                epoch=epoch,
+                snapshot=None if tail else _snapshot(pl_module, self._architecture(pl_module)),
+                epochs_completed=self.epochs_completed,
+                devices=devices,
+            )
+        if not tail:
+            self._log_metrics(trainer, pl_module, in_epoch, duration_s)
+
+    # ----------------------------------------------------------------- metrics and money
+    def _log_metrics(
+        self, trainer: Any, pl_module: Any, in_epoch: Sequence[PhaseEnergy], duration_s: float
+    ) -> None:
+        if not self.log_metrics:
+            return
+        values: dict[str, float] = {}
+        if any(d.kind == "gpu" for d in self.devices.values()):
+            values["energy/gpu_wh"] = units.j_to_wh(self.energy_by_kind_j["gpu"])
+            gpu_epoch_j = sum(p.energy_j for p in in_epoch if p.kind == "gpu")
+            values["power/gpu_w"] = gpu_epoch_j / duration_s if duration_s > 0 else 0.0
+        for kind in ("cpu", "ram"):
+            if any(d.kind == kind for d in self.devices.values()):
+                values[f"energy/{kind}_wh"] = units.j_to_wh(self.energy_by_kind_j[kind])
+        values["energy/total_wh"] = units.j_to_wh(self.energy_j)
+        money = self._money(trainer)
+        if money["pricing_set"] and money["cost_usd"] is not None:
+            values["cost/usd"] = money["cost_usd"]
+        if money["region"] is not None and money["co2e_kg"] is not None:
+            values["carbon/gco2e"] = money["co2e_kg"] * G_PER_KG
+        distributed = trainer.world_size > 1
+        for name, value in values.items():
+            pl_module.log(
+                name,
+                float(value),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "energy/total_wh",
+                logger=True,
+                sync_dist=distributed,  # identical on every rank: the mean is the value
+            )
+
+    def _money(self, trainer: Any) -> dict[str, Any]:
+        """Cost and CO2e of the energy so far (cumulative); None where it cannot be worked out.
+
+        Region and pricing: the arguments, else the configuration in force
+        (``WATTWISE_REGION`` / ``WATTWISE_PRICING`` / wattwise.toml). No region: the world
+        average, flagged ``no_region``.
+        """
+        from wattwise import carbon, config, pricing
+
+        settings = self._config = self._config or config.load()
+        region = self.region or settings.get("region")
+        scenario = self.pricing or settings.get("pricing")
+        scenario = scenario[0] if isinstance(scenario, list) else scenario
+        out: dict[str, Any] = {
+            "cost_usd": None,
+            "co2e_kg": None,
+            "flags": set(),
+            "region": region,
+            "pricing": scenario,
+            "pricing_set": self.pricing is not None or settings.source("pricing") != "default",
+        }
+        gpus = [d for d in self.devices.values() if d.kind == "gpu"]
+        cost = self._guard(
+            trainer,
+            "pricing",
+            lambda: pricing.cost(
+                self.energy_j,
+                self.duration_s + self._elapsed_s(),
+                scenario=scenario,
+                gpu_name=gpus[0].name if gpus else None,
+                n_gpus=max(1, len(gpus)),
+                settings=settings,
+            ),
+        )
+        if cost is not None:
+            out["cost_usd"] = cost.total_usd
+            out["flags"].update(cost.flags)
+        intensity = self._guard(trainer, "carbon", carbon.intensity, region, settings)
+        if intensity is not None:
+            pue = cost.pue if cost is not None else carbon.pue(scenario, settings).value
+            out["co2e_kg"] = carbon.co2e_kg(self.energy_j, intensity, pue)
+            out["flags"].update(intensity.flags)
+        return out
+
+    def _elapsed_s(self) -> float:
+        return 0.0 if self._call_start_s is None else time.monotonic() - self._call_start_s
+
+    # ----------------------------------------------------------------- end of a call
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._finish(trainer, "finished", None)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        reason = f"{type(exception).__name__}: {exception}"
+        # No collectives here: another rank may not have failed. Rank 0 keeps what it measured.
+        self._finish(trainer, status, reason, gather=False)
+
+    def _finish(self, trainer: Any, status: str, reason: str | None, *, gather: bool = True):
+        if self._call_start_s is None:  # not started here (e.g. the ddp_spawn main process)
+            return
+        if self._epoch_start_s is not None and status == "finished":
+            self.flush(trainer)  # an epoch ended without on_train_epoch_end (should not happen)
+        local = self._guard(trainer, "teardown", self._local_report, trainer, close_epoch=False)
+        self._meter = None
+        reports = _gather(trainer, local) if gather else [local]
+        self._guard(trainer, "teardown", self._commit, trainer, reports, 0.0, True)
+        self.duration_s += self._elapsed_s()
+        self._call_start_s = None
+        self._guard(trainer, "teardown", self._finish_run, trainer, status, reason)
+        self._reset_call_state()
+
+    def _finish_run(self, trainer: Any, status: str, reason: str | None) -> None:
+        money = self._money(trainer)
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith(OWN_METRICS):
+                continue
+            try:
+                self.metrics[name] = float(value)
+            except (TypeError, ValueError, RuntimeError):  # non-scalar metric: not stored
+                continue
+        self.summary = self._summary(trainer, money)
+        if not self._global_zero or self.run_id is None:
+            return
+        ledger = self._open_ledger()
+        for device_id, points in self._history.items():
+            ledger.add_timeline(self.run_id, device_id, points)
+        metrics = dict(self.metrics)
+        if self.baseline == "idle":
+            metrics["wattwise/energy_above_idle_wh"] = units.j_to_wh(self.energy_above_idle_j)
+        ledger.finish_run(
+            self.run_id, status=status, metrics=metrics, reason=reason or self._reason
+        )
+        if self._stage == "fit" and status == "finished":
+            rank_zero_info(trainer, _format_summary(self.summary))
+
+    def _summary(self, trainer: Any, money: dict[str, Any]) -> dict[str, Any]:
+        flags = set(self.flags) | set(money["flags"])
+        summary: dict[str, Any] = {
+            "run_id": self.run_id,
+            "architecture": self._architecture(trainer.lightning_module),
+            "epochs": self.epochs_completed,
+            "duration_s": self.duration_s,
+            "energy_j": self.energy_j,
+            "energy_wh": units.j_to_wh(self.energy_j),
+            "energy_by_kind_wh": {k: units.j_to_wh(v) for k, v in self.energy_by_kind_j.items()},
+            "cost_usd": money["cost_usd"],
+            "co2e_kg": money["co2e_kg"],
+            "methods": dict(self.methods),
+            "flags": sorted(flags),
+            "devices": sorted(f"{d.kind}: {d.name} ({d.method})" for d in self.devices.values()),
+            "epoch_energy_wh": [units.j_to_wh(j) for j in self.epoch_energy_j],
+            "region": money["region"],
+            "pricing": money["pricing"],
+        }
+        if self.baseline == "idle":
+            summary["idle_power_w"] = dict(self.idle_power_w)
+            summary["energy_above_idle_wh"] = units.j_to_wh(self.energy_above_idle_j)
+        return summary
+
+    # ----------------------------------------------------------------- faults
+    def _guard(self, trainer: Any, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as err:
+            self._fault(trainer, where, err)
+            return None
+
+    def _fault(self, trainer: Any, where: str, err: Exception) -> None:
+        self.flags.add("callback_error")
+        self._warn_once(f"wattwise: {where} failed ({type(err).__name__}: {err}); training goes on")
+        log.debug("wattwise hook failure in %s", where, exc_info=err)
+
+    def _warn_once(self, message: str) -> None:
+        if self._global_zero and message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
+
+
+class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
+    """Measure the energy of a Lightning fit and record it in the wattwise ledger.
+
+    ``Trainer(callbacks=[EnergyCallback()])`` is all it takes. Arguments:
+
+    - ``ledger``: a path or a :class:`wattwise.Ledger` (None: ``$WATTWISE_LEDGER`` or
+      ``./wattwise.db``).
+    - ``architecture``: the run's label (default: the LightningModule's class name).
+    - ``parent``: a run id or a checkpoint path whose run this one descends from (lineage). A fit
+      started from a checkpoint saved with this callback finds its parent by itself.
+    - ``sample_hz``: how often power is read (the energy counter is read about once a second).
+    - ``region`` / ``pricing``: carbon region (``FRA``, ``gcp:europe-west1``) and pricing scenario
+      (``onprem``, ``aws:p5.48xlarge``); when given, ``carbon/gco2e`` / ``cost/usd`` are logged.
+    - ``cpu_mode``: ``machine`` (whole CPU) or ``process`` (this process's share) when the CPU is
+      estimated.
+    - ``sync_cuda``: synchronise CUDA at stage boundaries (never per step), so asynchronous GPU
+      work is attributed to the stage that queued it.
+    - ``log_metrics``: log ``energy/*``, ``power/gpu_w`` (and cost / carbon) at each epoch end.
+    - ``baseline="idle"``: measure the idle power for one second before the fit and also report
+      the energy above it.
+    - ``tags``: labels stored with the run.
+
+    After (and during) a fit: ``run_id``, ``summary``, ``energy_j``, ``epochs_completed``,
+    ``epoch_energy_j``, ``epoch_duration_s``; ``flush(trainer)`` and ``record_reason(reason)``.
+    """
+
+
+# --------------------------------------------------------------------- helpers
+def _check_region_pricing(region: str | None, scenario: str | None) -> None:
+    """UnknownRegion / BadInput (naming the value and what is accepted) for unusable values."""
+    from wattwise import carbon, pricing
+
+    if region is not None:
+        carbon.intensity(region)
+    if scenario is not None and scenario.strip().lower() != "onprem":
+        pricing.instance(scenario)
+
+
+def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:
+    """What this process measures: (gpus for discover(), measure_host), or None for nothing."""
+    root = trainer.strategy.root_device
+    host = int(trainer.local_rank) == 0
+    if root.type == "cuda" and not os.environ.get("WATTWISE_REPLAY_NVML"):
+        import torch
+
+        index = root.index if root.index is not None else torch.cuda.current_device()
+        return [index], host
+    if host:
+        return "visible", True
+    return None
+
+
+def _gather(trainer: Any, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (a plain list without distribution)."""
+    if int(trainer.world_size) <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(trainer: Any, obj: Any) -> Any:
+    if int(trainer.world_size) <= 1:
+        return obj
+    return trainer.strategy.broadcast(obj, src=0)
+
+
+def _merge(
+    reports: Sequence[_RankReport | None],
+) -> tuple[list[PhaseEnergy], list[DeviceInfo], list[PhaseEnergy]]:
+    """Phases and devices of every rank, each GPU once (by UUID), host devices named per node.
+
+    Also returns the phases inside the training epoch itself (from its start on).
+    """
+    phases: list[PhaseEnergy] = []
+    devices: list[DeviceInfo] = []
+    gpu_owner: dict[str, int] = {}
+    in_epoch: list[PhaseEnergy] = []
+    for rank, report in enumerate(reports):
+        if report is None:
+            continue
+        renamed: dict[str, str] = {}
+        for device in report.devices:
+            if device.kind == "gpu":
+                if gpu_owner.setdefault(device.device_id, rank) != rank:
+                    continue
+                renamed[device.device_id] = device.device_id
+            else:
+                suffix = f"@node{report.node_rank}" if report.node_rank > 0 else ""
+                renamed[device.device_id] = device.device_id + suffix
+            devices.append(replace(device, device_id=renamed[device.device_id]))
+        for phase in report.phases:
+            device_id = renamed.get(phase.device_id)
+            if device_id is None:
+                continue
+            phases.append(replace(phase, device_id=device_id))
+            if report.epoch_start_index is not None and phase.index >= report.epoch_start_index:
+                in_epoch.append(phases[-1])
+    return phases, devices, in_epoch
+
+
+def _snapshot(pl_module: Any, label: str) -> ArchSnapshot:
+    params = list(pl_module.parameters())
+    return ArchSnapshot(
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params),
+        model_class=type(pl_module).__name__,
+        label=label,
+    )
+
+
+def _versions(trainer: Any) -> dict[str, str]:
+    import torch
+
+    import wattwise
+
+    lightning = __import__(type(trainer).__module__.split(".")[0])
+    return {
+        "wattwise": wattwise.__version__,
+        "torch": torch.__version__,
+        lightning.__name__: getattr(lightning, "__version__", "unknown"),
+    }
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    by_kind = summary["energy_by_kind_wh"]
+    lines = [
+        f"wattwise run {summary['run_id']} ({summary['architecture']}): "
+        f"{summary['epochs']} epochs in {summary['duration_s']:.1f} s",
+        f"  energy  {summary['energy_wh']:.4g} Wh  (GPU {by_kind['gpu']:.4g}, "
+        f"CPU {by_kind['cpu']:.4g}, RAM {by_kind['ram']:.4g}; device energy before PUE)",
+    ]
+    if "energy_above_idle_wh" in summary:
+        lines.append(f"  above idle  {summary['energy_above_idle_wh']:.4g} Wh")
+    if summary["cost_usd"] is not None:
+        lines.append(f"  cost    {summary['cost_usd']:.4g} USD ({summary['pricing']})")
+    if summary["co2e_kg"] is not None:
+        lines.append(
+            f"  carbon  {summary['co2e_kg'] * 1000:.4g} gCO2e ({summary['region'] or 'world'})"
+        )
+    lines.extend(f"  {device}" for device in summary["devices"])
+    if summary["flags"]:
+        lines.append(f"  flags   {', '.join(summary['flags'])}")
+    return "\n".join(lines)
