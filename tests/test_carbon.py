@@ -249,3 +249,13 @@ def test_co2e_kg_hand_worked():
     found = carbon.Intensity("X", 400.0, "s", 2024)
     assert carbon.co2e_kg(36e6, found, carbon.Pue(1.5, "s", 2024)) == pytest.approx(6.0)
     assert carbon.co2e_kg(0.0, found, 1.5) == 0.0
+
+
+def test_every_known_region_has_source_and_year(settings):
+    codes = carbon.known_regions(settings)
+    assert len(codes) > 250
+    for code in codes:
+        found = carbon.intensity(code, settings)
+        assert found.source.strip() and isinstance(found.year, int), code
+        assert found.gco2e_per_kwh >= 0, code
+        assert found.provenance["codecarbon_version"] == CODECARBON_VERSION, code

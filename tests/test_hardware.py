@@ -137,3 +137,8 @@ def test_user_rows_from_config(tmp_path):
 def test_to_json_row():
     row = hardware.lookup("L4").to_json()
     assert row["name"] == "L4" and isinstance(row["aliases"], list) and row["source"]
+
+
+def test_non_string_name_is_bad_input():
+    with pytest.raises(UnknownHardware, match="None"):
+        hardware.lookup(None)

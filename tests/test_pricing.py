@@ -177,3 +177,13 @@ def test_every_price_row_has_source_date_and_known_gpu():
 def test_instances_json_has_per_gpu_price(settings):
     row = pricing.instance("aws:p4d.24xlarge", settings)
     assert row.to_json()["price_per_gpu_hour_usd"] == pytest.approx(32.77 / 8)
+
+
+def test_instances_for_gpu_cheapest_first(settings):
+    rows = pricing.instances_for_gpu("NVIDIA H100 80GB HBM3", settings)
+    names = [r.name for r in rows]
+    assert {"aws:p5.48xlarge", "gcp:a3-highgpu-8g", "lambda:gpu_1x_h100_sxm5"} <= set(names)
+    assert "runpod:h100-pcie" not in names  # another part
+    per_gpu = [r.price_per_gpu_hour_usd for r in rows]
+    assert per_gpu == sorted(per_gpu)
+    assert pricing.instances_for_gpu("RTX 4060 Ti", settings) == []

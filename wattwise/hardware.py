@@ -125,6 +125,8 @@ def all_gpus(settings: Settings | None = None) -> list[GpuSpec]:
 
 def lookup(name: str, settings: Settings | None = None) -> GpuSpec:
     """The row for ``name`` (forgiving match); :class:`UnknownHardware` lists the closest names."""
+    if not isinstance(name, str):
+        raise UnknownHardware(f"bad hardware name {name!r}; accepted: a GPU name such as 'H100'")
     rows = all_gpus(settings)
     key = normalise(name)
     for spec in rows:

@@ -26,7 +26,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from wattwise import carbon, hardware
-from wattwise.errors import BadInput
+from wattwise.errors import BadInput, UnknownHardware
 from wattwise.units import S_PER_HOUR, j_to_kwh
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +125,20 @@ def instances(settings: Settings | None = None) -> list[Instance]:
         )
     taken = {i.name.lower() for i in user}
     return user + [i for i in _builtin() if i.name.lower() not in taken]
+
+
+def instances_for_gpu(gpu_name: str, settings: Settings | None = None) -> list[Instance]:
+    """The instances built on ``gpu_name`` (forgiving match), cheapest per GPU-hour first."""
+    settings = _settings(settings)
+    target = hardware.lookup(gpu_name, settings).name
+    rows = []
+    for row in instances(settings):
+        try:
+            if hardware.lookup(row.gpu, settings).name == target:
+                rows.append(row)
+        except UnknownHardware:
+            continue  # a custom instance on a GPU the table does not know
+    return sorted(rows, key=lambda r: r.price_per_gpu_hour_usd)
 
 
 def instance(name: str, settings: Settings | None = None) -> Instance:
