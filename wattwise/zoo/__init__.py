@@ -1,30 +1,37 @@
 """Reference models to compare what architectures cost: ``MODELS`` maps the labels ``baseline``,
 ``constrained`` and ``adaptive`` to LightningModule classes over scikit-learn's bundled digits.
 
-Importing this package imports torch and Lightning; ``import wattwise`` does not import it.
+Importing this package is cheap; its names load torch and Lightning on first use.
 """
 
 from __future__ import annotations
 
-from wattwise.zoo.data import DigitsDataModule, split_digits
-from wattwise.zoo.models import AdaptiveMLP, BaselineMLP, ConstrainedMLP, decov_loss
+import importlib
+from typing import TYPE_CHECKING, Any
 
-MODELS: dict[str, type[BaselineMLP]] = {
-    "baseline": BaselineMLP,
-    "constrained": ConstrainedMLP,
-    "adaptive": AdaptiveMLP,
+if TYPE_CHECKING:  # pragma: no cover
+    from wattwise.zoo.data import DigitsDataModule, split_digits
+    from wattwise.zoo.models import (
+        MODELS,
+        AdaptiveMLP,
+        BaselineMLP,
+        ConstrainedMLP,
+        build_datamodule,
+        count_parameters,
+        decov_loss,
+    )
+
+_WHERE = {
+    "DigitsDataModule": "data",
+    "split_digits": "data",
+    "MODELS": "models",
+    "AdaptiveMLP": "models",
+    "BaselineMLP": "models",
+    "ConstrainedMLP": "models",
+    "build_datamodule": "models",
+    "count_parameters": "models",
+    "decov_loss": "models",
 }
-
-
-def build_datamodule(*, batch_size: int = 32, seed: int = 0) -> DigitsDataModule:
-    """The digits datamodule every zoo model trains on (a deterministic split under ``seed``)."""
-    return DigitsDataModule(batch_size, seed=seed)
-
-
-def count_parameters(model) -> int:
-    """Number of trainable parameters of a module (it changes when an adaptive model grows)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
 
 __all__ = [
     "MODELS",
@@ -37,3 +44,9 @@ __all__ = [
     "decov_loss",
     "split_digits",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"wattwise.zoo.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'wattwise.zoo' has no attribute {name!r}")

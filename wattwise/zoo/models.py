@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wattwise.errors import BadInput
-from wattwise.zoo.data import N_CLASSES, N_FEATURES
+from wattwise.zoo.data import N_CLASSES, N_FEATURES, DigitsDataModule
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +272,21 @@ class AdaptiveMLP(BaselineMLP):
         # The old optimizer holds the replaced parameters; Lightning reads trainer.optimizers at
         # every step, so the new one takes over from the next batch on.
         self.trainer.strategy.setup_optimizers(self.trainer)
+
+
+MODELS: dict[str, type[BaselineMLP]] = {
+    "baseline": BaselineMLP,
+    "constrained": ConstrainedMLP,
+    "adaptive": AdaptiveMLP,
+}
+"""The zoo, by the label each model's runs carry in the ledger."""
+
+
+def build_datamodule(*, batch_size: int = 32, seed: int = 0) -> DigitsDataModule:
+    """The digits datamodule every zoo model trains on (a deterministic split under ``seed``)."""
+    return DigitsDataModule(batch_size, seed=seed)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of a module (it changes when an adaptive model grows)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,216 @@
+"""The main job: train the zoo's three models with energy accounting and compare them.
+
+:func:`run_demo` trains ``baseline``, ``constrained`` and ``adaptive`` on the digits, each with an
+``EnergyCallback`` (one ledger run per model), tests each with the same callback so its test
+accuracy lands in the same run, then writes the HTML and CSV report over exactly those runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+
+from wattwise.errors import BadInput
+from wattwise.zoo.models import MODELS, build_datamodule, count_parameters
+from wattwise.zoo.settings import check_settings
+
+# Events a progress display receives: ("start", label, epochs), ("epoch", label, epochs_done),
+# ("test", label, None), ("done", label, None).
+ProgressHook = Callable[[str, str, int | None], None]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What one model's run cost and achieved."""
+
+    run_id: str
+    architecture: str
+    epochs: int
+    duration_s: float
+    energy_wh: float
+    cost_usd: float | None
+    co2e_kg: float | None
+    val_acc: float | None
+    test_acc: float | None
+    params_start: int
+    params_end: int
+    widths_start: tuple[int, ...]
+    widths_end: tuple[int, ...]
+    flags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    ledger_path: str
+    runs: list[DemoRun]
+    html_path: str
+    runs_csv: str
+    phases_csv: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ledger": self.ledger_path,
+            "report": {
+                "html_path": self.html_path,
+                "runs_csv": self.runs_csv,
+                "phases_csv": self.phases_csv,
+            },
+            "runs": [run.to_json() for run in self.runs],
+        }
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's chatter out of the demo's output: its start-up notices (accelerator
+    found, tips) are INFO records of its own loggers, raised to WARNING for the duration; two
+    warnings that do not apply here are ignored by their exact text: the DataLoaders deliberately
+    use no worker processes (the data are small in-memory tensors), and a deprecation inside
+    Lightning's own pytree helper that the user cannot act on."""
+    names = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class _Progress(pl.Callback):
+    """Forwards epoch ends to a progress hook (Lightning's own bars stay off)."""
+
+    def __init__(self, label: str, epochs: int, hook: ProgressHook) -> None:
+        self.label = label
+        self.epochs = epochs
+        self.hook = hook
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.hook("start", self.label, self.epochs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.hook("epoch", self.label, trainer.current_epoch + 1)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.hook("test", self.label, None)
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
+def run_demo(
+    *,
+    epochs: int,
+    ledger: Any = None,
+    out_dir: str | os.PathLike[str] = "reports",
+    region: str | None = None,
+    pricing: str | None = None,
+    seed: int = 0,
+    architectures: Sequence[str] = tuple(MODELS),
+    progress: ProgressHook | None = None,
+) -> DemoResult:
+    """Train each of ``architectures`` for ``epochs`` epochs (GPU when there is one) with an
+    ``EnergyCallback`` writing to ``ledger`` (a path, a ``Ledger`` or None for the default), test
+    it, and write the report over exactly these runs under ``out_dir``."""
+    unknown = [name for name in architectures if name not in MODELS]
+    if unknown or not architectures:
+        raise BadInput(
+            f"architectures={list(architectures)!r}: expected names among {list(MODELS)}"
+        )
+    check_settings(epochs, region, pricing)
+
+    from wattwise.ledger import Ledger
+    from wattwise.report import build_report
+
+    with contextlib.ExitStack() as stack:
+        store = ledger if isinstance(ledger, Ledger) else stack.enter_context(Ledger(ledger))
+        runs = _train_all(store, architectures, epochs, out_dir, region, pricing, seed, progress)
+        report = build_report(
+            store, [run.run_id for run in runs], out_dir=out_dir, region=region, pricing=pricing
+        )
+        return DemoResult(
+            ledger_path=str(store.path),
+            runs=runs,
+            html_path=str(report.html_path),
+            runs_csv=str(report.runs_csv),
+            phases_csv=str(report.phases_csv),
+        )
+
+
+def _train_all(
+    store: Any,
+    architectures: Sequence[str],
+    epochs: int,
+    out_dir: str | os.PathLike[str],
+    region: str | None,
+    pricing: str | None,
+    seed: int,
+    progress: ProgressHook | None,
+) -> list[DemoRun]:
+    from lightning_callbacks import EnergyCallback
+
+    runs: list[DemoRun] = []
+    with quiet_lightning():
+        for name in architectures:
+            pl.seed_everything(seed, verbose=False)
+            model = MODELS[name]()
+            datamodule = build_datamodule(seed=seed)
+            params_start, widths_start = count_parameters(model), model.widths
+            energy = EnergyCallback(ledger=store, architecture=name, region=region, pricing=pricing)
+            callbacks: list[pl.Callback] = [energy]
+            if progress is not None:
+                callbacks.append(_Progress(name, epochs, progress))
+            trainer = pl.Trainer(
+                max_epochs=epochs,
+                accelerator="auto",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                log_every_n_steps=10,
+                callbacks=callbacks,
+                default_root_dir=out_dir,
+            )
+            trainer.fit(model, datamodule=datamodule)
+            val_acc = _metric(trainer.callback_metrics, "val_acc")
+            tested = trainer.test(model, datamodule=datamodule, verbose=False)
+            summary = energy.summary
+            if progress is not None:
+                progress("done", name, None)
+            runs.append(
+                DemoRun(
+                    run_id=summary["run_id"],
+                    architecture=name,
+                    epochs=int(summary["epochs"]),
+                    duration_s=float(summary["duration_s"]),
+                    energy_wh=float(summary["energy_wh"]),
+                    cost_usd=summary.get("cost_usd"),
+                    co2e_kg=summary.get("co2e_kg"),
+                    val_acc=val_acc,
+                    test_acc=_metric(tested[0] if tested else {}, "test_acc"),
+                    params_start=params_start,
+                    params_end=count_parameters(model),
+                    widths_start=widths_start,
+                    widths_end=model.widths,
+                    flags=tuple(sorted(summary.get("flags") or ())),
+                )
+            )
+    return runs
