@@ -1,9 +1,147 @@
-"""`wattwise` sub-commands: demo (placeholder until implemented)."""
+"""`wattwise demo`: the main job. Trains the zoo's baseline, constrained and adaptive models with
+energy accounting (GPU when there is one), then writes the ledger and the comparison report."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wattwise.zoo.demo import DemoResult, ProgressHook
+
+QUICK_EPOCHS = 6
+FULL_EPOCHS = 30
+
+
+def _progress_display() -> tuple[ProgressHook, object]:
+    """A rich progress display on stderr (one line per model: its epoch, then testing) and the
+    hook that drives it; the second item is the display's context manager."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    display = Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    tasks: dict[str, int] = {}
+
+    def hook(event: str, label: str, value: int | None) -> None:
+        if event == "start":
+            tasks[label] = display.add_task(f"{label}: training", total=value)
+        elif event == "epoch":
+            display.update(tasks[label], completed=value)
+        elif event == "test":
+            display.update(tasks[label], description=f"{label}: testing")
+        elif event == "done":
+            display.update(tasks[label], description=f"{label}: done")
+
+    return hook, display
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _show(result: DemoResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="wattwise demo: what each architecture cost")
+    columns = ("architecture", "test acc", "epochs", "time s", "energy Wh", "cost $", "CO2e g")
+    for column in (*columns, "parameters"):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for run in result.runs:
+        grown = f"{run.params_start:,} -> {run.params_end:,}"
+        table.add_row(
+            run.architecture,
+            _fmt(run.test_acc, ".3f"),
+            str(run.epochs),
+            f"{run.duration_s:.1f}",
+            f"{run.energy_wh:.3g}",
+            _fmt(run.cost_usd, ".2g"),
+            _fmt(None if run.co2e_kg is None else run.co2e_kg * 1000, ".3g"),
+            grown if run.params_end != run.params_start else f"{run.params_start:,}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"ledger: {result.ledger_path}")
+    console.print(f"report: {result.html_path}")
+    console.print(f"csv:    {result.runs_csv}, {result.phases_csv}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+
+    @app.command("demo")
+    def demo(
+        quick: Annotated[
+            bool, typer.Option("--quick", help=f"Short run: {QUICK_EPOCHS} epochs per model.")
+        ] = False,
+        epochs: Annotated[
+            int | None,
+            typer.Option(
+                "--epochs",
+                help=f"Training epochs per model (default {FULL_EPOCHS}, {QUICK_EPOCHS} with "
+                "--quick).",
+            ),
+        ] = None,
+        ledger: Annotated[
+            Path | None,
+            typer.Option(
+                "--ledger",
+                help="Ledger to record the runs in (default: $WATTWISE_LEDGER or ./wattwise.db).",
+            ),
+        ] = None,
+        out: Annotated[
+            Path, typer.Option("--out", help="Folder for report.html, runs.csv, phases.csv.")
+        ] = Path("reports"),
+        region: Annotated[
+            str | None,
+            typer.Option("--region", help="Grid region: FRA, gcp:europe-west1, aws:us-east-1..."),
+        ] = None,
+        pricing: Annotated[
+            str | None,
+            typer.Option("--pricing", help="Pricing scenario: onprem or provider:instance."),
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of data split and weights.")] = 0,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Train baseline, constrained and adaptive models with energy accounting and compare
+        them in one report (one ledger run per model)."""
+        from wattwise.zoo.settings import check_settings
+
+        n_epochs = epochs if epochs is not None else QUICK_EPOCHS if quick else FULL_EPOCHS
+        check_settings(n_epochs, region, pricing)  # before the heavy imports below
+
+        from wattwise.zoo.demo import run_demo
+
+        if as_json:
+            result = run_demo(
+                epochs=n_epochs,
+                ledger=ledger,
+                out_dir=out,
+                region=region,
+                pricing=pricing,
+                seed=seed,
+            )
+            typer.echo(json.dumps(result.to_json(), indent=2))
+            return
+        hook, display = _progress_display()
+        with display:
+            result = run_demo(
+                epochs=n_epochs,
+                ledger=ledger,
+                out_dir=out,
+                region=region,
+                pricing=pricing,
+                seed=seed,
+                progress=hook,
+            )
+        _show(result)
