@@ -7,6 +7,7 @@ import datetime as dt
 import importlib.metadata
 import importlib.util
 import json
+import os
 import pathlib
 from importlib import resources
 
@@ -259,3 +260,17 @@ def test_every_known_region_has_source_and_year(settings):
         assert found.source.strip() and isinstance(found.year, int), code
         assert found.gco2e_per_kwh >= 0, code
         assert found.provenance["codecarbon_version"] == CODECARBON_VERSION, code
+
+
+def test_missing_series_file_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="cannot be read"):
+        carbon.series_mean(str(tmp_path / "absent.csv"), None, None)
+
+
+def test_edited_series_is_read_again(tmp_path):
+    path = tmp_path / "grid.csv"
+    path.write_text("timestamp,gco2e_per_kwh\n2025-01-01T00:00:00Z,100\n", encoding="utf-8")
+    assert carbon.series_mean(str(path), None, None).gco2e_per_kwh == 100
+    path.write_text("timestamp,gco2e_per_kwh\n2025-01-01T00:00:00Z,50\n", encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert carbon.series_mean(str(path), None, None).gco2e_per_kwh == 50

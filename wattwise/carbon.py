@@ -295,13 +295,19 @@ def _parse_time(text: str, where: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-@cache
-def _load_series(path: str) -> tuple[tuple[dt.datetime, float], ...]:
+def _series_points(path: str) -> tuple[tuple[dt.datetime, float], ...]:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        modified_ns = pathlib.Path(path).stat().st_mtime_ns
     except OSError as err:
         raise BadInput(f"intensity_series {path!r} cannot be read: {err}") from err
+    return _load_series(path, modified_ns)
+
+
+@cache
+def _load_series(path: str, modified_ns: int) -> tuple[tuple[dt.datetime, float], ...]:
+    """The parsed series (cached per file version: ``modified_ns`` is part of the key)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     if not rows or {"timestamp", "gco2e_per_kwh"} - set(rows[0]):
         raise BadInput(
             f"intensity_series {path!r}: accepted: a CSV with columns timestamp,gco2e_per_kwh "
@@ -333,7 +339,7 @@ def series_mean(
     timestamp the first value is used and the result is flagged ``intensity_extrapolated``, as is
     an interval that runs past the last timestamp by more than the series' last step. Naive
     datetimes are UTC. Without ``start``/``end`` the whole series is averaged."""
-    points = _load_series(str(path))
+    points = _series_points(str(path))
     times = [t for t, _ in points]
     start = _aware(start) if start is not None else times[0]
     last_step = times[-1] - times[-2] if len(times) > 1 else dt.timedelta(0)

@@ -33,7 +33,7 @@ FLAGS: dict[str, str] = {
     "no_instant_power": "counter interpolated linearly inside its update period (no instant power)",
     "mig": "GPU in MIG mode: per-instance energy is not available, whole-GPU figures used",
     "idle_baseline": "energy above the idle power measured before the fit",
-    "intensity_extrapolated": "the grid-intensity series does not cover the whole run: nearest used",
+    "intensity_extrapolated": "grid-intensity series shorter than the run: nearest values used",
 }
 
 
