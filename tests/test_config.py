@@ -203,3 +203,14 @@ def test_defaults_are_not_shared_between_loads(tmp_path):
     first = config.load(cwd=tmp_path, env={})
     first.get("instances")["x:y"] = {}
     assert config.load(cwd=tmp_path, env={}).get("instances") == {}
+
+
+def test_tool_wattwise_must_be_a_table(tmp_path):
+    write(tmp_path / "pyproject.toml", "[tool]\nwattwise = 3\n")
+    with pytest.raises(ConfigError, match="'tool.wattwise'"):
+        config.load(cwd=tmp_path, env={})
+
+
+def test_explicit_pyproject_path(tmp_path):
+    project = write(tmp_path / "pyproject.toml", '[tool.wattwise]\nregion = "ITA"\n')
+    assert config.load(project, env={}).get("region") == "ITA"

@@ -387,6 +387,10 @@ def load(
         file_path, table = found
         file_path = file_path.resolve()
         where = str(file_path)
+        if not isinstance(table, dict):
+            raise _fail(
+                where, "tool.wattwise", table, "a table of the keys in wattwise.config.KEYS"
+            )
         for key, value in table.items():
             if key not in KEYS:
                 raise _unknown(where, key, list(KEYS))
