@@ -207,7 +207,7 @@ def test_defaults_are_not_shared_between_loads(tmp_path):
 
 def test_tool_wattwise_must_be_a_table(tmp_path):
     write(tmp_path / "pyproject.toml", "[tool]\nwattwise = 3\n")
-    with pytest.raises(ConfigError, match="'tool.wattwise'"):
+    with pytest.raises(ConfigError, match=r"'tool\.wattwise'"):
         config.load(cwd=tmp_path, env={})
 
 
