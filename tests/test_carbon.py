@@ -9,6 +9,8 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
+import sys
 from importlib import resources
 
 import pytest
@@ -274,3 +276,19 @@ def test_edited_series_is_read_again(tmp_path):
     path.write_text("timestamp,gco2e_per_kwh\n2025-01-01T00:00:00Z,50\n", encoding="utf-8")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert carbon.series_mean(str(path), None, None).gco2e_per_kwh == 50
+
+
+def test_codecarbon_and_heavy_modules_are_never_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "from wattwise import carbon, config, hardware, pricing\n"
+        "s = config.load(env={})\n"
+        "carbon.intensity('FRA', s); carbon.intensity('gcp:us-west1', s)\n"
+        "pricing.cost(1e6, 60.0, gpu_name='H100', settings=s); hardware.all_gpus(s)\n"
+        "heavy = ('codecarbon', 'torch', 'pynvml', 'pandas')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
