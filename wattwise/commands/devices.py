@@ -1,9 +1,76 @@
-"""`wattwise` sub-commands: devices (placeholder until implemented)."""
+"""`wattwise devices`: the sensors found on this machine and the method each uses."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated, Any
+
 import typer
+
+from wattwise.types import FLAGS, DeviceInfo
+
+
+def device_json(info: DeviceInfo) -> dict[str, Any]:
+    return {
+        "kind": info.kind,
+        "name": info.name,
+        "method": info.method,
+        "device_id": info.device_id,
+        "uuid": info.uuid,
+        "index": info.index,
+        "update_period_s": info.update_period_s,
+        "flags": sorted(info.flags),
+        "details": info.details,
+    }
+
+
+def _show(devices: list[DeviceInfo], notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Devices wattwise measures")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("name", min_width=12)
+    table.add_column("method", no_wrap=True)
+    table.add_column("id", overflow="fold")
+    table.add_column("flags", min_width=9)
+    for d in devices:
+        table.add_row(d.kind, d.name, d.method, d.device_id, ", ".join(sorted(d.flags)))
+    console = Console()
+    if devices:
+        console.print(table)
+    else:
+        console.print("No device can be measured here.")
+    for note in notes:
+        console.print(f"- {note}", highlight=False, markup=False)
+    flags = sorted({flag for d in devices for flag in d.flags})
+    for flag in flags:
+        console.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `wattwise devices` to the app."""
+
+    @app.command("devices")
+    def devices_command(
+        cpu_mode: Annotated[
+            str,
+            typer.Option(
+                "--cpu-mode", help="CPU/RAM estimates for the whole machine or this process tree."
+            ),
+        ] = "machine",
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print a JSON list of devices (notes on stderr).")
+        ] = False,
+    ) -> None:
+        """Show the sensors found here and the method each uses (counter, power, rapl, estimate)."""
+        from wattwise.sensors.discovery import discover
+
+        found = discover(cpu_mode=cpu_mode)
+        found.close()
+        if as_json:
+            typer.echo(json.dumps([device_json(d) for d in found.devices], indent=2))
+            for note in found.notes:
+                typer.echo(note, err=True)
+        else:
+            _show(found.devices, found.notes)
