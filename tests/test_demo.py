@@ -1,0 +1,156 @@
+"""`wattwise demo` and the accounting of a model that grows while it trains."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from wattwise.cli import main
+
+pl = pytest.importorskip("pytorch_lightning")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--epochs", "0"], "epochs=0"),
+        (["--epochs", "-3"], "epochs=-3"),
+        (["--region", "XYZ"], "'XYZ'"),
+        (["--pricing", "aws:nope"], "'aws:nope'"),
+    ],
+)
+def test_bad_flags_exit_2_before_anything_is_written(tmp_path, capsys, args, named):
+    ledger, out = tmp_path / "demo.db", tmp_path / "out"
+    code = main(["demo", "--quick", "--ledger", str(ledger), "--out", str(out), *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert named in err and ("accepted" in err or "expected" in err)
+    assert "Traceback" not in err
+    assert not ledger.exists() and not out.exists()
+
+
+def test_bad_flags_do_not_import_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from wattwise.cli import main\n"
+        f"rc = main(['demo', '--epochs', '0', '--ledger', {str(tmp_path / 'x.db')!r}])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False"]
+
+
+def test_quiet_lightning_restores_levels_and_keeps_other_warnings():
+    from wattwise.zoo.demo import quiet_lightning
+
+    logger = logging.getLogger("pytorch_lightning")
+    before = logger.level
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_lightning():
+            assert logger.getEffectiveLevel() == logging.WARNING
+            warnings.warn(
+                "The 'train_dataloader' does not have many workers", UserWarning, stacklevel=1
+            )
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    assert logger.level == before
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
+def _energy_trainer(tmp_path, epochs, callbacks):
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+
+
+@pytest.mark.slow
+def test_growth_shows_in_snapshots_and_energy_spans_it(tmp_path):
+    from lightning_callbacks import EnergyCallback
+    from wattwise.ledger import Ledger
+    from wattwise.zoo import AdaptiveMLP, build_datamodule, count_parameters
+
+    pl.seed_everything(0, verbose=False)
+    model = AdaptiveMLP(hidden=(8, 8), max_width=32, patience=1, min_delta=10.0)
+    start = count_parameters(model)
+    with Ledger(tmp_path / "grow.db") as ledger:
+        energy = EnergyCallback(ledger=ledger, architecture="adaptive", sample_hz=20)
+        _energy_trainer(tmp_path, 4, [energy]).fit(model, datamodule=build_datamodule(seed=0))
+        run_id = energy.run_id
+        snaps = ledger.snapshots(run_id).sort_values("epoch")
+        phases = ledger.phases(run_id)
+        run = ledger.get_run(run_id)
+    assert run.status == "finished" and run.epochs == 4
+    # Each epoch's snapshot is taken at its end, before the model widens for the next epoch:
+    # widened after epochs 1 and 2 -> 8, 8, 16, 32 units per hidden layer.
+    sizes = {8: start, 16: 65 * 16 + 17 * 16 + 17 * 10, 32: 65 * 32 + 33 * 32 + 33 * 10}
+    assert list(snaps["epoch"]) == [0, 1, 2, 3]
+    assert list(snaps["trainable_params"]) == [sizes[8], sizes[8], sizes[16], sizes[32]]
+    # Energy attributed to every training epoch, before and after each growth.
+    train = phases[phases["stage"] == "train"].groupby("epoch")["energy_j"].sum()
+    assert set(train.index) >= {0, 1, 2, 3}
+    assert (train.loc[[0, 1, 2, 3]] > 0).all()
+    assert phases["energy_j"].sum() == pytest.approx(run.energy_j, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    ledger, out = tmp_path / "demo.db", tmp_path / "reports"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATTWISE_")}
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "wattwise", "demo", "--quick", "--json"),
+            *("--ledger", str(ledger), "--out", str(out), "--region", "FRA"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # stdout is nothing but the JSON
+    for noise in ("GPU available", "Tip:", "Warning", "LeafSpec", "Traceback"):
+        assert noise not in proc.stderr, proc.stderr
+
+    from wattwise.ledger import Ledger
+
+    with Ledger(ledger) as store:
+        runs = store.list_runs()
+        snaps = store.snapshots()
+    assert sorted(r.architecture for r in runs) == ["adaptive", "baseline", "constrained"]
+    assert all(r.status == "finished" for r in runs)
+    assert all(r.energy_j > 0 and r.epochs == 6 for r in runs)
+    assert all("test_acc" in r.metrics and "val_acc" in r.metrics for r in runs)
+    assert {r.run_id for r in runs} == {r["run_id"] for r in result["runs"]}
+    by_arch = {r["architecture"]: r for r in result["runs"]}
+    assert by_arch["baseline"]["params_start"] == by_arch["baseline"]["params_end"]
+    assert by_arch["adaptive"]["params_end"] > by_arch["adaptive"]["params_start"]
+    adaptive_id = by_arch["adaptive"]["run_id"]
+    grown = snaps[snaps["run_id"] == adaptive_id]["trainable_params"]
+    assert grown.max() > grown.min()
+    assert all(r["test_acc"] > 0.8 for r in result["runs"])
+
+    html = out / "report.html"
+    assert result["report"]["html_path"] == str(html) and html.stat().st_size > 0
+    text = html.read_text()
+    for name in ("baseline", "constrained", "adaptive"):
+        assert name in text
+    import pandas as pd
+
+    assert len(pd.read_csv(out / "runs.csv")) == 3
+    assert (out / "phases.csv").stat().st_size > 0
