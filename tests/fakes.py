@@ -1,4 +1,4 @@
-"""Test doubles for wattwise: a manual clock and a scripted sensor. Used only by tests.
+"""Test doubles for wattwise (a manual clock, a scripted sensor) and the acceptance reference.
 
 ``FakeClock`` stands in for ``time.monotonic``; ``FakeSensor`` is a one-device Sensor whose power
 follows a piecewise-constant schedule, so its energy counter is known exactly (worked out by hand
@@ -8,13 +8,14 @@ goes backwards, a counter that is not supported.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wattwise.errors import SensorReadError
 from wattwise.sensors.base import Sensor
-from wattwise.types import DeviceInfo, DeviceKind, Sample
+from wattwise.types import DeviceInfo, DeviceKind, PhaseEnergy, Sample
 
 
 class FakeClock:
@@ -146,3 +147,52 @@ class FakeSensor(Sensor):
 
     def close(self) -> None:
         self.closed += 1
+
+
+def counter_reference_j(t_s: Sequence[float], energy_j: Sequence[float], at_s: float) -> float:
+    """The acceptance reference: the trace's counter, its change points joined linearly.
+
+    A repeated value means the counter had not updated yet, so each value is placed where it
+    first appears; the curve is clamped at the ends.
+    """
+    times, values = [t_s[0]], [energy_j[0]]
+    for t, e in zip(t_s[1:], energy_j[1:], strict=True):
+        if e != values[-1]:
+            times.append(t)
+            values.append(e)
+    if at_s <= times[0]:
+        return values[0]
+    if at_s >= times[-1]:
+        return values[-1]
+    i = bisect.bisect_right(times, at_s)
+    share = (at_s - times[i - 1]) / (times[i] - times[i - 1])
+    return values[i - 1] + (values[i] - values[i - 1]) * share
+
+
+def check_against_counter(
+    phases: Sequence[PhaseEnergy],
+    reference: Callable[[float], float],
+    *,
+    long_pct: float,
+    mid_pct: float,
+    sum_pct: float,
+    offset_s: float = 0.0,
+) -> dict[str, float]:
+    """Assert the acceptance bounds: phases >= 2 s within ``long_pct``, 0.4-2 s within
+    ``mid_pct``, the sum of all phases within ``sum_pct``; returns the worst errors in %."""
+    worst = {"long": 0.0, "mid": 0.0}
+    for p in phases:
+        ref = reference(p.end_s - offset_s) - reference(p.start_s - offset_s)
+        band = "long" if p.duration_s >= 2 else "mid" if p.duration_s >= 0.4 else None
+        if band is None:
+            continue
+        err = abs(p.energy_j - ref) / ref * 100
+        worst[band] = max(worst[band], err)
+        bound = long_pct if band == "long" else mid_pct
+        assert err <= bound, f"{p.name} [{p.start_s:.3f}, {p.end_s:.3f}]: {err:.2f}% > {bound}%"
+    assert worst["long"] or worst["mid"], "no phase of 0.4 s or more was checked"
+    total = sum(p.energy_j for p in phases)
+    ref_total = reference(phases[-1].end_s - offset_s) - reference(phases[0].start_s - offset_s)
+    worst["sum"] = abs(total - ref_total) / ref_total * 100
+    assert worst["sum"] <= sum_pct, f"sum of phases: {worst['sum']:.3f}% > {sum_pct}%"
+    return worst
