@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import time
 
 import pynvml as real
 import pytest
@@ -403,3 +405,53 @@ def test_error_table_codes_are_pynvml_codes() -> None:
     codes = {code for _, code in ERROR_CODES}
     assert set(nvml.ERROR_CLASSES) <= codes
     assert codes >= nvml.LOST_CODES
+
+
+def test_own_process_tree_does_not_count_as_sharing(fake: FakeNvml) -> None:
+    """DataLoader workers (children) and a launcher (parent) on the GPU are this run's own use."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sensor = NvmlSensor()
+        sensor.open()
+        fake.gpus[0].compute_pids = [os.getpid(), child.pid]
+        fake.gpus[0].graphics_pids = [os.getppid()]
+        assert sensor.read(1.0, counter=True)[0].flags == frozenset()
+        sensor.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_field_value_of_another_value_type(fake: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
+    def field_values(handle, field_ids):
+        values = (real.c_nvmlFieldValue_t * 1)()
+        values[0].fieldId = field_ids[0]
+        values[0].valueType = real.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        values[0].value.ullVal = 654_321
+        return values
+
+    monkeypatch.setattr(fake, "nvmlDeviceGetFieldValues", field_values)
+    sensor = NvmlSensor()
+    sensor.open()
+    assert sensor.read(1.0, counter=False)[0].power_w == pytest.approx(654.321)
+    sensor.close()
+
+
+@pytest.mark.gpu
+def test_real_gpu_counter_and_power() -> None:
+    """On a real NVIDIA GPU: the counter grows, power lies between 0 and 1.5 x the limit."""
+    sensor = NvmlSensor()
+    devices = sensor.open()
+    try:
+        first = {s.device_id: s for s in sensor.read(0.0, counter=True)}
+        time.sleep(0.5)
+        second = {s.device_id: s for s in sensor.read(0.5, counter=True)}
+        for info in devices:
+            a, b = first[info.device_id], second[info.device_id]
+            limit_w = info.details["power_limit_w"] or 1000.0
+            assert 0 < b.power_w < 1.5 * limit_w
+            if info.method == "counter":
+                assert b.energy_j >= a.energy_j
+                assert b.energy_j - a.energy_j < 0.6 * 1.5 * limit_w
+    finally:
+        sensor.close()

@@ -378,9 +378,9 @@ class NvmlSensor(Sensor):
         return samples
 
     def close(self) -> None:
+        self._gpus = []
         if self._finalizer is not None:
             self._finalizer()
-        self._gpus = []
 
 
 def _resolve(nv: _Nvml, physical: list[_Physical], token: str) -> tuple[_Physical, bool] | None:
