@@ -1,0 +1,162 @@
+"""Replay sensor: trace / marks loading and validation, and the replayed GPU's readings."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from fakes import FakeClock
+
+from wattwise.errors import BadInput, TraceFormatError
+from wattwise.sensors.replay import (
+    ReplayNvmlSensor,
+    find_marks,
+    load_marks,
+    load_trace,
+)
+
+FIT = "h200-lightning-fit-50hz.csv"
+FIT_MARKS = "h200-lightning-fit-marks.json"
+MLP = "h200-mlp6144-8epochs-20hz.csv"
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_trace_in_si_units(nvml_fixtures):
+    trace = load_trace(nvml_fixtures / FIT)
+    # first row: 0.0004,7553366,119608,119441,0,...
+    assert trace.t_s[0] == pytest.approx(0.0004)
+    assert trace.energy_j[0] == pytest.approx(7553.366)
+    assert trace.power_w[0] == pytest.approx(119.608)
+    assert trace.instant_w is not None and trace.instant_w[0] == pytest.approx(119.441)
+    assert trace.best_power_w is trace.instant_w
+    assert trace.gpu_util is not None and trace.gpu_util[0] == 0.0
+    assert len(trace.t_s) == 1353
+    assert trace.update_period_s() == pytest.approx(0.1, abs=0.005)
+
+
+def test_load_marks(nvml_fixtures):
+    marks = load_marks(nvml_fixtures / FIT_MARKS)
+    assert marks.marks[0] == ("train_epoch_start", pytest.approx(8.862357616))
+    assert len(marks.marks) == 8
+    assert marks.fit_start_s == pytest.approx(3.0005466)
+    assert marks.gpu is None and marks.extra == {"fit_s": pytest.approx(15.7061947)}
+    mlp = load_marks(nvml_fixtures / "h200-mlp6144-8epochs-marks.json")
+    assert (mlp.gpu, mlp.params) == ("NVIDIA H200", 151080970)
+    assert mlp.peak_mem_gib == pytest.approx(3.0417767)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("t_s,power_mW\n0,1\n1,1\n", "missing column"),
+        ("t_s,energy_mJ,power_mW\n0,1,1\n1,x,1\n", "row 3, column 'energy_mJ'"),
+        ("t_s,energy_mJ,power_mW\n0,1,1\n1,1,nan\n", "row 3, column 'power_mW'"),
+        ("t_s,energy_mJ,power_mW\n0,1,1\n2,1,1\n1,1,1\n", "row 4: t_s 1.0 does not increase"),
+        ("t_s,energy_mJ,power_mW\n0,1,1\n", "at least 2 data rows"),
+        ("t_s,energy_mJ,power_mW\n0,1,1\n1,1\n", "row 3 has 2 fields"),
+        ("", "missing column"),
+    ],
+)
+def test_bad_trace_names_file_and_row(tmp_path, text, message):
+    path = write(tmp_path, "bad.csv", text)
+    with pytest.raises(TraceFormatError, match=message) as info:
+        load_trace(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, BadInput)
+
+
+def test_unreadable_trace(tmp_path):
+    with pytest.raises(TraceFormatError, match="cannot read"):
+        load_trace(tmp_path / "missing.csv")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TraceFormatError, match="UTF-8"):
+        load_trace(binary)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not a JSON marks file"),
+        ('{"fit_start": 1}', "no 'marks' list"),
+        ('{"marks": [["a", "x"]]}', "mark 0"),
+        ('{"marks": [["a", 2], ["b", 1]]}', "mark 1 .* before the previous one"),
+        ('{"marks": [], "fit_end": "late"}', "fit_end"),
+        ('{"marks": [], "gpu": 7}', "gpu"),
+    ],
+)
+def test_bad_marks(tmp_path, text, message):
+    path = write(tmp_path, "marks.json", text)
+    with pytest.raises(TraceFormatError, match=message) as info:
+        load_marks(path)
+    assert str(path) in str(info.value)
+
+
+def test_replay_reads_the_row_in_force(nvml_fixtures):
+    clock = FakeClock(50.0)
+    sensor = ReplayNvmlSensor(nvml_fixtures / FIT, clock=clock)
+    (info,) = sensor.open()
+    trace = sensor.trace
+    # trace time t_s[0] is open time; 1.0 s later the row at trace time <= t_s[0] + 1.0 rules
+    rel = trace.t_s[0] + 1.0
+    i = max(k for k, t in enumerate(trace.t_s) if t <= rel)
+    (sample,) = sensor.read(51.0, counter=True)
+    assert sample.t_s == 51.0
+    assert sample.energy_j == pytest.approx(trace.energy_j[i])
+    assert sample.power_w == pytest.approx(trace.instant_w[i])
+    assert sample.device_id == info.device_id
+    (cheap,) = sensor.read(51.0, counter=False)
+    assert cheap.energy_j is None and cheap.power_w == sample.power_w
+    assert not sample.flags
+
+
+def test_replay_continues_after_the_trace_ends(nvml_fixtures):
+    clock = FakeClock(0.0)
+    sensor = ReplayNvmlSensor(nvml_fixtures / FIT, clock=clock)
+    sensor.open()
+    trace = sensor.trace
+    after = trace.duration_s + 10.0
+    (sample,) = sensor.read(after, counter=True)
+    last_power = trace.instant_w[-1]
+    assert sample.power_w == pytest.approx(last_power)
+    assert sample.energy_j == pytest.approx(trace.energy_j[-1] + last_power * 10.0)
+    assert "replay_ended" in sample.flags
+
+
+def test_replayed_gpu_identity(nvml_fixtures, tmp_path):
+    a = ReplayNvmlSensor(nvml_fixtures / FIT, clock=lambda: 0.0).open()[0]
+    b = ReplayNvmlSensor(nvml_fixtures / FIT, clock=lambda: 5.0).open()[0]
+    c = ReplayNvmlSensor(nvml_fixtures / MLP, clock=lambda: 0.0).open()[0]
+    assert a.device_id == b.device_id == f"gpu:{a.uuid}"
+    assert a.uuid.startswith("GPU-") and a.uuid != c.uuid
+    assert (a.kind, a.method) == ("gpu", "counter")
+    assert a.details["replay_path"] == str((nvml_fixtures / FIT).resolve())
+    # the MLP trace has a marks file next to it naming the GPU
+    assert c.name == "NVIDIA H200 (replay)"
+    assert a.name == "NVIDIA GPU (replay)"
+    assert a.update_period_s == pytest.approx(0.1, abs=0.005)
+    # a copy elsewhere is the same GPU: identity comes from the bytes, not the path
+    copy = tmp_path / "copy.csv"
+    shutil.copy(nvml_fixtures / FIT, copy)
+    assert ReplayNvmlSensor(copy).open()[0].uuid == a.uuid
+
+
+def test_trace_without_instant_power_is_flagged_averaged(tmp_path):
+    path = write(tmp_path, "avg.csv", "t_s,energy_mJ,power_mW\n0,1000,100000\n0.1,1010,100000\n")
+    (info,) = ReplayNvmlSensor(path, clock=lambda: 0.0).open()
+    assert "averaged_power" in info.flags
+    assert info.name == "NVIDIA GPU (replay)"
+
+
+def test_find_marks(nvml_fixtures, tmp_path):
+    assert find_marks(nvml_fixtures / FIT) == nvml_fixtures / FIT_MARKS
+    assert find_marks(tmp_path / "lonely.csv") is None
+    explicit = write(tmp_path, "m.json", '{"marks": [], "gpu": "NVIDIA H100 80GB HBM3"}')
+    trace = write(tmp_path, "t.csv", "t_s,energy_mJ,power_mW\n0,1,1\n1,2,1\n")
+    (info,) = ReplayNvmlSensor(trace, clock=lambda: 0.0, marks=explicit).open()
+    assert info.name == "NVIDIA H100 80GB HBM3 (replay)"
