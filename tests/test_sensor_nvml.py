@@ -455,3 +455,25 @@ def test_real_gpu_counter_and_power() -> None:
                 assert b.energy_j - a.energy_j < 0.6 * 1.5 * limit_w
     finally:
         sensor.close()
+
+
+def test_gpu_lost_before_open_is_skipped(fake3: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:
+    fake3.gpus[0].errors["nvmlDeviceGetName"] = real.NVML_ERROR_GPU_IS_LOST
+    sensor = NvmlSensor()
+    assert uuids_of(sensor) == [UUIDS[1], UUIDS[2]]
+    (message,) = warnings_of(caplog)
+    assert UUIDS[0] in message and "GPU is lost" in message
+    sensor.close()
+
+
+def test_gpu_with_no_reading_at_all_is_skipped(
+    fake: FakeNvml, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu = fake.gpus[0]
+    gpu.errors["nvmlDeviceGetTotalEnergyConsumption"] = real.NVML_ERROR_NOT_SUPPORTED
+    gpu.errors["nvmlDeviceGetPowerUsage"] = real.NVML_ERROR_NOT_SUPPORTED
+    gpu.field_errors[186] = real.NVML_ERROR_NOT_SUPPORTED
+    with pytest.raises(SensorNotSupported, match="no GPU"):
+        NvmlSensor().open()
+    assert "neither energy nor power" in warnings_of(caplog)[0]
+    assert fake.init_count == 0

@@ -189,8 +189,15 @@ class NvmlSensor(Sensor):
         nv = _Nvml(pynvml)
         nv("nvmlInit")
         try:
-            chosen = self._choose(nv, tokens)
-            gpus = [gpu for p, mig in chosen if (gpu := self._probe(nv, p, mig)) is not None]
+            gpus = []
+            for p, mig in self._choose(nv, tokens):
+                try:
+                    gpu = self._probe(nv, p, mig)
+                except SensorReadError as err:  # e.g. lost already: measure the others
+                    logger.warning("GPU %s skipped: %s", p.uuid, err)
+                    continue
+                if gpu is not None:
+                    gpus.append(gpu)
             if not gpus:
                 raise SensorNotSupported("NVML found no GPU to measure")
         except BaseException:
