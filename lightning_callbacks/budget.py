@@ -1,0 +1,195 @@
+"""``BudgetGuard``: stop (or warn) before a fit spends more energy, money or CO2e than allowed.
+
+After each training epoch it asks the ``EnergyCallback`` of the same Trainer to count the epoch
+(``flush``), takes the steady epoch rate with warm-up split off
+(:func:`wattwise.estimate.steady_state`) and projects:
+
+* the next epoch: ``so far + 1 steady epoch``. ``action="stop"``: when that would cross a budget,
+  the fit stops now, all ranks together (rank 0's decision is broadcast), and the reason goes to
+  the ledger (``EnergyCallback.record_reason``);
+* the whole fit: ``so far + remaining epochs x steady epoch`` (``trainer.max_epochs``; one epoch
+  ahead when unbounded). ``action="warn"``: when that would cross a budget, one warning (rank 0),
+  as early as the projection shows it; the fit never stops.
+
+Energy is device energy before PUE (``max_kwh``); money (``max_usd``) uses the callback's pricing
+scenario over the training time, CO2e (``max_kgco2e``) its region, with PUE.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from typing import Any
+
+from lightning_callbacks._compat import callback_bases, namespace_of, rank_zero_info
+from wattwise.errors import BadInput, WattwiseError
+from wattwise.units import j_to_kwh
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("stop", "warn")
+_UNITS = {"kwh": "kWh", "usd": "USD", "kgco2e": "kg CO2e"}
+
+
+class _BudgetLogic:
+    """All of BudgetGuard's behaviour; the public class adds the Lightning ``Callback`` bases."""
+
+    def __init__(
+        self,
+        max_kwh: float | None = None,
+        max_usd: float | None = None,
+        max_kgco2e: float | None = None,
+        action: str = "stop",
+    ) -> None:
+        limits = {"max_kwh": max_kwh, "max_usd": max_usd, "max_kgco2e": max_kgco2e}
+        for name, value in limits.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BadInput(f"BudgetGuard({name}={value!r}): give a number > 0 or None")
+            if not math.isfinite(value) or value <= 0:
+                raise BadInput(f"BudgetGuard({name}={value!r}): give a number > 0 or None")
+        if all(value is None for value in limits.values()):
+            raise BadInput(
+                "BudgetGuard() needs at least one budget: max_kwh, max_usd or max_kgco2e (> 0)"
+            )
+        if action not in ACTIONS:
+            raise BadInput(f"BudgetGuard(action={action!r}): accepted: {', '.join(ACTIONS)}")
+        self.max_kwh, self.max_usd, self.max_kgco2e = max_kwh, max_usd, max_kgco2e
+        self.action = action
+        self.reason: str | None = None
+        """Why the guard stopped the fit (``stop``) or warned (``warn``); None while within."""
+        self._energy_cb: Any = None
+        self._errors: set[str] = set()
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """``{"kwh"|"usd"|"kgco2e": limit}`` for the budgets that are set."""
+        pairs = (("kwh", self.max_kwh), ("usd", self.max_usd), ("kgco2e", self.max_kgco2e))
+        return {name: float(limit) for name, limit in pairs if limit is not None}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            max_kwh=self.max_kwh,
+            max_usd=self.max_usd,
+            max_kgco2e=self.max_kgco2e,
+            action=self.action,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reason = state_dict.get("reason")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_energy_cb"] = None  # found again at setup
+        return state
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        from lightning_callbacks.energy import EnergyCallback
+
+        found = [cb for cb in trainer.callbacks if isinstance(cb, EnergyCallback)]
+        if len(found) != 1:
+            exceptions = importlib.import_module(f"{namespace_of(trainer)}.utilities.exceptions")
+            raise exceptions.MisconfigurationException(
+                f"BudgetGuard reads the numbers of one EnergyCallback in the same Trainer; found "
+                f"{len(found)}: use Trainer(callbacks=[EnergyCallback(...), BudgetGuard(...)])"
+            )
+        self._energy_cb = found[0]
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        cb = self._energy_cb
+        cb.flush(trainer)
+        try:
+            message = self._crossing(trainer, cb)
+        except WattwiseError as err:  # e.g. a GPU the price table does not know
+            message = None
+            if str(err) not in self._errors and trainer.is_global_zero:
+                self._errors.add(str(err))
+                log.warning("BudgetGuard cannot project the budget (not enforced): %s", err)
+        if trainer.world_size > 1:  # every rank follows rank 0
+            message = trainer.strategy.broadcast(message, src=0)
+        if message is None:
+            return
+        if self.action == "stop":
+            trainer.should_stop = True
+            self.reason = message
+            cb.record_reason(message)
+            rank_zero_info(trainer, message)
+        elif self.reason is None:
+            self.reason = message
+            if trainer.is_global_zero:
+                rank_zero = importlib.import_module(f"{namespace_of(trainer)}.utilities.rank_zero")
+                rank_zero.rank_zero_warn(message)
+
+    def _crossing(self, trainer: Any, cb: Any) -> str | None:
+        """Why the guard acts now, or None: ``stop`` looks at the next epoch, ``warn`` at the
+        whole fit."""
+        from wattwise.estimate import steady_state
+
+        if not cb.epoch_energy_j or min(cb.epoch_energy_j) <= 0:
+            return None
+        steady = steady_state(cb.epoch_duration_s, cb.epoch_energy_j)
+        done = int(trainer.current_epoch) + 1
+        max_epochs = trainer.max_epochs
+        bounded = max_epochs is not None and max_epochs >= 0
+        remaining = max_epochs - done if bounded else 1
+        if remaining <= 0:
+            return None
+        so_far_j, so_far_s = cb.energy_j, sum(cb.epoch_duration_s)
+        if self.action == "stop":  # the next epoch
+            epochs, when = 1, f"after epoch {done + 1}"
+        else:  # the whole fit
+            epochs, when = remaining, f"by the end ({max_epochs} epochs)" if bounded else ""
+        figures = self._figures(
+            cb,
+            so_far_j + epochs * steady.joules_per_epoch,
+            so_far_s + epochs * steady.seconds_per_epoch,
+        )
+        over = [name for name, limit in self.limits.items() if figures[name] > limit]
+        if not over:
+            return None
+        details = "; ".join(
+            f"{figures[n]:.4g} {_UNITS[n]} > max {self.limits[n]:g} {_UNITS[n]}" for n in over
+        )
+        verb = "stopped after" if self.action == "stop" else "warning at"
+        return (
+            f"BudgetGuard {verb} epoch {done}: at the steady rate of "
+            f"{steady.joules_per_epoch:.4g} J per epoch the run would reach {details} {when}"
+        ).rstrip()
+
+    def _figures(self, cb: Any, energy_j: float, duration_s: float) -> dict[str, float]:
+        """The budgeted figures of a run of ``energy_j`` over ``duration_s`` (only those set)."""
+        figures = {"kwh": j_to_kwh(energy_j)}
+        scenario = cb.pricing or "onprem"
+        if self.max_usd is not None:
+            from wattwise import pricing
+
+            gpus = [d for d in cb.devices.values() if d.kind == "gpu"]
+            name = (gpus[0].details.get("gpu") or gpus[0].name) if gpus else None
+            cost = pricing.cost(
+                energy_j, duration_s, scenario=scenario, gpu_name=name, n_gpus=max(1, len(gpus))
+            )
+            figures["usd"] = cost.total_usd
+        if self.max_kgco2e is not None:
+            from wattwise import carbon
+
+            intensity = carbon.intensity(cb.region)
+            figures["kgco2e"] = carbon.co2e_kg(energy_j, intensity, carbon.pue(scenario))
+        return figures
+
+
+class BudgetGuard(_BudgetLogic, *callback_bases()):  # type: ignore[misc]
+    """Stop (``action="stop"``) or warn (``action="warn"``) before a fit exceeds its budget.
+
+    ``Trainer(callbacks=[EnergyCallback(...), BudgetGuard(max_kwh=2.0)])``. Budgets: ``max_kwh``
+    (device energy before PUE), ``max_usd`` (the EnergyCallback's pricing scenario), ``max_kgco2e``
+    (its region); at least one. After each training epoch the guard projects the next epoch and
+    the whole fit from the steady epoch rate; ``stop`` ends the fit (on every rank) before the
+    next epoch would cross a budget and records why in the ledger; ``warn`` warns once when the
+    whole fit is projected to cross one. ``guard.reason`` says what happened.
+    """

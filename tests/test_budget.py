@@ -1,0 +1,330 @@
+"""BudgetGuard: argument checks, the stop/warn decision worked out by hand, and real fits.
+
+The decision tests drive the guard with a scripted stand-in for EnergyCallback (epoch energies
+known exactly); the fit tests run real Lightning fits on the CPU with the GPU replayed from the
+recorded H200 trace and a real EnergyCallback and ledger.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import time
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_callbacks import BudgetGuard
+from wattwise import carbon, pricing
+from wattwise.errors import BadInput
+from wattwise.estimate import steady_state
+from wattwise.types import DeviceInfo
+
+J_PER_KWH = 3.6e6
+
+
+class ScriptedEnergy:
+    """Stands in for EnergyCallback: each flush() counts the next scripted epoch."""
+
+    def __init__(self, epochs_j, *, setup_j=0.0, epoch_s=1.0, pricing=None, region=None, gpu=None):
+        self.script = list(epochs_j)
+        self.setup_j = setup_j
+        self.epoch_s = epoch_s
+        self.pricing, self.region = pricing, region
+        self.devices = {} if gpu is None else {"gpu:x": DeviceInfo("gpu:x", "gpu", gpu, "counter")}
+        self.epoch_energy_j: list[float] = []
+        self.epoch_duration_s: list[float] = []
+        self.reasons: list[str] = []
+
+    @property
+    def energy_j(self) -> float:
+        return self.setup_j + sum(self.epoch_energy_j)
+
+    def flush(self, trainer) -> None:
+        if len(self.epoch_energy_j) == trainer.current_epoch:  # idempotent, like the real one
+            self.epoch_energy_j.append(self.script[trainer.current_epoch])
+            self.epoch_duration_s.append(self.epoch_s)
+
+    def record_reason(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def fake_trainer(max_epochs, *, broadcast=None, world_size=1, global_zero=True):
+    strategy = SimpleNamespace(broadcast=broadcast or (lambda obj, src=0: obj))
+    return SimpleNamespace(
+        current_epoch=0,
+        max_epochs=max_epochs,
+        world_size=world_size,
+        is_global_zero=global_zero,
+        should_stop=False,
+        strategy=strategy,
+    )
+
+
+def drive(guard, energy, trainer) -> int:
+    """Run epoch ends until the guard stops the fit or max_epochs; returns epochs completed."""
+    guard._energy_cb = energy
+    while trainer.current_epoch < trainer.max_epochs:
+        guard.on_train_epoch_end(trainer, None)
+        trainer.current_epoch += 1
+        if trainer.should_stop:
+            break
+    return trainer.current_epoch
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "at least one budget"),
+        ({"max_kwh": 0}, "max_kwh=0"),
+        ({"max_usd": -3.0}, "max_usd=-3.0"),
+        ({"max_kgco2e": float("nan")}, "max_kgco2e=nan"),
+        ({"max_kwh": "2"}, "max_kwh='2'"),
+        ({"max_kwh": True}, "max_kwh=True"),
+        ({"max_kwh": 1.0, "action": "halt"}, "action='halt'.*stop, warn"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, match):
+    with pytest.raises(BadInput, match=match):
+        BudgetGuard(**kwargs)
+
+
+def test_pickles_deep_copies_and_keeps_its_reason_across_resume():
+    guard = BudgetGuard(max_kwh=1.0)
+    guard._energy_cb = ScriptedEnergy([1.0])
+    assert pickle.loads(pickle.dumps(guard))._energy_cb is None
+    assert copy.deepcopy(guard).max_kwh == 1.0
+    guard.reason = "stopped"
+    other = BudgetGuard(max_kwh=1.0)
+    other.load_state_dict(guard.state_dict())
+    assert other.reason == "stopped"
+    other.load_state_dict({})
+    assert other.reason is None
+    assert BudgetGuard(max_kwh=1.0).state_key != BudgetGuard(max_kwh=2.0).state_key
+
+
+# --- the decision, by hand -----------------------------------------------------------------------
+
+
+def test_stops_in_the_epoch_before_the_energy_budget_would_be_crossed():
+    # 50 J set-up + 100 J per epoch, budget 500 J: after epoch 4 the total is 450 J and a 5th
+    # epoch would make 550 J, so the fit stops there; after epoch 3 a 4th made 450 J (fine).
+    guard = BudgetGuard(max_kwh=500 / J_PER_KWH)
+    energy = ScriptedEnergy([100.0] * 10, setup_j=50.0)
+    trainer = fake_trainer(10)
+    assert drive(guard, energy, trainer) == 4
+    assert trainer.should_stop
+    assert energy.energy_j == pytest.approx(450.0)
+    assert energy.reasons == [guard.reason]
+    assert "stopped after epoch 4" in guard.reason
+    assert "kWh > max" in guard.reason
+
+
+def test_warmup_epoch_is_not_taken_as_the_rate():
+    # epoch 1 carries 200 J of warm-up; the steady rate is 100 J. Budget 700 J: with the warm-up
+    # split off the fit runs 5 epochs (300+100*4 = 700 J, a 6th would make 800 J); taking the
+    # mean of all epochs as the rate would have stopped it at epoch 4.
+    guard = BudgetGuard(max_kwh=700 / J_PER_KWH)
+    energy = ScriptedEnergy([300.0] + [100.0] * 9)
+    assert drive(guard, energy, fake_trainer(10)) == 5
+    assert energy.energy_j == pytest.approx(700.0)
+
+
+def test_no_stop_when_the_last_epoch_is_reached_anyway():
+    guard = BudgetGuard(max_kwh=350 / J_PER_KWH)
+    energy = ScriptedEnergy([100.0] * 3)
+    trainer = fake_trainer(3)
+    assert drive(guard, energy, trainer) == 3
+    assert not trainer.should_stop
+    assert guard.reason is None
+
+
+def test_usd_budget_on_a_cloud_instance():
+    # one-hour epochs on aws:g6.xlarge (one L4): each epoch costs one hour of the instance.
+    rate_usd = pricing.instance("aws:g6.xlarge").price_per_hour_usd
+    guard = BudgetGuard(max_usd=3.5 * rate_usd)
+    energy = ScriptedEnergy([1e5] * 10, epoch_s=3600.0, pricing="aws:g6.xlarge", gpu="NVIDIA L4")
+    # after epoch 3 a 4th hour would cost 4 x rate > 3.5 x rate
+    assert drive(guard, energy, fake_trainer(10)) == 3
+    assert "USD > max" in guard.reason
+
+
+def test_co2e_budget_uses_region_and_pue():
+    # 1 kWh per epoch in France: kg = kWh x PUE x g/kWh / 1000
+    fra = carbon.intensity("FRA")
+    pue = carbon.pue("onprem").value
+    per_epoch_kg = 1.0 * pue * fra.gco2e_per_kwh / 1000
+    guard = BudgetGuard(max_kgco2e=2.5 * per_epoch_kg)
+    energy = ScriptedEnergy([J_PER_KWH] * 10, region="FRA")
+    assert drive(guard, energy, fake_trainer(10)) == 2
+    assert "kg CO2e > max" in guard.reason
+
+
+def test_unpriceable_gpu_is_warned_once_and_never_stops(caplog):
+    guard = BudgetGuard(max_usd=0.01)
+    energy = ScriptedEnergy([100.0] * 4, gpu="NVIDIA GPU (replay)")
+    with caplog.at_level("WARNING", logger="lightning_callbacks.budget"):
+        assert drive(guard, energy, fake_trainer(4)) == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "not enforced" in messages[0]
+    assert "NVIDIA GPU (replay)" in messages[0]
+
+
+def test_warn_looks_at_the_whole_fit_warns_once_and_never_stops():
+    # 100 J epochs, 10 epochs planned, budget 500 J: after epoch 1 the projection is 1000 J.
+    guard = BudgetGuard(max_kwh=500 / J_PER_KWH, action="warn")
+    energy = ScriptedEnergy([100.0] * 10)
+    trainer = fake_trainer(10)
+    with pytest.warns(UserWarning, match="BudgetGuard") as record:
+        assert drive(guard, energy, trainer) == 10
+    assert len([w for w in record if "BudgetGuard" in str(w.message)]) == 1
+    assert not trainer.should_stop
+    assert "warning at epoch 1" in guard.reason
+    assert "by the end (10 epochs)" in guard.reason
+    assert energy.reasons == []  # a warning is not the run's end reason
+
+
+def test_unbounded_fit_projects_one_epoch_ahead():
+    # budget 350 J: a bounded 10-epoch fit would warn at once (1000 J); unbounded, the guard
+    # warns when one more epoch would cross: after epoch 3 (300 + 100 J).
+    guard = BudgetGuard(max_kwh=350 / J_PER_KWH, action="warn")
+    energy = ScriptedEnergy([100.0] * 5)
+    trainer = fake_trainer(-1)
+    guard._energy_cb = energy
+    for epoch in range(2):
+        trainer.current_epoch = epoch
+        guard.on_train_epoch_end(trainer, None)
+        assert guard.reason is None  # 200 J, then 300 J after one more epoch
+    trainer.current_epoch = 2
+    with pytest.warns(UserWarning, match="BudgetGuard warning at epoch 3"):
+        guard.on_train_epoch_end(trainer, None)
+
+
+def test_every_rank_follows_rank_zero():
+    # rank 1's own numbers (a tiny scripted epoch) say "go on"; rank 0 broadcasts its stop.
+    rank0_guard, rank0_energy = BudgetGuard(max_kwh=150 / J_PER_KWH), ScriptedEnergy([100.0])
+    rank0_trainer = fake_trainer(10, world_size=2)
+    rank0_guard._energy_cb = rank0_energy
+    sent = []
+    rank0_trainer.strategy.broadcast = lambda obj, src=0: sent.append(obj) or obj
+    rank0_guard.on_train_epoch_end(rank0_trainer, None)
+    assert rank0_trainer.should_stop and sent[0] is not None
+
+    rank1_guard, rank1_energy = BudgetGuard(max_kwh=150 / J_PER_KWH), ScriptedEnergy([1.0])
+    rank1_trainer = fake_trainer(10, world_size=2, global_zero=False)
+    rank1_trainer.strategy.broadcast = lambda obj, src=0: sent[0]
+    rank1_guard._energy_cb = rank1_energy
+    rank1_guard.on_train_epoch_end(rank1_trainer, None)
+    assert rank1_trainer.should_stop
+    assert rank1_guard.reason == rank0_guard.reason
+
+
+# --- real fits with a replayed GPU -------------------------------------------------------------
+
+
+class TinyModel(pl.LightningModule):
+    def __init__(self, pause_s: float = 0.03) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+        self.pause_s = pause_s
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.pause_s)  # paces the epochs so each takes a measurable time
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        data = TensorDataset(torch.randn(16, 8), torch.randn(16, 1))
+        return DataLoader(data, batch_size=4)
+
+
+class EnergyAtEpochEnd(pl.Callback):
+    """Records the EnergyCallback's total at each epoch end (after the guard has flushed it)."""
+
+    def __init__(self, energy_cb) -> None:
+        self.energy_cb = energy_cb
+        self.totals_j: list[float] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.totals_j.append(self.energy_cb.energy_j)
+
+
+def fit(tmp_path, callbacks, max_epochs, **trainer_kwargs):
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
+    )
+    trainer.fit(TinyModel())
+    return trainer
+
+
+@pytest.fixture
+def replayed_gpu(monkeypatch, nvml_fixtures):
+    monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(nvml_fixtures / "h200-lightning-fit-50hz.csv"))
+
+
+@pytest.mark.slow
+def test_real_fit_stops_before_the_budget_and_the_ledger_says_why(tmp_path, replayed_gpu):
+    from lightning_callbacks import EnergyCallback
+    from wattwise.ledger import Ledger
+
+    budget_j = 400.0
+    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    guard = BudgetGuard(max_kwh=budget_j / J_PER_KWH)
+    spy = EnergyAtEpochEnd(energy)
+    trainer = fit(tmp_path, [energy, guard, spy], max_epochs=40)
+
+    epochs = len(spy.totals_j)
+    assert 1 <= epochs < 40
+    assert energy.epochs_completed == epochs
+    # at every epoch end before the last, one more steady epoch stayed within the budget; at the
+    # last one it would have crossed it
+    for k, total_j in enumerate(spy.totals_j, start=1):
+        steady = steady_state(energy.epoch_duration_s[:k], energy.epoch_energy_j[:k])
+        assert (total_j + steady.joules_per_epoch > budget_j) == (k == epochs)
+    assert trainer.should_stop
+    with Ledger(tmp_path / "w.db") as ledger:
+        record = ledger.get_run(energy.run_id)
+    assert record.epochs == epochs
+    assert record.reason == guard.reason
+    assert f"stopped after epoch {epochs}" in record.reason
+
+
+@pytest.mark.slow
+def test_real_fit_with_warn_never_stops(tmp_path, replayed_gpu):
+    from lightning_callbacks import EnergyCallback
+    from wattwise.ledger import Ledger
+
+    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    guard = BudgetGuard(max_kwh=1e-9, action="warn")
+    with pytest.warns(UserWarning, match="BudgetGuard") as record:
+        fit(tmp_path, [energy, guard], max_epochs=3)
+    assert len([w for w in record if "BudgetGuard" in str(w.message)]) == 1
+    assert energy.epochs_completed == 3
+    with Ledger(tmp_path / "w.db") as ledger:
+        assert ledger.get_run(energy.run_id).epochs == 3
+
+
+def test_setup_without_energy_callback_is_a_clear_error(tmp_path):
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="EnergyCallback"):
+        fit(tmp_path, [BudgetGuard(max_kwh=1.0)], max_epochs=1)
