@@ -78,14 +78,14 @@ def _load_table(path: pathlib.Path) -> tuple[tuple[tuple[str, ...], str, float],
     return tuple(rows)
 
 
-def lookup_tdp(brand: str, table: pathlib.Path | None = None) -> tuple[float, str] | None:
+def lookup_tdp(brand: str) -> tuple[float, str] | None:
     """TDP per socket in W and the table entry it came from, or None for an unknown CPU.
 
     Forgiving: trademarks, clock speed, "Processor", "n-Core", "13th Gen" are ignored and case does
     not matter; the entry wins whose words all occur in the brand string, the most specific first
     (``AMD EPYC 9654`` does not match ``AMD EPYC 9654P``).
     """
-    path = table or cpu_power_table_path()
+    path = cpu_power_table_path()
     if path is None:
         return None
     words = set(_tokens(brand))
