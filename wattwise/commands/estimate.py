@@ -133,10 +133,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         epochs: Annotated[float | None, typer.Option("--epochs", help="Planned epochs.")] = None,
         steps: Annotated[
-            int | None, typer.Option("--steps", help="Planned optimizer steps.")
+            float | None, typer.Option("--steps", help="Planned optimizer steps.")
         ] = None,
         steps_per_epoch: Annotated[
-            int | None, typer.Option("--steps-per-epoch", help="Steps per epoch (for --steps).")
+            float | None, typer.Option("--steps-per-epoch", help="Steps per epoch (for --steps).")
         ] = None,
         gpu: Annotated[
             str | None,
@@ -186,6 +186,8 @@ def register(app: typer.Typer) -> None:
             )
         if steps_per_epoch is not None and steps is None:
             raise BadInput("--steps-per-epoch goes with --steps N; with --epochs leave it out")
+        steps = None if steps is None else int(steps)
+        steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
 
         typed = {
             "--seconds-per-epoch": seconds_per_epoch,

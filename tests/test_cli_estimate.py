@@ -1,0 +1,273 @@
+"""`wattwise estimate` through wattwise.cli.main: JSON figures, ledger runs, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wattwise import hardware
+from wattwise.cli import main
+from wattwise.estimate import profile_from_run
+from wattwise.ledger import Ledger
+from wattwise.types import DeviceInfo, PhaseEnergy
+
+GPU = DeviceInfo(
+    "gpu:GPU-8c3e2a4b-1f6d-4e7a-9b2c-5d0e1f2a3b4c", "gpu", "NVIDIA H100 80GB HBM3", "counter"
+)
+CPU = DeviceInfo("cpu:machine", "cpu", "Xeon", "estimate", flags=frozenset({"estimated"}))
+
+# (seconds, GPU joules, CPU joules) per epoch: epoch 0 carries 2 s and 900 J of warm-up
+EPOCHS = [
+    (12.0, 4800.0, 600.0),
+    (10.0, 4000.0, 500.0),
+    (10.0, 4000.0, 500.0),
+    (10.0, 4000.0, 500.0),
+]
+
+
+def run_json(capsys, *args: str) -> dict:
+    assert main(["estimate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def fail(capsys, *args: str) -> str:
+    assert main(["estimate", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def ledger_run(tmp_path):
+    """A finished H100 run of 4 epochs (train + validate phases on a GPU and a CPU) + a test."""
+    path = tmp_path / "w.db"
+    with Ledger(path) as ledger:
+        run_id = ledger.begin_run(
+            architecture="mlp", devices=[GPU, CPU], settings={"peak_mem_gib": 30.0}
+        )
+        t, index = 100.0, 0
+        for epoch, (seconds, gpu_j, cpu_j) in enumerate(EPOCHS):
+            phases = []
+            # training for all but the last second, then one second of validation
+            for name, t0, t1, share in (
+                ("train", t, t + seconds - 1, (seconds - 1) / seconds),
+                ("validate", t + seconds - 1, t + seconds, 1 / seconds),
+            ):
+                for device, energy_j in ((GPU, gpu_j), (CPU, cpu_j)):
+                    phases.append(
+                        PhaseEnergy(
+                            name,
+                            index,
+                            device.device_id,
+                            device.kind,
+                            t0,
+                            t1,
+                            energy_j * share,
+                            device.method,
+                        )
+                    )
+                index += 1
+            ledger.add_phases(
+                run_id, phases, epoch=epoch, epochs_completed=epoch + 1, devices=[GPU, CPU]
+            )
+            t += seconds
+        test = [PhaseEnergy("test", index, GPU.device_id, "gpu", t, t + 50, 1e6, "counter")]
+        ledger.add_phases(run_id, test, epoch=None)
+        ledger.finish_run(run_id)
+    return path, run_id
+
+
+def test_profile_from_run_by_hand(ledger_run):
+    path, run_id = ledger_run
+    with Ledger(path) as ledger:
+        profile = profile_from_run(ledger, run_id[:8])
+    assert profile.gpu.name == "H100 SXM 80 GB"
+    assert profile.seconds_per_epoch == pytest.approx(10.0)
+    assert profile.joules_per_epoch == pytest.approx(4500.0)  # GPU + CPU; the test stage is out
+    assert profile.host_joules_per_epoch == pytest.approx(500.0)
+    assert (profile.warmup_epochs, profile.epochs_measured) == (1, 4)
+    assert profile.warmup_extra_s == pytest.approx(2.0)
+    assert profile.warmup_extra_j == pytest.approx(900.0)
+    assert profile.peak_mem_gib == 30.0
+    assert profile.spread == 0.0
+    assert profile.run_id == run_id
+
+
+def test_run_default_target_is_its_own_gpu(capsys, ledger_run):
+    path, run_id = ledger_run
+    data = run_json(capsys, "--run", run_id, "--ledger", str(path), "--epochs", "10")
+    (target,) = data["targets"]
+    assert target["gpu"] == "H100 SXM 80 GB"
+    assert target["seconds"] == pytest.approx(2.0 + 10 * 10.0)  # warm-up once + 10 steady
+    assert target["energy_kwh"] == pytest.approx((900.0 + 10 * 4500.0) / 3.6e6)
+    assert target["fits_memory"] is True
+    assert data["profile"]["run_id"] == run_id
+
+
+def test_run_scaled_to_other_gpus(capsys, ledger_run):
+    path, run_id = ledger_run
+    data = run_json(
+        capsys,
+        "--run",
+        run_id,
+        "--ledger",
+        str(path),
+        "--epochs",
+        "10",
+        "--gpu",
+        "A100,rtx 4060 ti",
+    )
+    a100, small = data["targets"]
+    spec = hardware.lookup("A100")
+    h100 = hardware.lookup("H100")
+    u = (400.0 - h100.idle_w) / (h100.tdp_w - h100.idle_w)  # 4000 J / 10 s = 400 W of GPU
+    assert a100["gpu_power_w"] == pytest.approx(spec.idle_w + u * (spec.tdp_w - spec.idle_w))
+    ratio = a100["time_ratio"]
+    # host power (50 W) carries over unchanged
+    per_epoch_j = (a100["gpu_power_w"] + 50.0) * 10.0 * ratio
+    warmup_j = 900.0 * per_epoch_j / 4500.0
+    assert a100["energy_kwh"] == pytest.approx((warmup_j + 10 * per_epoch_j) / 3.6e6)
+    assert small["fits_memory"] is False  # 30 GiB peak on a 16 GB card
+    assert data["cheapest"] == data["fastest"] == data["greenest"] == a100["gpu"]
+
+
+def test_typed_in_numbers(capsys):
+    data = run_json(
+        capsys,
+        "--measured-gpu",
+        "NVIDIA H100 80GB HBM3",
+        "--seconds-per-epoch",
+        "60",
+        "--joules-per-epoch",
+        "24000",
+        "--epochs",
+        "10",
+        "--gpu",
+        "h100",
+        "--budget-kwh",
+        "0.05",
+        "--region",
+        "FRA",
+    )
+    (target,) = data["targets"]
+    assert target["seconds"] == pytest.approx(600.0)
+    assert target["energy_kwh"] == pytest.approx(240_000 / 3.6e6)  # 0.0667 kWh > 0.05
+    assert target["verdicts"] == {"kwh": False}
+    assert target["within_budget"] is False
+    assert data["region"] == "FRA"
+
+
+def test_steps_plan(capsys):
+    data = run_json(
+        capsys,
+        "--measured-gpu",
+        "H100",
+        "--seconds-per-epoch",
+        "60",
+        "--joules-per-epoch",
+        "24000",
+        "--steps",
+        "250",
+        "--steps-per-epoch",
+        "100",
+        "--gpu",
+        "H100",
+    )
+    assert data["epochs"] == pytest.approx(2.5)
+    assert data["targets"][0]["seconds"] == pytest.approx(150.0)
+
+
+def test_typed_in_defaults_to_every_known_gpu(capsys):
+    data = run_json(
+        capsys,
+        "--measured-gpu",
+        "H100",
+        "--seconds-per-epoch",
+        "60",
+        "--joules-per-epoch",
+        "24000",
+        "--peak-mem-gib",
+        "20",
+        "--epochs",
+        "5",
+    )
+    assert [t["gpu"] for t in data["targets"]] == [s.name for s in hardware.all_gpus()]
+    assert {"cheapest", "fastest", "greenest"} <= set(data)
+
+
+def test_table_output(capsys):
+    args = ["--measured-gpu", "H100", "--seconds-per-epoch", "60", "--joules-per-epoch", "24000"]
+    assert main(["estimate", *args, "--epochs", "5", "--gpu", "H100,A100"]) == 0
+    out = capsys.readouterr().out
+    assert "A100 SXM" in out
+    assert "fastest: H100 SXM 80 GB" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--epochs", "10", "--gpu", "H900"], ["H900", "closest", "H100"]),
+        (["--epochs", "0"], ["--epochs 0", "> 0"]),
+        (["--epochs", "-3"], ["--epochs -3", "> 0"]),
+        (["--epochs", "3", "--steps", "5"], ["exactly one of --epochs", "both"]),
+        ([], ["exactly one of --epochs", "neither"]),
+        (["--steps", "2.5"], ["--steps"]),
+        (["--steps", "100"], ["--steps-per-epoch"]),
+        (["--epochs", "3", "--budget-usd", "0"], ["--budget-usd 0", "> 0"]),
+    ],
+)
+def test_bad_plan_or_target_exits_2(capsys, args, expected):
+    measured = ["--measured-gpu", "H100", "--seconds-per-epoch", "60", "--joules-per-epoch", "1e4"]
+    err = fail(capsys, *measured, *args)
+    for text in expected:
+        assert text in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--epochs", "3"], ["--run RUN_ID", "--measured-gpu NAME"]),
+        (
+            ["--measured-gpu", "H100", "--seconds-per-epoch", "60", "--epochs", "3"],
+            ["--joules-per-epoch"],
+        ),
+        (
+            [
+                "--measured-gpu",
+                "Z80",
+                "--seconds-per-epoch",
+                "6",
+                "--joules-per-epoch",
+                "6",
+                "--epochs",
+                "3",
+            ],
+            ["Z80"],
+        ),
+        (
+            [
+                "--measured-gpu",
+                "H100",
+                "--seconds-per-epoch",
+                "-6",
+                "--joules-per-epoch",
+                "6",
+                "--epochs",
+                "3",
+            ],
+            ["--seconds-per-epoch -6"],
+        ),
+        (["--run", "abc", "--measured-gpu", "H100", "--epochs", "3"], ["--run"]),
+    ],
+)
+def test_bad_measured_input_exits_2(capsys, args, expected):
+    err = fail(capsys, *args)
+    for text in expected:
+        assert text in err
+
+
+def test_unknown_run_exits_2(capsys, ledger_run):
+    path, _ = ledger_run
+    err = fail(capsys, "--run", "nope", "--ledger", str(path), "--epochs", "3")
+    assert "nope" in err
