@@ -7,6 +7,7 @@ imported); the git commit from ``git rev-parse HEAD`` with a short timeout.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -23,10 +24,12 @@ _BOOT_ID_PATH = pathlib.Path("/proc/sys/kernel/random/boot_id")
 _START_TIME_TOLERANCE_S = 0.5
 
 
+@functools.cache
 def host() -> str:
     return socket.gethostname()
 
 
+@functools.cache
 def boot_id() -> str | None:
     """Linux's per-boot random id; None elsewhere (then only pid and start time are compared)."""
     try:
@@ -65,8 +68,8 @@ def process_alive(pid: int, start_time: float | None) -> bool:
     return start_time is None or abs(now_start - start_time) <= _START_TIME_TOLERANCE_S
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of python, torch, lightning and wattwise, from metadata (nothing is imported)."""
+@functools.cache
+def _versions() -> tuple[tuple[str, str | None], ...]:
     found: dict[str, str | None] = {"python": platform.python_version()}
     for key, dists in (
         ("torch", ("torch",)),
@@ -80,15 +83,70 @@ def versions() -> dict[str, str | None]:
                 break
             except importlib.metadata.PackageNotFoundError:
                 continue
-    return found
+    return tuple(found.items())
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of python, torch, lightning and wattwise, from metadata (nothing is imported)."""
+    return dict(_versions())
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """HEAD commit of the git work tree at ``cwd`` (default: the current directory), else None."""
+    """HEAD commit of the git work tree at ``cwd`` (default: the current directory), else None.
+
+    Read from the ``.git`` files (no process started); layouts it does not know (e.g. the
+    reftable format) fall back to ``git rev-parse HEAD`` with a short timeout.
+    """
+    start = pathlib.Path(cwd or os.getcwd()).absolute()
+    for folder in (start, *start.parents):
+        dot_git = folder / ".git"
+        if dot_git.exists():
+            try:
+                return _read_head(dot_git) or _git_rev_parse(folder)
+            except (OSError, ValueError) as err:
+                logger.debug("cannot read %s: %s", dot_git, err)
+                return _git_rev_parse(folder)
+    return None
+
+
+def _read_head(dot_git: pathlib.Path) -> str | None:
+    git_dir = dot_git
+    if dot_git.is_file():  # a worktree or submodule: "gitdir: <path>"
+        text = dot_git.read_text().strip()
+        if not text.startswith("gitdir:"):
+            raise ValueError(f"unexpected .git file: {text[:40]!r}")
+        git_dir = (dot_git.parent / text.removeprefix("gitdir:").strip()).resolve()
+    head = (git_dir / "HEAD").read_text().strip()
+    if not head.startswith("ref:"):
+        return head if _is_sha(head) else None  # detached HEAD
+    ref = head.removeprefix("ref:").strip()
+    common = git_dir
+    commondir = git_dir / "commondir"
+    if commondir.is_file():
+        common = (git_dir / commondir.read_text().strip()).resolve()
+    for base in (git_dir, common):
+        ref_file = base / ref
+        if ref_file.is_file():
+            sha = ref_file.read_text().strip()
+            return sha if _is_sha(sha) else None
+    packed = common / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref and _is_sha(sha):
+                return sha
+    return None  # a branch with no commit yet, or a layout we do not read
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def _git_rev_parse(folder: pathlib.Path) -> str | None:
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
+            cwd=folder,
             capture_output=True,
             text=True,
             timeout=_GIT_TIMEOUT_S,
@@ -98,4 +156,4 @@ def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
         logger.debug("no git commit recorded: %s", err)
         return None
     commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
+    return commit if done.returncode == 0 and _is_sha(commit) else None

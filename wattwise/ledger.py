@@ -19,6 +19,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -56,16 +57,19 @@ MAX_TIMELINE_POINTS = 1000
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S = 30.0
+_CACHE_KIB = 32768  # page cache per connection (SQLite's default 2 MiB makes big writes 2x slower)
 _RETRY_FOR_S = 120.0
 _DEFAULT_NAME = "wattwise.db"
 
 # Migrations: MIGRATIONS[i] takes a file from version i to i + 1. Never edit a released step;
 # add a new one (and a fixture of the old version under tests/fixtures/ledger/).
 MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: the first schema.
+    # 0 -> 1: the first schema. Rows of a run refer to it (and to its devices) by integer key:
+    # a phase row stays small and fast to read however long run ids and device ids are.
     """
     CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
+        key INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
         architecture TEXT NOT NULL,
         status TEXT NOT NULL,
         started_at TEXT NOT NULL,
@@ -85,7 +89,8 @@ MIGRATIONS: tuple[str, ...] = (
         epochs INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE devices (
-        run_id TEXT NOT NULL,
+        key INTEGER PRIMARY KEY,
+        run_key INTEGER NOT NULL,
         device_id TEXT NOT NULL,
         kind TEXT NOT NULL,
         name TEXT,
@@ -93,15 +98,14 @@ MIGRATIONS: tuple[str, ...] = (
         method TEXT,
         details TEXT NOT NULL DEFAULT '{}',
         flags TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (run_id, device_id)
+        UNIQUE (run_key, device_id)
     );
     CREATE TABLE phases (
         id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL,
+        run_key INTEGER NOT NULL,
+        device_key INTEGER NOT NULL,
         epoch INTEGER,
         stage TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
         start_s REAL,
         end_s REAL,
         energy_j REAL NOT NULL,
@@ -110,16 +114,16 @@ MIGRATIONS: tuple[str, ...] = (
         method TEXT NOT NULL,
         flags TEXT NOT NULL DEFAULT ''
     );
-    CREATE INDEX phases_run ON phases (run_id);
+    CREATE INDEX phases_run ON phases (run_key);
     CREATE TABLE snapshots (
-        run_id TEXT NOT NULL,
+        run_key INTEGER NOT NULL,
         epoch INTEGER,
         trainable_params INTEGER,
         total_params INTEGER,
         model_class TEXT,
         label TEXT
     );
-    CREATE UNIQUE INDEX snapshots_run_epoch ON snapshots (run_id, epoch);
+    CREATE UNIQUE INDEX snapshots_run_epoch ON snapshots (run_key, epoch);
     """,
     # 1 -> 2: why a run ended, when it was last written (duration of interrupted runs),
     # and the downsampled power timeline.
@@ -128,16 +132,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN updated_at TEXT;
     UPDATE runs SET updated_at = COALESCE(ended_at, started_at);
     CREATE TABLE timeline (
-        run_id TEXT NOT NULL,
-        device_id TEXT NOT NULL,
+        run_key INTEGER NOT NULL,
+        device_key INTEGER NOT NULL,
         points TEXT NOT NULL,
-        PRIMARY KEY (run_id, device_id)
+        PRIMARY KEY (run_key, device_key)
     );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
+    "key",
     "run_id",
     "architecture",
     "status",
@@ -159,7 +164,7 @@ _RECORD_COLUMNS = (
     "epochs",
     "reason",
 )
-_RUN_TABLES = ("runs", "devices", "phases", "snapshots", "timeline")
+_CHILD_TABLES = ("devices", "phases", "snapshots", "timeline")
 
 RUNS_COLUMNS = (
     "run_id",
@@ -309,8 +314,14 @@ def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:
     return (datetime.fromisoformat(end_iso) - datetime.fromisoformat(start_iso)).total_seconds()
 
 
-def _join_flags(flags: Iterable[str]) -> str:
-    return ",".join(sorted(set(flags)))
+@functools.lru_cache(maxsize=256)
+def _join_flags(flags: frozenset[str]) -> str:
+    return ",".join(sorted(flags))
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    """Flags as stored: sorted, comma-joined (``""`` for none)."""
+    return _join_flags(flags if isinstance(flags, frozenset) else frozenset(flags))
 
 
 def _split_flags(text: str | None) -> set[str]:
@@ -484,6 +495,7 @@ class Ledger:
         try:
             _retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             _retry(lambda: self._migrate(conn))
         except BaseException:
             conn.close()
@@ -593,40 +605,55 @@ class Ledger:
                     f"run id {run_id!r} is already in ledger {str(self.path)!r}; "
                     "use reopen_run() to continue it or give a new id"
                 )
-            conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row)
-            self._put_devices(conn, run_id, devices)
+            run_key = conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row).lastrowid
+            self._put_devices(conn, run_key, devices)
 
         self._write(write)
         return run_id
 
     @staticmethod
-    def _put_devices(conn: sqlite3.Connection, run_id: str, devices: Sequence[DeviceInfo]) -> None:
+    def _put_devices(conn: sqlite3.Connection, run_key: int, devices: Sequence[DeviceInfo]) -> None:
         conn.executemany(
-            "INSERT OR REPLACE INTO devices (run_id, device_id, kind, name, uuid, method, "
-            "details, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO devices (run_key, device_id, kind, name, uuid, method, details, flags) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_key, device_id) DO UPDATE SET "
+            "kind = excluded.kind, name = excluded.name, uuid = excluded.uuid, "
+            "method = excluded.method, details = excluded.details, flags = excluded.flags",
             [
                 (
-                    run_id,
+                    run_key,
                     d.device_id,
                     d.kind,
                     d.name,
                     d.uuid,
                     d.method,
                     _dumps(d.details),
-                    _join_flags(d.flags),
+                    _flags_text(d.flags),
                 )
                 for d in devices
             ],
         )
 
+    @staticmethod
+    def _device_key(conn: sqlite3.Connection, run_key: int, device_id: str, kind: str) -> int:
+        """Key of a run's device, added (kind only) when its DeviceInfo was never given."""
+        conn.execute(
+            "INSERT OR IGNORE INTO devices (run_key, device_id, kind) VALUES (?, ?, ?)",
+            (run_key, device_id, kind),
+        )
+        return conn.execute(
+            "SELECT key FROM devices WHERE run_key = ? AND device_id = ?", (run_key, device_id)
+        ).fetchone()[0]
+
     def _touch(
         self, conn: sqlite3.Connection, run_id: str, assignments: str = "", params: tuple = ()
-    ) -> None:
-        """Update ``updated_at`` (and ``assignments``) of a run; BadInput if there is none."""
-        sql = f"UPDATE runs SET updated_at = ?{', ' + assignments if assignments else ''} "
-        cursor = conn.execute(sql + "WHERE run_id = ?", (_now_iso(), *params, run_id))
-        if cursor.rowcount == 0:
+    ) -> int:
+        """Set ``updated_at`` (and ``assignments``) of a run; its key. BadInput if unknown."""
+        row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
             raise BadInput(f"no run {run_id!r} in ledger {str(self.path)!r}")
+        sql = f"UPDATE runs SET updated_at = ?{', ' + assignments if assignments else ''} "
+        conn.execute(sql + "WHERE key = ?", (_now_iso(), *params, row[0]))
+        return row[0]
 
     def add_phases(
         self,
@@ -639,75 +666,117 @@ class Ledger:
         devices: Sequence[DeviceInfo] = (),
     ) -> None:
         """Commit the phases of one epoch (and its snapshot) in a single transaction."""
-        rows = []
-        for p in phases:
-            if not math.isfinite(p.energy_j):
-                raise BadInput(
-                    f"phase {p.name!r} of device {p.device_id!r} has energy_j={p.energy_j!r}; "
-                    "expected a finite number of joules"
-                )
-            rows.append(
-                (
-                    run_id,
-                    epoch,
-                    p.name,
-                    p.device_id,
-                    p.kind,
-                    p.start_s,
-                    p.end_s,
-                    p.energy_j,
-                    p.mean_power_w,
-                    p.peak_power_w,
-                    p.method,
-                    _join_flags(p.flags),
-                )
-            )
+        self.add_epochs(
+            run_id,
+            [(epoch, phases, snapshot)],
+            epochs_completed=epochs_completed,
+            devices=devices,
+        )
+
+    def add_epochs(
+        self,
+        run_id: str,
+        epochs: Iterable[tuple[int | None, Sequence[PhaseEnergy], ArchSnapshot | None]],
+        *,
+        epochs_completed: int | None = None,
+        devices: Sequence[DeviceInfo] = (),
+    ) -> None:
+        """Commit many ``(epoch, phases, snapshot)`` at once, in a single transaction.
+
+        For recordings written after the fact (a replayed trace, an import); a live training
+        commits each epoch as it ends with :meth:`add_phases`.
+        """
+        epochs = list(epochs)
+        for _, phases, _ in epochs:
+            for p in phases:
+                if not math.isfinite(p.energy_j):
+                    raise BadInput(
+                        f"phase {p.name!r} of device {p.device_id!r} has energy_j={p.energy_j!r}; "
+                        "expected a finite number of joules"
+                    )
 
         def write(conn: sqlite3.Connection) -> None:
             if epochs_completed is None:
-                self._touch(conn, run_id)
+                run_key = self._touch(conn, run_id)
             else:
-                self._touch(conn, run_id, "epochs = ?", (epochs_completed,))
-            self._put_devices(conn, run_id, devices)
+                run_key = self._touch(conn, run_id, "epochs = ?", (epochs_completed,))
+            self._put_devices(conn, run_key, devices)
+            device_keys: dict[str, int] = {}
+            for _, phases, _ in epochs:
+                for p in phases:
+                    if p.device_id not in device_keys:
+                        device_keys[p.device_id] = self._device_key(
+                            conn, run_key, p.device_id, p.kind
+                        )
             conn.executemany(
-                "INSERT INTO phases (run_id, epoch, stage, device_id, kind, start_s, end_s, "
+                "INSERT INTO phases (run_key, device_key, epoch, stage, start_s, end_s, "
                 "energy_j, mean_power_w, peak_power_w, method, flags) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            if snapshot is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO snapshots (run_id, epoch, trainable_params, "
-                    "total_params, model_class, label) VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
-                        run_id,
+                        run_key,
+                        device_keys[p.device_id],
                         epoch,
-                        snapshot.trainable_params,
-                        snapshot.total_params,
-                        snapshot.model_class,
-                        snapshot.label,
-                    ),
-                )
+                        p.name,
+                        p.start_s,
+                        p.end_s,
+                        p.energy_j,
+                        p.mean_power_w,
+                        p.peak_power_w,
+                        p.method,
+                        _flags_text(p.flags),
+                    )
+                    for epoch, phases, _ in epochs
+                    for p in phases
+                ],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO snapshots (run_key, epoch, trainable_params, "
+                "total_params, model_class, label) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_key,
+                        epoch,
+                        snap.trainable_params,
+                        snap.total_params,
+                        snap.model_class,
+                        snap.label,
+                    )
+                    for epoch, _, snap in epochs
+                    if snap is not None
+                ],
+            )
 
         self._write(write)
 
     def add_timeline(
-        self, run_id: str, device_id: str, points: Sequence[tuple[float, float]]
+        self,
+        run_id: str,
+        device_id: str,
+        points: Sequence[tuple[float, float]],
+        *,
+        kind: str | None = None,
     ) -> None:
-        """Append ``(t_s, power_w)`` points; the stored series stays under MAX_TIMELINE_POINTS."""
+        """Append ``(t_s, power_w)`` points; the stored series stays under MAX_TIMELINE_POINTS.
+
+        ``kind`` is needed only for a device the run has no DeviceInfo or phase for yet; it
+        defaults to the part of ``device_id`` before the colon (``gpu:...`` -> ``gpu``).
+        """
+        kind = kind or device_id.split(":", 1)[0]
 
         def write(conn: sqlite3.Connection) -> None:
-            self._touch(conn, run_id)
+            run_key = self._touch(conn, run_id)
+            device_key = self._device_key(conn, run_key, device_id, kind)
             row = conn.execute(
-                "SELECT points FROM timeline WHERE run_id = ? AND device_id = ?",
-                (run_id, device_id),
+                "SELECT points FROM timeline WHERE run_key = ? AND device_key = ?",
+                (run_key, device_key),
             ).fetchone()
             merged = [tuple(p) for p in json.loads(row[0])] if row else []
             merged.extend((float(t), float(w)) for t, w in points)
             merged.sort()
             conn.execute(
-                "INSERT OR REPLACE INTO timeline (run_id, device_id, points) VALUES (?, ?, ?)",
-                (run_id, device_id, json.dumps(_downsample(merged, MAX_TIMELINE_POINTS))),
+                "INSERT OR REPLACE INTO timeline (run_key, device_key, points) VALUES (?, ?, ?)",
+                (run_key, device_key, json.dumps(_downsample(merged, MAX_TIMELINE_POINTS))),
             )
 
         self._write(write)
@@ -758,8 +827,10 @@ class Ledger:
         full_id = self._resolve(run_id)
 
         def write(conn: sqlite3.Connection) -> None:
-            for table in _RUN_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (full_id,))
+            run_key = self._touch(conn, full_id)
+            for table in _CHILD_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE run_key = ?", (run_key,))
+            conn.execute("DELETE FROM runs WHERE key = ?", (run_key,))
 
         self._write(write)
 
@@ -785,38 +856,56 @@ class Ledger:
                 dst.close()
             with Ledger(copy_path) as copy:
                 copy._connection()  # migrates the copy to this schema version
-            return self._merge_from(copy_path)
-
-    def _merge_from(self, copy_path: pathlib.Path) -> tuple[int, int]:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("ATTACH DATABASE ? AS other", (str(copy_path),))
-            try:
-                return self._write(self._copy_new_runs)
-            finally:
-                conn.execute("DETACH DATABASE other")
+            with self._lock:
+                conn = self._connection()
+                conn.execute("ATTACH DATABASE ? AS other", (str(copy_path),))
+                try:
+                    return self._write(self._copy_new_runs)
+                finally:
+                    conn.execute("DETACH DATABASE other")
 
     @staticmethod
     def _copy_new_runs(conn: sqlite3.Connection) -> tuple[int, int]:
+        """Copy the runs of ``other`` that ``main`` lacks, re-keying their rows."""
+
+        def columns(table: str, alias: str) -> str:
+            keys = {"key", "id", "run_key", "device_key"}
+            info = conn.execute(f"PRAGMA main.table_info({table})").fetchall()
+            return ", ".join(f"{alias}{row[1]}" for row in info if row[1] not in keys)
+
         total = conn.execute("SELECT count(*) FROM other.runs").fetchone()[0]
-        conn.execute("DROP TABLE IF EXISTS temp.merge_ids")
         conn.execute(
-            "CREATE TEMP TABLE merge_ids AS SELECT run_id FROM other.runs "
+            "CREATE TEMP TABLE merge_runs AS SELECT key AS other_key, run_id FROM other.runs "
             "WHERE run_id NOT IN (SELECT run_id FROM main.runs)"
         )
-        added = conn.execute("SELECT count(*) FROM temp.merge_ids").fetchone()[0]
-        for table in _RUN_TABLES:
-            columns = [
-                row[1]
-                for row in conn.execute(f"PRAGMA main.table_info({table})")
-                if not (table == "phases" and row[1] == "id")
-            ]
-            names = ", ".join(columns)
-            conn.execute(
-                f"INSERT INTO main.{table} ({names}) SELECT {names} FROM other.{table} "
-                "WHERE run_id IN (SELECT run_id FROM temp.merge_ids)"
-            )
-        conn.execute("DROP TABLE temp.merge_ids")
+        added = conn.execute("SELECT count(*) FROM temp.merge_runs").fetchone()[0]
+        for sql in (
+            f"INSERT INTO main.runs ({columns('runs', '')}) SELECT {columns('runs', '')} "
+            "FROM other.runs WHERE key IN (SELECT other_key FROM temp.merge_runs) ORDER BY key",
+            "CREATE TEMP TABLE run_map AS SELECT t.other_key, m.key AS main_key "
+            "FROM temp.merge_runs t JOIN main.runs m ON m.run_id = t.run_id",
+            f"INSERT INTO main.devices (run_key, {columns('devices', '')}) "
+            f"SELECT r.main_key, {columns('devices', 'd.')} FROM other.devices d "
+            "JOIN temp.run_map r ON r.other_key = d.run_key ORDER BY d.key",
+            "CREATE TEMP TABLE device_map AS SELECT d.key AS other_key, m.key AS main_key "
+            "FROM other.devices d JOIN temp.run_map r ON r.other_key = d.run_key "
+            "JOIN main.devices m ON m.run_key = r.main_key AND m.device_id = d.device_id",
+            f"INSERT INTO main.phases (run_key, device_key, {columns('phases', '')}) "
+            f"SELECT r.main_key, v.main_key, {columns('phases', 'p.')} FROM other.phases p "
+            "JOIN temp.run_map r ON r.other_key = p.run_key "
+            "JOIN temp.device_map v ON v.other_key = p.device_key ORDER BY p.id",
+            f"INSERT INTO main.snapshots (run_key, {columns('snapshots', '')}) "
+            f"SELECT r.main_key, {columns('snapshots', 's.')} FROM other.snapshots s "
+            "JOIN temp.run_map r ON r.other_key = s.run_key",
+            f"INSERT INTO main.timeline (run_key, device_key, {columns('timeline', '')}) "
+            f"SELECT r.main_key, v.main_key, {columns('timeline', 't.')} FROM other.timeline t "
+            "JOIN temp.run_map r ON r.other_key = t.run_key "
+            "JOIN temp.device_map v ON v.other_key = t.device_key",
+            "DROP TABLE temp.merge_runs",
+            "DROP TABLE temp.run_map",
+            "DROP TABLE temp.device_map",
+        ):
+            conn.execute(sql)
         return added, total - added
 
     # ------------------------------------------------------------------ reading
@@ -853,27 +942,32 @@ class Ledger:
         return self._records(None)
 
     def _records(self, run_id: str | None) -> list[RunRecord]:
-        where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        if run_id:
+            where_run, where_child = "WHERE run_id = ?", "WHERE run_key = ?"
+            key_rows = self._read("SELECT key FROM runs WHERE run_id = ?", (run_id,))
+            params: tuple = (key_rows[0][0],) if key_rows else (-1,)
+        else:
+            where_run, where_child, params = "", "", ()
         runs = [
             dict(zip(_RECORD_COLUMNS, row, strict=True))
             for row in self._read(
-                f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs {where} "
+                f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs {where_run} "
                 "ORDER BY started_at, run_id",
-                params,
+                (run_id,) if run_id else (),
             )
         ]
-        energy = self._read(
-            "SELECT run_id, device_id, kind, method, SUM(energy_j), GROUP_CONCAT(DISTINCT flags) "
-            f"FROM phases {where} GROUP BY run_id, device_id, kind, method",
-            params,
-        )
         devices = self._read(
-            "SELECT run_id, device_id, kind, name, uuid, method, details, flags "
-            f"FROM devices {where} ORDER BY run_id, device_id",
+            "SELECT key, run_key, device_id, kind, name, uuid, method, details, flags "
+            f"FROM devices {where_child} ORDER BY run_key, device_id",
             params,
         )
-        by_run: dict[str, dict[str, Any]] = {
-            row["run_id"]: {
+        energy = self._read(
+            "SELECT run_key, device_key, method, SUM(energy_j), GROUP_CONCAT(DISTINCT flags) "
+            f"FROM phases {where_child} GROUP BY run_key, device_key, method",
+            params,
+        )
+        by_run: dict[int, dict[str, Any]] = {
+            row["key"]: {
                 "kind": dict.fromkeys(DEVICE_KINDS, 0.0),
                 "method": {},
                 "device_method": {},
@@ -882,18 +976,10 @@ class Ledger:
             }
             for row in runs
         }
-        for rid, device_id, kind, method, energy_j, flags in energy:
-            agg = by_run.get(rid)
-            if agg is None:
-                continue
-            agg["kind"][kind] = agg["kind"].get(kind, 0.0) + energy_j
-            agg["method"][method] = agg["method"].get(method, 0.0) + energy_j
-            best = agg["device_method"].get(device_id)
-            if best is None or energy_j > best[1]:
-                agg["device_method"][device_id] = (method, energy_j)
-            agg["flags"].update(_split_flags(flags))
-        for rid, device_id, kind, name, dev_uuid, method, details, flags in devices:
-            agg = by_run.get(rid)
+        device_of: dict[int, tuple[str, str]] = {}
+        for key, run_key, device_id, kind, name, dev_uuid, method, details, flags in devices:
+            device_of[key] = (device_id, kind)
+            agg = by_run.get(run_key)
             if agg is None:
                 continue
             agg["devices"].append(
@@ -908,12 +994,23 @@ class Ledger:
                 }
             )
             agg["flags"].update(_split_flags(flags))
+        for run_key, device_key, method, energy_j, flags in energy:
+            agg = by_run.get(run_key)
+            if agg is None:
+                continue
+            device_id, kind = device_of[device_key]
+            agg["kind"][kind] = agg["kind"].get(kind, 0.0) + energy_j
+            agg["method"][method] = agg["method"].get(method, 0.0) + energy_j
+            best = agg["device_method"].get(device_id)
+            if best is None or energy_j > best[1]:
+                agg["device_method"][device_id] = (method, energy_j)
+            agg["flags"].update(_split_flags(flags))
         alive: dict[tuple[int, float | None], bool] = {}
         records = []
         for row in runs:
             rid, status = row["run_id"], row["status"]
             started, ended = row["started_at"], row["ended_at"]
-            agg = by_run[rid]
+            agg = by_run[row["key"]]
             if status == "running" and self._process_gone(row, alive):
                 status = "interrupted"
             if ended is not None:
@@ -972,17 +1069,22 @@ class Ledger:
         import pandas as pd
 
         records = self.list_runs()
-        params: dict[str, list[int]] = {}
-        for rid, trainable in self._read(
-            "SELECT run_id, trainable_params FROM snapshots ORDER BY run_id, epoch"
-        ):
-            params.setdefault(rid, []).append(trainable)
+        params = {
+            rid: (first, last)
+            for rid, first, last in self._read(
+                "SELECT r.run_id, "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch LIMIT 1), "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch DESC LIMIT 1) FROM runs r"
+            )
+        }
         rows = []
         metric_names: set[str] = set()
         for rec in records:
             gpus = [d for d in rec.devices if d["kind"] == "gpu"]
             cpus = [d for d in rec.devices if d["kind"] == "cpu"]
-            counts = params.get(rec.run_id)
+            params_start, params_end = params.get(rec.run_id, (None, None))
             row = {
                 "run_id": rec.run_id,
                 "architecture": rec.architecture,
@@ -1006,8 +1108,8 @@ class Ledger:
                 "pricing": rec.pricing,
                 "parent_run_id": rec.parent_run_id,
                 "tags": ",".join(rec.tags),
-                "params_start": counts[0] if counts else None,
-                "params_end": counts[-1] if counts else None,
+                "params_start": params_start,
+                "params_end": params_end,
             }
             for name, value in rec.metrics.items():
                 row[f"metric/{name}"] = value
@@ -1018,29 +1120,74 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
+    def _child_filter(self, run_id: str | None, alias: str = "") -> tuple[str, tuple]:
+        """SQL condition on ``run_key`` selecting one run (by id or prefix) or every run."""
+        if run_id is None:
+            return "1", ()
+        return f"{alias}run_key = (SELECT key FROM runs WHERE run_id = ?)", (self._resolve(run_id),)
+
     def phases(self, run_id: str | None = None) -> pandas.DataFrame:
         """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order."""
         import pandas as pd
 
-        where, params = ("WHERE p.run_id = ?", (self._resolve(run_id),)) if run_id else ("", ())
+        condition, params = self._child_filter(run_id)
         rows = self._read(
-            "SELECT p.run_id, p.epoch, p.stage, p.device_id, p.kind, d.name, p.start_s, p.end_s, "
-            "p.end_s - p.start_s, p.energy_j, p.mean_power_w, p.peak_power_w, p.method, p.flags "
-            "FROM phases p LEFT JOIN devices d ON d.run_id = p.run_id AND "
-            f"d.device_id = p.device_id {where} ORDER BY p.id",
+            "SELECT run_key, epoch, stage, device_key, start_s, end_s, energy_j, mean_power_w, "
+            f"peak_power_w, method, flags FROM phases WHERE {condition} ORDER BY id",
             params,
         )
-        frame = pd.DataFrame.from_records(rows, columns=list(PHASES_COLUMNS))
-        frame["epoch"] = frame["epoch"].astype("Int64")
+        run_ids = pd.Series(dict(self._read("SELECT key, run_id FROM runs")), dtype=object)
+        devices = pd.DataFrame.from_records(
+            self._read(f"SELECT key, device_id, kind, name FROM devices WHERE {condition}", params),
+            columns=["key", "device_id", "kind", "name"],
+            index="key",
+        )
+        raw = pd.DataFrame.from_records(
+            rows,
+            columns=[
+                "run_key",
+                "epoch",
+                "stage",
+                "device_key",
+                "start_s",
+                "end_s",
+                "energy_j",
+                "mean_power_w",
+                "peak_power_w",
+                "method",
+                "flags",
+            ],
+        )
+        frame = pd.DataFrame(
+            {
+                "run_id": raw["run_key"].map(run_ids),
+                "epoch": raw["epoch"].astype("Int64"),
+                "stage": raw["stage"],
+                "device_id": raw["device_key"].map(devices["device_id"]),
+                "kind": raw["device_key"].map(devices["kind"]),
+                "device_name": raw["device_key"].map(devices["name"]),
+                "start_s": raw["start_s"],
+                "end_s": raw["end_s"],
+                "duration_s": raw["end_s"] - raw["start_s"],
+                "energy_j": raw["energy_j"],
+                "mean_power_w": raw["mean_power_w"],
+                "peak_power_w": raw["peak_power_w"],
+                "method": raw["method"],
+                "flags": raw["flags"],
+            },
+            columns=list(PHASES_COLUMNS),
+        )
         return frame
 
     def snapshots(self, run_id: str | None = None) -> pandas.DataFrame:
         """Model size at each committed epoch (columns: SNAPSHOTS_COLUMNS)."""
         import pandas as pd
 
-        where, params = ("WHERE run_id = ?", (self._resolve(run_id),)) if run_id else ("", ())
+        condition, params = self._child_filter(run_id, "s.")
         rows = self._read(
-            f"SELECT {', '.join(SNAPSHOTS_COLUMNS)} FROM snapshots {where} ORDER BY run_id, epoch",
+            "SELECT r.run_id, s.epoch, s.trainable_params, s.total_params, s.model_class, "
+            f"s.label FROM snapshots s JOIN runs r ON r.key = s.run_key WHERE {condition} "
+            "ORDER BY s.run_key, s.epoch",
             params,
         )
         frame = pd.DataFrame.from_records(rows, columns=list(SNAPSHOTS_COLUMNS))
@@ -1049,9 +1196,11 @@ class Ledger:
 
     def timeline(self, run_id: str) -> dict[str, list[tuple[float, float]]]:
         """The stored downsampled power series: device_id -> [(t_s, power_w)]."""
+        condition, params = self._child_filter(run_id, "t.")
         rows = self._read(
-            "SELECT device_id, points FROM timeline WHERE run_id = ? ORDER BY device_id",
-            (self._resolve(run_id),),
+            "SELECT d.device_id, t.points FROM timeline t JOIN devices d ON d.key = t.device_key "
+            f"WHERE {condition} ORDER BY d.device_id",
+            params,
         )
         return {device_id: [(t, w) for t, w in json.loads(points)] for device_id, points in rows}
 
@@ -1076,9 +1225,9 @@ class Ledger:
 
     def own_energy_j(self, run_id: str) -> float:
         """Device energy of this run alone (every phase, every device)."""
-        full_id = self._resolve(run_id)
+        condition, params = self._child_filter(run_id)
         return self._read(
-            "SELECT COALESCE(SUM(energy_j), 0.0) FROM phases WHERE run_id = ?", (full_id,)
+            f"SELECT COALESCE(SUM(energy_j), 0.0) FROM phases WHERE {condition}", params
         )[0][0]
 
     def cumulative_energy_j(self, run_id: str) -> float:
