@@ -1,9 +1,335 @@
-"""`wattwise` sub-commands: runs (placeholder until implemented)."""
+"""`wattwise runs` (list, show, rm, merge) and `wattwise run -- COMMAND ...` (measure a command)."""
 
 from __future__ import annotations
 
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Annotated, Any
+
 import typer
+
+from wattwise.errors import BadInput
+from wattwise.units import j_to_wh
+
+LedgerOption = Annotated[
+    pathlib.Path | None,
+    typer.Option(
+        "--ledger",
+        help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+_ID_PREFIX = 8
+_CHILD_GRACE_S = 10.0  # after Ctrl-C, how long the measured command may take to end
+
+runs_app = typer.Typer(
+    name="runs",
+    help="List the runs in the ledger; show, remove or merge them.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _ledger(path: pathlib.Path | None, ctx: typer.Context):  # -> wattwise.ledger.Ledger
+    from wattwise.ledger import Ledger
+
+    if path is None and ctx.parent is not None:
+        path = ctx.parent.params.get("ledger")
+    return Ledger(path)
+
+
+def _want_json(flag: bool, ctx: typer.Context) -> bool:
+    return flag or bool(ctx.parent is not None and ctx.parent.params.get("json_out"))
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _wh(energy_j: float) -> str:
+    return f"{j_to_wh(energy_j):.4g}"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@runs_app.callback()
+def runs_command(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List the runs in the ledger (a run whose process is gone shows as interrupted)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    with _ledger(ledger, ctx) as book:
+        records = book.list_runs()
+    if json_out:
+        _print_json([rec.to_json() for rec in records])
+        return
+    console = _console()
+    if not records:
+        console.print(f"No runs in {book.path}.", highlight=False)
+        return
+    table = Table(title=str(book.path))
+    for name in ("id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"):
+        table.add_column(name, no_wrap=name != "method mix")
+    for rec in records:
+        table.add_row(
+            rec.run_id[:_ID_PREFIX],
+            rec.architecture,
+            rec.status,
+            rec.started_at[:16].replace("T", " "),
+            str(rec.epochs),
+            _wh(rec.energy_j),
+            rec.method_mix,
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def show_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")],
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """One run: its record, energy per epoch x stage x device, snapshots and lineage."""
+    with _ledger(ledger, ctx) as book:
+        rec = book.get_run(run)
+        phases = book.phases(rec.run_id)
+        snapshots = book.snapshots(rec.run_id)
+        ancestors = book.ancestors(rec.run_id)
+        own_j = book.own_energy_j(rec.run_id)
+        lineage = [
+            {"run_id": rid, "architecture": book.get_run(rid).architecture} for rid in ancestors
+        ]
+        for item in lineage:
+            item["own_energy_wh"] = j_to_wh(book.own_energy_j(item["run_id"]))
+        cumulative_j = book.cumulative_energy_j(rec.run_id)
+    phase_rows = json.loads(phases.to_json(orient="records"))
+    snapshot_rows = json.loads(snapshots.to_json(orient="records"))
+    if _want_json(json_out, ctx):
+        _print_json(
+            {
+                **rec.to_json(),
+                "phases": phase_rows,
+                "snapshots": snapshot_rows,
+                "lineage": {
+                    "ancestors": lineage,
+                    "own_energy_wh": j_to_wh(own_j),
+                    "cumulative_energy_wh": j_to_wh(cumulative_j),
+                },
+            }
+        )
+        return
+    _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j)
+
+
+def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
+    from rich.table import Table
+
+    console = _console()
+    duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
+    for label, value in (
+        ("run", rec.run_id),
+        ("architecture", rec.architecture),
+        ("status", rec.status + (f" ({rec.reason})" if rec.reason else "")),
+        ("started (UTC)", rec.started_at),
+        ("ended (UTC)", rec.ended_at or "-"),
+        ("duration", duration),
+        ("epochs", str(rec.epochs)),
+        ("energy", f"{_wh(rec.energy_j)} Wh ({rec.method_mix or 'no phases'})"),
+        ("by kind (Wh)", ", ".join(f"{k} {_wh(v)}" for k, v in rec.energy_by_kind_j.items())),
+        ("flags", ", ".join(rec.flags) or "-"),
+        ("host / pid", f"{rec.host} / {rec.pid}"),
+        ("git commit", rec.git_commit or "-"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in sorted(rec.versions.items()) if v)),
+        ("region / pricing", f"{rec.region or '-'} / {rec.pricing or '-'}"),
+        ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
+    ):
+        console.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+    if lineage:
+        console.print(
+            f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
+            f"{len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
+            highlight=False,
+        )
+        for item in lineage:
+            console.print(
+                f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
+                f"{item['own_energy_wh']:.4g} Wh",
+                highlight=False,
+            )
+    if phase_rows:
+        table = Table(title="Energy per epoch x stage x device")
+        for name in ("epoch", "stage", "device", "s", "Wh", "mean W", "peak W", "method", "flags"):
+            table.add_column(name)
+        for row in phase_rows:
+            table.add_row(
+                "-" if row["epoch"] is None else str(row["epoch"]),
+                row["stage"],
+                row["device_id"],
+                f"{row['duration_s']:.2f}" if row["duration_s"] is not None else "-",
+                _wh(row["energy_j"]),
+                "-" if row["mean_power_w"] is None else f"{row['mean_power_w']:.1f}",
+                "-" if row["peak_power_w"] is None else f"{row['peak_power_w']:.1f}",
+                row["method"],
+                row["flags"],
+            )
+        console.print(table)
+    if snapshot_rows:
+        table = Table(title="Model size per epoch")
+        for name in ("epoch", "trainable", "total", "class", "label"):
+            table.add_column(name)
+        for row in snapshot_rows:
+            table.add_row(
+                "-" if row["epoch"] is None else str(row["epoch"]),
+                str(row["trainable_params"]),
+                str(row["total_params"]),
+                str(row["model_class"]),
+                str(row["label"]),
+            )
+        console.print(table)
+
+
+@runs_app.command("rm")
+def rm_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")],
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete a run and everything recorded for it."""
+    with _ledger(ledger, ctx) as book:
+        run_id = book.get_run(run).run_id
+        book.remove(run_id)
+    if _want_json(json_out, ctx):
+        _print_json({"removed": run_id})
+    else:
+        typer.echo(f"removed run {run_id}")
+
+
+@runs_app.command("merge")
+def merge_command(
+    ctx: typer.Context,
+    other: Annotated[pathlib.Path, typer.Argument(help="Another wattwise ledger file.")],
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Import the runs of another ledger (idempotent: runs already here are skipped)."""
+    with _ledger(ledger, ctx) as book:
+        added, skipped = book.merge(other)
+    if _want_json(json_out, ctx):
+        _print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
+    else:
+        typer.echo(
+            f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+        )
+
+
+def run_command(
+    command: Annotated[
+        list[str], typer.Argument(help="The command to measure, after --.", show_default=False)
+    ],
+    ledger: LedgerOption = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option("--architecture", help="Label of the run (default: the program's name)."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Measure any command: its energy becomes a run in the ledger; its exit code is passed on."""
+    from wattwise.ledger import Ledger
+    from wattwise.meter import Meter
+
+    if not command:
+        raise BadInput("no command given; use: wattwise run [OPTIONS] -- COMMAND [ARGS ...]")
+    if shutil.which(command[0]) is None:
+        raise BadInput(
+            f"command {command[0]!r} not found or not executable; give a program on PATH"
+        )
+    label = architecture or pathlib.Path(command[0]).name
+    with Ledger(ledger) as book:
+        meter = Meter(ledger=book, architecture=label)
+        meter.start()
+        proc: subprocess.Popen | None = None
+        try:
+            proc = subprocess.Popen(command)
+            code = _exit_code(proc.wait())
+        except KeyboardInterrupt:
+            code = _exit_code(_end_interrupted(proc)) or 130
+            result = meter.stop("interrupted")
+        except BaseException:
+            meter.stop("failed")
+            raise
+        else:
+            result = meter.stop("finished" if code == 0 else "failed")
+        if code != 0 and result.status == "failed" and result.run_id is not None:
+            book.set_status(result.run_id, "failed", reason=f"command exited with code {code}")
+    summary = {
+        "run_id": result.run_id,
+        "architecture": label,
+        "status": result.status,
+        "exit_code": code,
+        "duration_s": result.duration_s,
+        "energy_j": result.energy_j,
+        "energy_wh": result.energy_wh,
+        "energy_by_kind_wh": {k: j_to_wh(v) for k, v in result.energy_by_kind_j.items()},
+        "methods": result.methods,
+        "flags": sorted(result.flags),
+        "ledger": str(book.path),
+    }
+    if json_out:
+        _print_json(summary)
+    else:
+        typer.echo(
+            f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
+            f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
+            + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items())),
+            err=True,
+        )
+    if code != 0:
+        # SystemExit, not typer.Exit: cli.main() runs click with standalone_mode=False, which
+        # turns typer.Exit into a return value that main() does not pass on.
+        sys.exit(code)
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's return code as a shell reports it (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _end_interrupted(proc: subprocess.Popen | None) -> int:
+    """After Ctrl-C: let the command end (it got the terminal's SIGINT too); its exit code."""
+    if proc is None:
+        return 130
+    try:
+        return proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # we alone were interrupted (e.g. kill -INT)
+    try:
+        return proc.wait(timeout=_CHILD_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `wattwise runs ...` and `wattwise run -- COMMAND ...` to the app."""
+    app.add_typer(runs_app)
+    app.command(
+        "run",
+        context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    )(run_command)
