@@ -1,0 +1,534 @@
+"""Ledger: schema round trip, DataFrames, lineage, timeline, migration, bad files, merge."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import pathlib
+import pickle
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from wattwise import ledger as ledger_module
+from wattwise.errors import BadInput, LedgerFormatError
+from wattwise.ledger import (
+    APPLICATION_ID,
+    MAX_TIMELINE_POINTS,
+    PHASES_COLUMNS,
+    RUNS_COLUMNS,
+    SCHEMA_VERSION,
+    SNAPSHOTS_COLUMNS,
+    Ledger,
+)
+from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "ledger"
+GPU_UUID = "GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12"
+GPU = DeviceInfo(
+    f"gpu:{GPU_UUID}",
+    "gpu",
+    "NVIDIA H200",
+    "counter",
+    uuid=GPU_UUID,
+    index=0,
+    flags=frozenset({"averaged_power"}),
+    details={"power_limit_w": 700.0},
+)
+CPU = DeviceInfo("cpu:machine", "cpu", "Intel Xeon", "estimate", flags=frozenset({"estimated"}))
+
+
+def phase(stage, device, energy_j, *, start_s=0.0, end_s=10.0, flags=()):
+    return PhaseEnergy(
+        name=stage,
+        index=0,
+        device_id=device.device_id,
+        kind=device.kind,
+        start_s=start_s,
+        end_s=end_s,
+        energy_j=energy_j,
+        method=device.method,
+        mean_power_w=energy_j / (end_s - start_s),
+        peak_power_w=1.5 * energy_j / (end_s - start_s),
+        flags=frozenset(flags),
+    )
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def book(tmp_path):
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        yield ledger
+
+
+def record_fit(book, *, architecture="mlp", parent=None, gpu_j=(1000.0, 1200.0), **kwargs):
+    """A run with one epoch per entry of gpu_j: train on GPU and CPU, then validate on the GPU."""
+    run_id = book.begin_run(
+        architecture=architecture, parent_run_id=parent, devices=[GPU, CPU], **kwargs
+    )
+    for epoch, energy_j in enumerate(gpu_j):
+        book.add_phases(
+            run_id,
+            [
+                phase("train", GPU, energy_j, flags={"averaged_power"}),
+                phase("train", CPU, 50.0, flags={"estimated"}),
+                phase("validate", GPU, 100.0, start_s=10.0, end_s=12.0, flags={"short_phase"}),
+            ],
+            epoch=epoch,
+            snapshot=ArchSnapshot(1000 * (epoch + 1), 1000 * (epoch + 1) + 10, "MLP", architecture),
+            epochs_completed=epoch + 1,
+        )
+    return run_id
+
+
+def test_round_trip_keeps_every_field(book, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a git repository: no commit recorded
+    started = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    run_id = record_fit(
+        book,
+        tags=["sweep-1", "lr=3e-4"],
+        settings={"sample_hz": 10, "cpu_mode": "machine"},
+        region="FRA",
+        pricing="aws:p5.48xlarge",
+        started_at=started,
+        versions={"torch": "9.9.9"},
+    )
+    book.finish_run(
+        run_id,
+        metrics={"val_loss": 0.25, "val_acc": 0.9},
+        reason="max_epochs",
+        ended_at=datetime(2026, 3, 1, 12, 30, tzinfo=UTC),
+    )
+
+    rec = book.get_run(run_id)
+    assert rec.architecture == "mlp"
+    assert rec.status == "finished"
+    assert rec.started_at == "2026-03-01T12:00:00+00:00"
+    assert rec.ended_at == "2026-03-01T12:30:00+00:00"
+    assert rec.duration_s == pytest.approx(1800.0)
+    assert rec.epochs == 2
+    # 2 epochs: GPU 1000 + 1200 train + 2 x 100 validate = 2400 J, CPU 2 x 50 = 100 J.
+    assert rec.energy_by_kind_j == pytest.approx({"gpu": 2400.0, "cpu": 100.0, "ram": 0.0})
+    assert rec.energy_j == pytest.approx(2500.0)
+    assert rec.energy_wh == pytest.approx(2500.0 / 3600.0)
+    assert rec.methods == {GPU.device_id: "counter", CPU.device_id: "estimate"}
+    assert rec.method_mix == "counter 96%, estimate 4%"
+    assert rec.flags == ["averaged_power", "estimated", "short_phase"]
+    assert rec.tags == ["sweep-1", "lr=3e-4"]
+    assert rec.settings == {"sample_hz": 10, "cpu_mode": "machine"}
+    assert (rec.region, rec.pricing) == ("FRA", "aws:p5.48xlarge")
+    assert rec.metrics == {"val_loss": 0.25, "val_acc": 0.9}
+    assert rec.reason == "max_epochs"
+    assert rec.pid == os.getpid()
+    assert rec.git_commit is None
+    assert rec.versions["torch"] == "9.9.9"  # given versions win
+    assert rec.versions["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert rec.versions["wattwise"] == "0.1.0"
+    gpu = next(d for d in rec.devices if d["kind"] == "gpu")
+    assert gpu == {
+        "device_id": GPU.device_id,
+        "kind": "gpu",
+        "name": "NVIDIA H200",
+        "uuid": GPU_UUID,
+        "method": "counter",
+        "details": {"power_limit_w": 700.0},
+        "flags": ["averaged_power"],
+    }
+    as_json = rec.to_json()
+    for key in ("run_id", "architecture", "status", "epochs", "duration_s", "energy_wh"):
+        assert as_json[key] == getattr(rec, key)
+    assert as_json["started_at"] == rec.started_at
+
+    # A new Ledger object (another process, say) reads the same thing back.
+    with Ledger(book.path) as again:
+        assert again.get_run(run_id) == rec
+
+
+def test_dataframes_have_the_contract_columns_and_values(book):
+    first = record_fit(book, gpu_j=(1000.0, 1200.0))
+    book.finish_run(first, metrics={"val_loss": 0.5})
+    second = record_fit(book, architecture="wide", gpu_j=(3600.0,))
+
+    runs = book.runs()
+    assert list(runs.columns) == [*RUNS_COLUMNS, "metric/val_loss"]
+    row = runs.set_index("run_id").loc[first]
+    assert row["energy_j"] == pytest.approx(2500.0)
+    assert row["gpu_energy_j"] == pytest.approx(2400.0)
+    assert row["cpu_energy_j"] == pytest.approx(100.0)
+    assert row["ram_energy_j"] == 0.0
+    assert row["n_gpus"] == 1
+    assert row["gpu_name"] == "NVIDIA H200"
+    assert row["cpu_name"] == "Intel Xeon"
+    assert row["params_start"] == 1000 and row["params_end"] == 2000
+    assert row["metric/val_loss"] == 0.5
+    assert row["flags"] == "averaged_power,estimated,short_phase"
+    wide = runs.set_index("run_id").loc[second]
+    assert wide["energy_wh"] == pytest.approx((3600.0 + 50.0 + 100.0) / 3600.0)
+    assert wide["status"] == "running"  # this process is alive
+
+    phases = book.phases()
+    assert list(phases.columns) == list(PHASES_COLUMNS)
+    assert len(phases) == 3 * 3
+    mine = book.phases(first[:8])  # a unique prefix works
+    assert len(mine) == 6
+    validate = mine[(mine["stage"] == "validate") & (mine["epoch"] == 1)].iloc[0]
+    assert validate["device_id"] == GPU.device_id
+    assert validate["kind"] == "gpu"
+    assert validate["device_name"] == "NVIDIA H200"
+    assert validate["duration_s"] == pytest.approx(2.0)
+    assert validate["mean_power_w"] == pytest.approx(50.0)
+    assert validate["peak_power_w"] == pytest.approx(75.0)
+    assert validate["flags"] == "short_phase"
+    assert mine["energy_j"].sum() == pytest.approx(2500.0)
+
+    snaps = book.snapshots(first)
+    assert list(snaps.columns) == list(SNAPSHOTS_COLUMNS)
+    assert snaps["trainable_params"].tolist() == [1000, 2000]
+    assert snaps["epoch"].tolist() == [0, 1]
+
+
+def test_empty_ledger_gives_empty_frames_with_columns(book):
+    assert book.list_runs() == []
+    assert list(book.runs().columns) == list(RUNS_COLUMNS)
+    assert book.phases().empty and list(book.phases().columns) == list(PHASES_COLUMNS)
+    assert book.snapshots().empty
+
+
+def test_default_path_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WATTWISE_LEDGER", str(tmp_path / "env.db"))
+    assert Ledger().path == tmp_path / "env.db"
+    monkeypatch.delenv("WATTWISE_LEDGER")
+    monkeypatch.chdir(tmp_path)
+    assert Ledger().path == tmp_path / "wattwise.db"
+    assert not (tmp_path / "wattwise.db").exists()  # nothing is created before the first use
+
+
+def test_prefix_lookup_unknown_and_ambiguous(book):
+    a = book.begin_run(architecture="a", run_id="abc-1")
+    book.begin_run(architecture="b", run_id="abd-2")
+    assert book.get_run("abc").run_id == a
+    with pytest.raises(BadInput, match=r"'ab' is ambiguous.*abc-1, abd-2"):
+        book.get_run("ab")
+    with pytest.raises(BadInput, match="no run 'zzz'"):
+        book.get_run("zzz")
+    with pytest.raises(BadInput, match="already in ledger"):
+        book.begin_run(architecture="again", run_id="abc-1")
+
+
+def test_bad_values_are_refused(book):
+    run_id = book.begin_run(architecture="a")
+    with pytest.raises(BadInput, match="'done' is not one of running, finished"):
+        book.finish_run(run_id, status="done")
+    with pytest.raises(BadInput, match="energy_j=nan"):
+        book.add_phases(run_id, [phase("train", GPU, float("nan"))], epoch=0)
+    with pytest.raises(BadInput, match="no run 'nope'"):
+        book.add_phases("nope", [phase("train", GPU, 1.0)], epoch=0)
+    with pytest.raises(BadInput, match="architecture ''"):
+        book.begin_run(architecture="")
+    assert book.phases().empty  # nothing half-written
+
+
+def test_lineage_sums_by_hand(book):
+    pretrain = record_fit(book, architecture="pretrain", gpu_j=(1000.0, 1200.0))  # 2500 J
+    finetune = record_fit(book, architecture="finetune", parent=pretrain, gpu_j=(400.0,))  # 550 J
+    distill = record_fit(book, architecture="distill", parent=finetune, gpu_j=(100.0,))  # 250 J
+    assert book.ancestors(distill) == [finetune, pretrain]
+    assert book.ancestors(pretrain) == []
+    assert book.own_energy_j(finetune) == pytest.approx(400.0 + 50.0 + 100.0)
+    assert book.own_energy_j(distill) == pytest.approx(100.0 + 50.0 + 100.0)
+    assert book.cumulative_energy_j(pretrain) == pytest.approx(2500.0)
+    assert book.cumulative_energy_j(finetune) == pytest.approx(2500.0 + 550.0)
+    assert book.cumulative_energy_j(distill) == pytest.approx(2500.0 + 550.0 + 250.0)
+    # A parent from another ledger is kept as a reference but adds nothing here.
+    orphan = record_fit(book, architecture="orphan", parent="elsewhere-123", gpu_j=(10.0,))
+    assert book.get_run(orphan).parent_run_id == "elsewhere-123"
+    assert book.ancestors(orphan) == []
+    assert book.cumulative_energy_j(orphan) == pytest.approx(160.0)
+
+
+def test_resume_reopens_and_continues(book):
+    run_id = record_fit(book, gpu_j=(1000.0,))
+    book.finish_run(run_id)
+    book.reopen_run(run_id)
+    rec = book.get_run(run_id)
+    assert (rec.status, rec.ended_at) == ("running", None)
+    book.add_phases(run_id, [phase("train", GPU, 500.0)], epoch=1, epochs_completed=2)
+    book.finish_run(run_id)
+    rec = book.get_run(run_id)
+    assert (rec.status, rec.epochs) == ("finished", 2)
+    assert rec.energy_j == pytest.approx(1150.0 + 500.0)
+
+
+def test_add_epochs_writes_many_epochs_at_once(book):
+    run_id = book.begin_run(architecture="replayed", devices=[GPU])
+    book.add_epochs(
+        run_id,
+        [(epoch, [phase("train", GPU, 10.0 * (epoch + 1))], None) for epoch in range(4)],
+        epochs_completed=4,
+    )
+    assert book.get_run(run_id).epochs == 4
+    assert book.own_energy_j(run_id) == pytest.approx(10 + 20 + 30 + 40)
+
+
+def test_phase_of_a_device_without_info_is_kept(book):
+    run_id = book.begin_run(architecture="a")
+    ram = DeviceInfo("ram", "ram", "DRAM", "estimate")
+    book.add_phases(run_id, [phase("train", ram, 36.0)], epoch=0)
+    rec = book.get_run(run_id)
+    assert rec.energy_by_kind_j["ram"] == pytest.approx(36.0)
+    assert rec.methods == {"ram": "estimate"}
+    frame = book.phases(run_id)
+    assert frame["kind"].tolist() == ["ram"]
+    # Its DeviceInfo arriving later fills the name in.
+    book.add_phases(run_id, [], epoch=1, devices=[ram])
+    assert book.phases(run_id)["device_name"].tolist() == ["DRAM"]
+
+
+def test_timeline_is_bounded_and_averaged(book):
+    run_id = book.begin_run(architecture="a", devices=[GPU])
+    n = 3 * MAX_TIMELINE_POINTS
+    book.add_timeline(run_id, GPU.device_id, [(0.1 * i, 100.0 + i % 3) for i in range(n)])
+    series = book.timeline(run_id)[GPU.device_id]
+    assert len(series) == MAX_TIMELINE_POINTS
+    # Buckets of three consecutive points: powers 100, 101, 102 average to 101.
+    assert series[0] == pytest.approx((0.1, 101.0))
+    assert all(p == pytest.approx(101.0) for _, p in series)
+    book.add_timeline(run_id, GPU.device_id, [(1e6, 500.0)])
+    assert len(book.timeline(run_id)[GPU.device_id]) <= MAX_TIMELINE_POINTS
+    book.add_timeline(run_id, "cpu:machine", [(0.0, 20.0), (1.0, 22.0)])
+    assert book.timeline(run_id)["cpu:machine"] == [(0.0, 20.0), (1.0, 22.0)]
+
+
+def test_remove_deletes_only_that_run(book):
+    keep = record_fit(book, architecture="keep")
+    drop = record_fit(book, architecture="drop")
+    book.add_timeline(drop, GPU.device_id, [(0.0, 1.0)])
+    book.remove(drop[:10])
+    assert [r.run_id for r in book.list_runs()] == [keep]
+    assert set(book.phases()["run_id"]) == {keep}
+    assert set(book.snapshots()["run_id"]) == {keep}
+    counts = [book._read(f"SELECT count(*) FROM {t}")[0][0] for t in ("devices", "timeline")]
+    assert counts == [2, 0]
+
+
+def test_running_run_of_a_dead_process_shows_interrupted(book):
+    child = (
+        "import sys; from wattwise.ledger import Ledger; "
+        "print(Ledger(sys.argv[1]).begin_run(architecture='gone'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(book.path)], capture_output=True, text=True, check=True
+    )
+    run_id = done.stdout.strip()
+    rec = book.get_run(run_id)
+    assert rec.status == "interrupted"
+    assert rec.duration_s is not None and rec.duration_s >= 0
+    assert book._read("SELECT status FROM runs")[0][0] == "running"  # reading changes nothing
+
+
+def test_reused_pid_is_not_taken_for_the_run_process(book):
+    run_id = book.begin_run(architecture="a")
+    assert book.get_run(run_id).status == "running"
+    # Same pid, but the process holding it started at another time: the pid was reused.
+    conn = book._connection()
+    conn.execute("UPDATE runs SET proc_started_at = proc_started_at - 3600")
+    assert book.get_run(run_id).status == "interrupted"
+    # A run of another host cannot be judged from here: it stays running.
+    conn.execute("UPDATE runs SET host = 'another-host', pid = 999999999")
+    assert book.get_run(run_id).status == "running"
+    # The same host after a reboot: interrupted.
+    conn.execute(
+        "UPDATE runs SET host = ?, boot_id = 'an-older-boot'", (ledger_module._procinfo.host(),)
+    )
+    if ledger_module._procinfo.boot_id() is not None:
+        assert book.get_run(run_id).status == "interrupted"
+
+
+def test_ledger_pickles_and_is_usable_from_another_thread(book):
+    run_id = book.begin_run(architecture="a")
+    clone = pickle.loads(pickle.dumps(book))
+    assert copy.deepcopy(book).path == book.path == clone.path
+    errors = []
+
+    def write():
+        try:
+            book.add_phases(run_id, [phase("train", GPU, 7.0)], epoch=0)
+            clone.add_phases(run_id, [phase("train", CPU, 3.0)], epoch=0)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    worker.join()
+    assert errors == []
+    assert book.own_energy_j(run_id) == pytest.approx(10.0)
+    clone.close()
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+def test_new_file_is_marked_and_current(book):
+    book.list_runs()
+    conn = sqlite3.connect(book.path)
+    try:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
+    fixture = FIXTURES / f"v{version}.db"
+    assert fixture.is_file(), f"add {fixture.name} (tests/fixtures/ledger/make_fixtures.py)"
+    path = tmp_path / fixture.name
+    shutil.copy(fixture, path)
+    with Ledger(path) as book:
+        runs = book.runs().set_index("run_id")
+        # The fixture's content, worked out by hand (see make_fixtures.py).
+        pretrain, finetune = (
+            "0b8f3c52-6a8e-4d0f-9a51-3f1c2e7d9b10",
+            "7d41e0a9-2c3b-4f5e-8a6d-1b9c0e2f3a47",
+        )
+        assert runs.loc[pretrain, "energy_j"] == pytest.approx(3 * (1000 + 50 + 100 + 5))
+        assert runs.loc[pretrain, "gpu_energy_j"] == pytest.approx(3 * 1100)
+        assert runs.loc[pretrain, "params_end"] == 1500
+        assert runs.loc[pretrain, "duration_s"] == pytest.approx(1800.0)
+        assert runs.loc[finetune, "status"] == "finished"
+        assert book.cumulative_energy_j(finetune) == pytest.approx(3465.0 + 420.0)
+        assert book.get_run(pretrain).reason is None
+        # New features work on the upgraded file.
+        book.add_timeline(finetune, "gpu:GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", [(0.0, 1.0)])
+        run_id = record_fit(book)
+        assert book.get_run(run_id).energy_j == pytest.approx(2500.0)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------- bad files
+
+
+def _foreign_sqlite(path: pathlib.Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+
+
+def _newer_ledger(path: pathlib.Path) -> None:
+    with Ledger(path) as book:
+        record_fit(book)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+
+
+BAD_FILES = {
+    "random bytes": (lambda p: p.write_bytes(os.urandom(8192)), "not an SQLite file"),
+    "text": (lambda p: p.write_text("run_id,energy\n1,2\n"), "not an SQLite file"),
+    "other sqlite": (_foreign_sqlite, "another application"),
+    "newer schema": (_newer_ledger, f"schema version {SCHEMA_VERSION + 1}.*newer wattwise"),
+    "sqlite header, garbage body": (
+        lambda p: p.write_bytes(b"SQLite format 3\x00" + os.urandom(4096)),
+        "not a readable SQLite database|another application",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_bad_files_are_rejected_untouched(tmp_path, kind):
+    make, message = BAD_FILES[kind]
+    path = tmp_path / "bad.db"
+    make(path)
+    before = sha256(path)
+    siblings = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(LedgerFormatError, match=message) as caught:
+        Ledger(path).list_runs()
+    assert str(path) in str(caught.value)
+    assert "expected" in str(caught.value) or "upgrade wattwise" in str(caught.value)
+    # Merging it in is refused the same way, and the target is not harmed either.
+    with Ledger(tmp_path / "good.db") as good:
+        run_id = record_fit(good)
+        with pytest.raises(LedgerFormatError):
+            good.merge(path)
+        assert [r.run_id for r in good.list_runs()] == [run_id]
+    assert sha256(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if "good" not in p.name) == siblings
+
+
+def test_a_directory_is_rejected(tmp_path):
+    with pytest.raises(LedgerFormatError, match="is a directory"):
+        Ledger(tmp_path)
+
+
+def test_an_empty_file_becomes_a_ledger(tmp_path):
+    path = tmp_path / "empty.db"
+    path.touch()
+    with Ledger(path) as book:
+        run_id = book.begin_run(architecture="a")
+        assert book.get_run(run_id).status == "running"
+
+
+# ---------------------------------------------------------------------------------- merge
+
+
+def test_merge_twice_gives_no_duplicates(tmp_path):
+    with Ledger(tmp_path / "a.db") as a, Ledger(tmp_path / "b.db") as b:
+        shared = record_fit(a, architecture="shared")
+        only_a = record_fit(a, architecture="only-a", parent=shared)
+        a.add_timeline(only_a, GPU.device_id, [(0.0, 300.0), (1.0, 310.0)])
+        a.finish_run(only_a, metrics={"val_loss": 0.1})
+        only_b = record_fit(b, architecture="only-b", gpu_j=(7.0,))
+        assert b.merge(a.path) == (2, 0)
+        assert b.merge(a.path) == (0, 2)
+        assert a.merge(b.path) == (1, 2)
+
+        for book in (a, b):
+            runs = book.runs().set_index("run_id")
+            assert sorted(runs.index) == sorted([shared, only_a, only_b])
+            assert len(book.phases()) == (2 + 2 + 1) * 3  # epochs x 3 phases each
+            assert len(book.snapshots()) == 2 + 2 + 1
+            assert runs.loc[only_a, "metric/val_loss"] == 0.1
+            assert book.cumulative_energy_j(only_a) == pytest.approx(2 * 2500.0)
+            assert book.timeline(only_a) == {GPU.device_id: [(0.0, 300.0), (1.0, 310.0)]}
+        # The same phases, row for row, on both sides.
+        key = ["run_id", "epoch", "stage", "device_id"]
+        left = a.phases().sort_values(key).reset_index(drop=True)
+        right = b.phases().sort_values(key).reset_index(drop=True)
+        assert left.equals(right)
+
+
+def test_merge_an_older_version_leaves_it_as_it_was(tmp_path):
+    old = tmp_path / "v1.db"
+    shutil.copy(FIXTURES / "v1.db", old)
+    before = sha256(old)
+    with Ledger(tmp_path / "now.db") as book:
+        assert book.merge(old) == (2, 0)
+        assert book.own_energy_j("0b8f3c52") == pytest.approx(3465.0)
+    assert sha256(old) == before
+    conn = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+def test_merge_of_a_missing_file_names_it(book, tmp_path):
+    with pytest.raises(LedgerFormatError, match=r"no ledger file at .*missing\.db"):
+        book.merge(tmp_path / "missing.db")
