@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from lightning_callbacks._compat import callback_bases, rank_zero_info, read_checkpoint
 from wattwise import units
-from wattwise.errors import BadInput
+from wattwise.errors import BadInput, UnknownHardware
 from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class _EnergyLogic:
         self._epoch_start_index: int | None = None
         self._epoch_start_s: float | None = None
         self._call_start_s: float | None = None
+        self._call_end_s: float | None = None
         self._run_open = False
         self._global_zero = True
         self._pending: list[PhaseEnergy] = []  # collected early (idle baseline), not yet counted
@@ -255,9 +256,9 @@ class _EnergyLogic:
         self._reset_call_state()
         self._global_zero = bool(trainer.is_global_zero)
         self._stage = stage
-        self._call_start_s = time.monotonic()
         layout = _meter_layout(trainer)
         if layout is None:
+            self._call_start_s = time.monotonic()
             return
         from wattwise.meter import Meter
 
@@ -267,7 +268,9 @@ class _EnergyLogic:
         )
         first = "baseline" if self.baseline == "idle" and stage == "fit" else "other"
         meter.start(first)
+        self._call_start_s = time.monotonic()  # the measured span starts here
         self._meter, self._label, self._n_marks = meter, first, 0
+
         if first == "baseline":
             time.sleep(IDLE_BASELINE_S)
             self._mark(trainer, "other")
@@ -429,11 +432,11 @@ class _EnergyLogic:
             return
         duration_s = time.monotonic() - self._epoch_start_s
         self._epoch_start_s = None
-        local = self._guard(trainer, "flush", self._local_report, trainer, close_epoch=True)
+        local = self._guard(trainer, "flush", self._local_report, trainer, True)
         reports = _gather(trainer, local)
         self._guard(trainer, "flush", self._commit, trainer, reports, duration_s, False)
 
-    def _local_report(self, trainer: Any, *, close_epoch: bool) -> _RankReport | None:
+    def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
         if self._meter is None:
             return None
         start_index = self._epoch_start_index
@@ -443,6 +446,7 @@ class _EnergyLogic:
             phases = self._pending + list(self._meter.collect())
         else:
             # stop() may return every phase of the meter: count each one once.
+            self._call_end_s = time.monotonic()
             phases = self._pending + list(self._meter.stop().phases)
             self._history = self._meter.history()
         self._pending = []
@@ -520,7 +524,7 @@ class _EnergyLogic:
                 on_step=False,
                 on_epoch=True,
                 prog_bar=name == "energy/total_wh",
-                logger=True,
+                logger=bool(trainer.loggers),
                 sync_dist=distributed,  # identical on every rank: the mean is the value
             )
 
@@ -546,18 +550,20 @@ class _EnergyLogic:
             "pricing_set": self.pricing is not None or settings.source("pricing") != "default",
         }
         gpus = [d for d in self.devices.values() if d.kind == "gpu"]
-        cost = self._guard(
-            trainer,
-            "pricing",
-            lambda: pricing.cost(
+        cost = None
+        try:
+            cost = pricing.cost(
                 self.energy_j,
                 self.duration_s + self._elapsed_s(),
                 scenario=scenario,
                 gpu_name=gpus[0].name if gpus else None,
                 n_gpus=max(1, len(gpus)),
                 settings=settings,
-            ),
-        )
+            )
+        except UnknownHardware as err:  # a GPU the price table lacks: no cost, training goes on
+            self._warn_once(f"wattwise: no cost for this run: {err}")
+        except Exception as err:
+            self._fault(trainer, "pricing", err)
         if cost is not None:
             out["cost_usd"] = cost.total_usd
             out["flags"].update(cost.flags)
@@ -569,7 +575,10 @@ class _EnergyLogic:
         return out
 
     def _elapsed_s(self) -> float:
-        return 0.0 if self._call_start_s is None else time.monotonic() - self._call_start_s
+        """Time of the current call so far (up to the meter's stop once it stopped)."""
+        if self._call_start_s is None:
+            return 0.0
+        return (self._call_end_s or time.monotonic()) - self._call_start_s
 
     # ----------------------------------------------------------------- end of a call
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -586,7 +595,7 @@ class _EnergyLogic:
             return
         if self._epoch_start_s is not None and status == "finished":
             self.flush(trainer)  # an epoch ended without on_train_epoch_end (should not happen)
-        local = self._guard(trainer, "teardown", self._local_report, trainer, close_epoch=False)
+        local = self._guard(trainer, "teardown", self._local_report, trainer, False)
         self._meter = None
         reports = _gather(trainer, local) if gather else [local]
         self._guard(trainer, "teardown", self._commit, trainer, reports, 0.0, True)

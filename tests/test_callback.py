@@ -1,0 +1,468 @@
+"""EnergyCallback on real Lightning fits (tiny models, CPU), the GPU replayed from the H200 trace.
+
+The other callback test files import the helpers defined here (TinyModel, loaders, fit, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import logging
+import math
+import pathlib
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from fakes import FakeSensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_callbacks import EnergyCallback
+from wattwise.errors import BadInput, LedgerFormatError, UnknownRegion
+from wattwise.ledger import Ledger
+from wattwise.units import J_PER_WH
+
+TRACE = "h200-lightning-fit-50hz.csv"
+
+
+class TinyModel(pl.LightningModule):
+    """8 -> 2 linear classifier; ``fail_at_epoch`` raises in training_step of that epoch."""
+
+    def __init__(self, fail_at_epoch: int | None = None, width: int = 8) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, 2)
+        self.fail_at_epoch = fail_at_epoch
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == self.fail_at_epoch:
+            raise RuntimeError("boom in training_step")
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.layer(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self.layer(x), y))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", torch.nn.functional.cross_entropy(self.layer(x), y))
+
+    def predict_step(self, batch, batch_idx):
+        return self.layer(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loader(n: int = 64, width: int = 8) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, width, generator=generator), torch.randint(0, 2, (n,)))
+    return DataLoader(data, batch_size=8)
+
+
+def trainer(tmp_path: pathlib.Path, callbacks: list, **kwargs) -> pl.Trainer:
+    options = {
+        "max_epochs": 2,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "default_root_dir": tmp_path,
+        "num_sanity_val_steps": 1,
+    }
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+@pytest.fixture
+def replay(monkeypatch: pytest.MonkeyPatch, nvml_fixtures: pathlib.Path) -> list:
+    """Replay the real H200 trace; returns the list of replay sensors opened (to read t_open)."""
+    from wattwise.sensors.replay import ReplayNvmlSensor
+
+    monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(nvml_fixtures / TRACE))
+    opened: list = []
+    real_open = ReplayNvmlSensor.open
+
+    def recording_open(self):
+        opened.append(self)
+        return real_open(self)
+
+    monkeypatch.setattr(ReplayNvmlSensor, "open", recording_open)
+    return opened
+
+
+def use_sensors(monkeypatch: pytest.MonkeyPatch, make_sensors) -> None:
+    """Make the callback's Meter read ``make_sensors()`` instead of discovering devices."""
+    import wattwise.meter as meter_module
+
+    real = meter_module.Meter
+
+    class SensorMeter(real):
+        def __init__(self, *args, **kwargs):
+            kwargs["sensors"] = make_sensors()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(meter_module, "Meter", SensorMeter)
+
+
+def phase_rows(ledger: Ledger, run_id: str) -> list[dict]:
+    return ledger.phases(run_id).to_dict("records")
+
+
+def assert_tiled(rows: list[dict]) -> None:
+    """Per device, phases follow each other with no gap and no overlap."""
+    for device_id in {r["device_id"] for r in rows}:
+        mine = sorted((r for r in rows if r["device_id"] == device_id), key=lambda r: r["start_s"])
+        for before, after in itertools.pairwise(mine):
+            assert after["start_s"] == pytest.approx(before["end_s"], abs=1e-6), device_id
+
+
+def trace_energy_j(sensor, t0_s: float, t1_s: float) -> float:
+    """The GPU energy of the replayed trace over [t0_s, t1_s] (sampler clock), worked out from
+    the trace's instant power rows (rectangles of 20 ms), independently of wattwise.integrate."""
+    trace = sensor.trace
+    rel0 = trace.t_s[0] + t0_s - sensor.t_open_s
+    rel1 = trace.t_s[0] + t1_s - sensor.t_open_s
+    power = trace.best_power_w
+    total = 0.0
+    for i, t in enumerate(trace.t_s):
+        nxt = trace.t_s[i + 1] if i + 1 < len(trace.t_s) else math.inf
+        lo, hi = max(t, rel0), min(nxt, rel1)
+        if hi > lo:
+            total += power[i] * (hi - lo)
+    return total
+
+
+# --------------------------------------------------------------------- the fit and its phases
+@pytest.mark.slow
+def test_phases_tile_the_fit_and_add_up_to_its_total(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    started = time.monotonic()
+    trainer(tmp_path, [cb], max_epochs=3).fit(TinyModel(), loader(), loader(32))
+    ended = time.monotonic()
+
+    ledger = Ledger(tmp_path / "w.db")
+    run = ledger.get_run(cb.run_id)
+    rows = phase_rows(ledger, cb.run_id)
+    assert run.status == "finished" and run.epochs == 3 and cb.epochs_completed == 3
+    assert {r["stage"] for r in rows} == {"other", "sanity_check", "train", "validate"}
+    assert sorted({r["epoch"] for r in rows if not pd_isna(r["epoch"])}) == [0, 1, 2]
+    assert_tiled(rows)
+    (gpu,) = [d for d in {r["device_id"] for r in rows} if d.startswith("gpu:")]
+    gpu_rows = [r for r in rows if r["device_id"] == gpu]
+    first, last = min(r["start_s"] for r in gpu_rows), max(r["end_s"] for r in gpu_rows)
+    assert started <= first and last <= ended
+    # The phases cover the fit: set-up (after Trainer.fit was called) to teardown.
+    assert last - first == pytest.approx(cb.summary["duration_s"], rel=0.02)
+    # Sum of the GPU phases == the trace's energy over the whole fit, within 1%.
+    (sensor,) = replay
+    gpu_j = sum(r["energy_j"] for r in gpu_rows)
+    assert gpu_j == pytest.approx(trace_energy_j(sensor, first, last), rel=0.01)
+    # Ledger, callback and summary agree; per-kind totals add up.
+    assert run.energy_j == pytest.approx(sum(r["energy_j"] for r in rows), rel=1e-9)
+    assert cb.energy_j == pytest.approx(run.energy_j, rel=1e-9)
+    assert cb.summary["energy_wh"] == pytest.approx(run.energy_j / J_PER_WH)
+    assert cb.summary["energy_by_kind_wh"]["gpu"] == pytest.approx(gpu_j / J_PER_WH)
+    assert sum(cb.summary["energy_by_kind_wh"].values()) == pytest.approx(cb.summary["energy_wh"])
+    assert len(cb.epoch_energy_j) == len(cb.epoch_duration_s) == 3
+    assert 0 < sum(cb.epoch_energy_j) < cb.energy_j  # epochs exclude set-up and the tail
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>"
+
+
+@pytest.mark.slow
+def test_square_wave_power_is_attributed_exactly(tmp_path, monkeypatch):
+    """A scripted GPU stepping through 100, 300 and 200 W every 0.25 s: the whole fit matches
+    the exact integral of the schedule within 1%, each phase within a sampling period."""
+    t0 = time.monotonic()
+    schedule = [(t0 + 0.25 * i, (100.0, 300.0, 200.0)[i % 3]) for i in range(2000)]
+    sensors: list[FakeSensor] = []
+
+    def make():
+        sensors.append(FakeSensor(schedule, counter_period_s=0.0))
+        return sensors[-1:]
+
+    use_sensors(monkeypatch, make)
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=2).fit(TinyModel(), loader(), loader(32))
+    rows = phase_rows(Ledger(tmp_path / "w.db"), cb.run_id)
+    assert_tiled(rows)
+    (fake,) = sensors
+    first, last = min(r["start_s"] for r in rows), max(r["end_s"] for r in rows)
+    exact_j = fake.energy_between(first, last)
+    assert sum(r["energy_j"] for r in rows) == pytest.approx(exact_j, rel=0.01)
+    assert cb.energy_j == pytest.approx(exact_j, rel=0.01)
+    for row in rows:  # each phase within what one 0.1 s sample can misplace at each end
+        exact = fake.energy_between(row["start_s"], row["end_s"])
+        assert row["energy_j"] == pytest.approx(exact, abs=2 * 200.0 * 0.1)
+
+
+@pytest.mark.slow
+def test_run_record_snapshots_metrics_and_summary(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db", tags=("t1",))
+    fit = trainer(tmp_path, [cb], max_epochs=2)
+    fit.fit(TinyModel(width=8), loader(), loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    run = ledger.get_run(cb.run_id)
+    assert run.architecture == "TinyModel" and run.tags == ["t1"]
+    assert run.metrics["val_loss"] == pytest.approx(float(fit.callback_metrics["val_loss"]))
+    assert not any(name.startswith("energy/") for name in run.metrics)
+    assert run.settings["sample_hz"] == 10 and run.settings["stage"] == "fit"
+    assert {d["kind"] for d in run.devices} == {"gpu", "cpu", "ram"}
+    snapshots = ledger.snapshots(cb.run_id).to_dict("records")
+    assert [s["epoch"] for s in snapshots] == [0, 1]
+    assert all(s["trainable_params"] == 8 * 2 + 2 == s["total_params"] for s in snapshots)
+    assert all(s["model_class"] == "TinyModel" and s["label"] == "TinyModel" for s in snapshots)
+    summary = cb.summary
+    assert summary["run_id"] == cb.run_id and summary["epochs"] == 2
+    assert summary["architecture"] == "TinyModel"
+    assert summary["co2e_kg"] > 0 and "no_region" in summary["flags"]
+    assert set(summary["methods"].values()) <= {"counter", "power", "rapl", "estimate"}
+
+
+@pytest.mark.slow
+def test_test_after_fit_adds_rows_to_the_same_run_and_alone_makes_its_own(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    fit = trainer(tmp_path, [cb], max_epochs=1)
+    model = TinyModel()
+    fit.fit(model, loader(), loader(32))
+    energy_after_fit = cb.energy_j
+    fit.test(model, loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    assert len(ledger.list_runs()) == 1
+    run = ledger.get_run(cb.run_id)
+    test_rows = [r for r in phase_rows(ledger, cb.run_id) if r["stage"] == "test"]
+    assert test_rows and all(pd_isna(r["epoch"]) for r in test_rows)
+    assert run.status == "finished" and run.epochs == 1
+    assert "test_loss" in run.metrics and "val_loss" in run.metrics
+    assert cb.energy_j > energy_after_fit
+    assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+
+    alone = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [alone]).test(TinyModel(), loader(32))
+    assert alone.run_id != cb.run_id and len(ledger.list_runs()) == 2
+    other = ledger.get_run(alone.run_id)
+    assert other.epochs == 0 and other.settings["stage"] == "test"
+    assert {r["stage"] for r in phase_rows(ledger, alone.run_id)} == {"other", "test"}
+
+
+# --------------------------------------------------------------------- metrics to loggers
+@pytest.mark.slow
+def test_csv_logger_gets_the_cumulative_energy_columns(tmp_path, replay):
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path / "logs", name="run")
+    cb = EnergyCallback(ledger=tmp_path / "w.db", region="FRA", pricing="aws:p5.48xlarge")
+    fit = trainer(tmp_path, [cb], max_epochs=3, logger=logger)
+    fit.fit(TinyModel(), loader(), loader(32))
+    with open(pathlib.Path(logger.log_dir) / "metrics.csv") as fh:
+        table = [row for row in csv.DictReader(fh) if row.get("energy/total_wh")]
+    wanted = {
+        "energy/gpu_wh",
+        "energy/cpu_wh",
+        "energy/ram_wh",
+        "energy/total_wh",
+        "power/gpu_w",
+        "cost/usd",
+        "carbon/gco2e",
+    }
+    assert wanted <= set(table[0])
+    assert len(table) == 3
+    totals = [float(r["energy/total_wh"]) for r in table]
+    assert totals == sorted(totals) and totals[0] > 0  # cumulative
+    # Epoch k's logged total == everything in the ledger up to the end of epoch k.
+    rows = phase_rows(Ledger(tmp_path / "w.db"), cb.run_id)
+    for k, total in enumerate(totals):
+        upto = sum(r["energy_j"] for r in rows if not pd_isna(r["epoch"]) and r["epoch"] <= k)
+        assert total == pytest.approx(upto / J_PER_WH, rel=1e-5)
+        parts = sum(float(table[k][f"energy/{kind}_wh"]) for kind in ("gpu", "cpu", "ram"))
+        assert parts == pytest.approx(total, rel=1e-5)
+    # mean GPU power of an epoch = its GPU energy / its duration; the replayed H200 idles at
+    # 76-130 W in the first seconds of the trace
+    for k, row in enumerate(table):
+        assert 60 < float(row["power/gpu_w"]) < 200, k
+    # carbon in grams = kWh x PUE x intensity (FRA); checked against carbon's own numbers
+    from wattwise import carbon
+
+    pue = carbon.pue("aws:p5.48xlarge").value
+    g = carbon.intensity("FRA").gco2e_per_kwh
+    last_total_kwh = totals[-1] / 1000.0
+    assert float(table[-1]["carbon/gco2e"]) == pytest.approx(last_total_kwh * pue * g, rel=1e-4)
+    assert float(table[-1]["cost/usd"]) > 0
+    assert "energy/total_wh" in fit.progress_bar_metrics
+
+
+@pytest.mark.slow
+def test_log_metrics_false_logs_nothing(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    fit = trainer(tmp_path, [cb], max_epochs=1)
+    fit.fit(TinyModel(), loader(), loader(32))
+    assert not [name for name in fit.callback_metrics if "/" in name]
+    assert cb.energy_j > 0
+
+
+# --------------------------------------------------------------------- failures
+@pytest.mark.slow
+def test_exception_in_training_step_leaves_a_failed_run_with_its_completed_epochs(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [cb], max_epochs=5).fit(TinyModel(fail_at_epoch=2), loader(), loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    run = ledger.get_run(cb.run_id)
+    assert run.status == "failed" and run.epochs == 2
+    assert "boom in training_step" in run.reason
+    rows = phase_rows(ledger, cb.run_id)
+    assert sorted({int(r["epoch"]) for r in rows if not pd_isna(r["epoch"])}) == [0, 1]
+    # what was measured after the last completed epoch is kept too (epoch None)
+    assert any(pd_isna(r["epoch"]) for r in rows)
+    assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_failing_sensor_and_ledger_never_reach_training(tmp_path, monkeypatch, caplog):
+    now = time.monotonic()
+    use_sensors(monkeypatch, lambda: [FakeSensor(200.0, raise_from_s=now + 0.5)])
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    real_add = Ledger.add_phases
+    calls = []
+
+    def flaky_add(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "add_phases", flaky_add)
+    with caplog.at_level(logging.WARNING):
+        trainer(tmp_path, [cb], max_epochs=3).fit(TinyModel(), loader(), loader(32))
+    assert cb.epochs_completed == 3
+    assert {"callback_error", "sensor_lost"} <= set(cb.summary["flags"])
+    disk = [r for r in caplog.records if "disk full" in r.getMessage()]
+    assert len(disk) == 1  # warned once
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert run.status == "finished" and run.epochs == 3
+
+
+def test_a_sensor_that_fails_to_open_is_skipped_not_raised(tmp_path, monkeypatch):
+    from wattwise.errors import SensorPermissionError
+
+    use_sensors(
+        monkeypatch,
+        lambda: [
+            FakeSensor(80.0),
+            FakeSensor(
+                1.0, device_id="cpu:package-0", kind="cpu", open_error=SensorPermissionError("x")
+            ),
+        ],
+    )
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    assert list(cb.summary["methods"]) == ["gpu:GPU-00000000-0000-0000-0000-000000000000"]
+    assert cb.energy_by_kind_j["cpu"] == 0 and cb.energy_by_kind_j["gpu"] > 0
+
+
+# --------------------------------------------------------------------- arguments and set-up
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"sample_hz": 0}, BadInput, "sample_hz=0"),
+        ({"sample_hz": "fast"}, BadInput, "'fast'"),
+        ({"cpu_mode": "cores"}, BadInput, "machine, process"),
+        ({"baseline": "warm"}, BadInput, "'idle'"),
+        ({"tags": "one"}, BadInput, "tags='one'"),
+        ({"ledger": 42}, BadInput, "ledger=42"),
+        ({"architecture": ""}, BadInput, "architecture=''"),
+        ({"parent": "missing/run.ckpt"}, BadInput, "missing/run.ckpt"),
+        ({"region": "ATLANTIS"}, UnknownRegion, "ATLANTIS"),
+        ({"pricing": "aws:nope"}, BadInput, "aws:nope"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, named):
+    with pytest.raises(error) as info:
+        EnergyCallback(**kwargs)
+    assert named in str(info.value)
+
+
+def test_construction_is_light_and_needs_no_device():
+    started = time.perf_counter()
+    cb = EnergyCallback()
+    assert time.perf_counter() - started < 0.1
+    assert cb.run_id is None and cb.energy_j == 0 and cb.epochs_completed == 0
+    assert cb.summary == {} and cb._meter is None
+
+
+def test_a_file_that_is_not_a_ledger_fails_at_setup_and_is_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"my precious notes, not a database")
+    cb = EnergyCallback(ledger=path)
+    with pytest.raises(LedgerFormatError):
+        trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    assert path.read_bytes() == b"my precious notes, not a database"
+
+
+def test_state_key_distinguishes_configurations():
+    a = EnergyCallback(ledger="a.db", architecture="x")
+    assert a.state_key == EnergyCallback(ledger="a.db", architecture="x").state_key
+    assert a.state_key != EnergyCallback(ledger="b.db", architecture="x").state_key
+    assert a.state_key != EnergyCallback(ledger="a.db", architecture="y").state_key
+
+
+@pytest.mark.slow
+def test_idle_baseline_reports_energy_above_idle(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db", baseline="idle")
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    run = ledger.get_run(cb.run_id)
+    rows = phase_rows(ledger, cb.run_id)
+    baseline = [r for r in rows if r["stage"] == "baseline"]
+    assert baseline and all(r["duration_s"] == pytest.approx(1.0, abs=0.2) for r in baseline)
+    idle = run.settings["idle_power_w"]
+    assert set(idle) == {r["device_id"] for r in rows}
+    for row in baseline:
+        assert idle[row["device_id"]] == pytest.approx(row["energy_j"] / row["duration_s"])
+    above_wh = cb.summary["energy_above_idle_wh"]
+    assert 0 <= above_wh < cb.summary["energy_wh"]
+    assert run.metrics["wattwise/energy_above_idle_wh"] == pytest.approx(above_wh)
+    assert "idle_baseline" in cb.summary["flags"]
+    # energy above idle: each phase's energy minus idle power x its duration (never below 0)
+    expected = sum(max(0.0, r["energy_j"] - idle[r["device_id"]] * r["duration_s"]) for r in rows)
+    assert above_wh * J_PER_WH == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_works_with_the_lightning_namespace(tmp_path, replay):
+    lightning = pytest.importorskip("lightning.pytorch")
+
+    class Model(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 2)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    fit = lightning.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    fit.fit(Model(), loader())
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert run.epochs == 2 and run.architecture == "Model" and run.energy_j > 0
+    assert "energy/total_wh" in fit.callback_metrics
