@@ -1,0 +1,273 @@
+"""`wattwise runs ...` and `wattwise run -- COMMAND`: output shapes, exit codes, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wattwise.cli import main
+from wattwise.ledger import Ledger
+from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
+
+GPU = DeviceInfo("gpu:GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", "gpu", "NVIDIA H200", "counter")
+CPU = DeviceInfo("cpu:machine", "cpu", "Intel Xeon", "estimate")
+
+
+def _phase(stage, device, energy_j):
+    return PhaseEnergy(stage, 0, device.device_id, device.kind, 0.0, 4.0, energy_j, device.method)
+
+
+def _fit(book, architecture, parent=None, gpu_j=(3600.0, 7200.0)):
+    run_id = book.begin_run(architecture=architecture, parent_run_id=parent, devices=[GPU, CPU])
+    for epoch, energy_j in enumerate(gpu_j):
+        book.add_phases(
+            run_id,
+            [_phase("train", GPU, energy_j), _phase("train", CPU, 360.0)],
+            epoch=epoch,
+            snapshot=ArchSnapshot(100 + epoch, 100 + epoch, "MLP", architecture),
+            epochs_completed=epoch + 1,
+        )
+    book.finish_run(run_id, metrics={"val_loss": 0.5})
+    return run_id
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def two_runs(ledger_path):
+    with Ledger(ledger_path) as book:
+        pretrain = _fit(book, "pretrain")  # 3600 + 7200 + 2 x 360 = 11520 J = 3.2 Wh
+        finetune = _fit(book, "finetune", parent=pretrain, gpu_j=(1440.0,))  # 1800 J = 0.5 Wh
+    return pretrain, finetune
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_runs_json_lists_every_run_with_the_fixed_fields(capsys, ledger_path, two_runs):
+    pretrain, finetune = two_runs
+    code, out, _ = run_cli(capsys, "runs", "--ledger", str(ledger_path), "--json")
+    assert code == 0
+    rows = {row["run_id"]: row for row in json.loads(out)}
+    assert set(rows) == {pretrain, finetune}
+    for row in rows.values():
+        for key in ("run_id", "architecture", "status", "epochs", "duration_s", "energy_wh"):
+            assert key in row
+        assert row["started_at"].endswith("+00:00")
+    assert rows[pretrain]["energy_wh"] == pytest.approx(3.2)
+    assert rows[pretrain]["epochs"] == 2
+    assert rows[finetune]["energy_wh"] == pytest.approx(0.5)
+    assert rows[finetune]["status"] == "finished"
+    assert rows[finetune]["parent_run_id"] == pretrain
+
+
+def test_runs_uses_the_environment_ledger_and_prints_a_table(
+    capsys, ledger_path, two_runs, monkeypatch
+):
+    monkeypatch.setenv("WATTWISE_LEDGER", str(ledger_path))
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0
+    for run_id in two_runs:
+        assert run_id[:8] in out
+    assert "pretrain" in out and "finetune" in out
+    assert "3.2" in out and "0.5" in out
+
+
+def test_runs_show_json_has_phases_snapshots_and_lineage(capsys, ledger_path, two_runs):
+    pretrain, finetune = two_runs
+    code, out, _ = run_cli(
+        capsys, "runs", "show", finetune[:8], "--ledger", str(ledger_path), "--json"
+    )
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["run_id"] == finetune
+    assert [(p["epoch"], p["stage"], p["device_id"]) for p in shown["phases"]] == [
+        (0, "train", GPU.device_id),
+        (0, "train", CPU.device_id),
+    ]
+    assert sum(p["energy_j"] for p in shown["phases"]) == pytest.approx(1800.0)
+    assert shown["snapshots"] == [
+        {
+            "run_id": finetune,
+            "epoch": 0,
+            "trainable_params": 100,
+            "total_params": 100,
+            "model_class": "MLP",
+            "label": "finetune",
+        }
+    ]
+    lineage = shown["lineage"]
+    assert lineage["own_energy_wh"] == pytest.approx(0.5)
+    assert lineage["cumulative_energy_wh"] == pytest.approx(3.7)
+    assert lineage["ancestors"] == [
+        {"run_id": pretrain, "architecture": "pretrain", "own_energy_wh": pytest.approx(3.2)}
+    ]
+
+
+def test_runs_show_text_and_group_level_options(capsys, ledger_path, two_runs):
+    _, finetune = two_runs
+    code, out, _ = run_cli(capsys, "runs", "--ledger", str(ledger_path), "show", finetune[:6])
+    assert code == 0
+    assert finetune in out
+    assert "lineage" in out and "3.7 Wh" in out
+    assert "Energy per epoch" in out
+
+
+def test_runs_rm_and_unknown_run(capsys, ledger_path, two_runs):
+    pretrain, finetune = two_runs
+    code, out, _ = run_cli(
+        capsys, "runs", "rm", pretrain[:8], "--ledger", str(ledger_path), "--json"
+    )
+    assert (code, json.loads(out)) == (0, {"removed": pretrain})
+    with Ledger(ledger_path) as book:
+        assert [r.run_id for r in book.list_runs()] == [finetune]
+    code, _, err = run_cli(capsys, "runs", "rm", pretrain[:8], "--ledger", str(ledger_path))
+    assert code == 2
+    assert f"no run '{pretrain[:8]}'" in err and "Traceback" not in err
+
+
+def test_runs_merge_twice_adds_nothing_the_second_time(capsys, tmp_path, ledger_path, two_runs):
+    target = tmp_path / "lab.db"
+    argv = ["runs", "merge", str(ledger_path), "--ledger", str(target), "--json"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and json.loads(out)["added"] == 2
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and (json.loads(out)["added"], json.loads(out)["skipped"]) == (0, 2)
+    with Ledger(target) as book:
+        assert len(book.list_runs()) == 2
+        assert len(book.phases()) == 3 * 2
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a database at all\n" * 10, b"SQLite format 3\x00" + b"\x01" * 4000]
+)
+@pytest.mark.parametrize("how", ["list", "merge"])
+def test_bad_ledger_file_exit_2_untouched(capsys, tmp_path, content, how):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(content)
+    before = hashlib.sha256(bad.read_bytes()).hexdigest()
+    if how == "list":
+        argv = ["runs", "--ledger", str(bad)]
+    else:
+        argv = ["runs", "merge", str(bad), "--ledger", str(tmp_path / "good.db")]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert str(bad) in err and "expected a wattwise ledger" in err
+    assert "Traceback" not in err
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "bad.db-wal").exists()
+
+
+def test_run_records_a_finished_command(capsys, ledger_path):
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--ledger",
+        str(ledger_path),
+        "--architecture",
+        "sleeper",
+        "--json",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(0.3)",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["status"], summary["exit_code"]) == ("finished", 0)
+    assert summary["duration_s"] >= 0.3
+    assert summary["energy_wh"] > 0
+    with Ledger(ledger_path) as book:
+        rec = book.get_run(summary["run_id"])
+    assert (rec.architecture, rec.status) == ("sleeper", "finished")
+    assert rec.energy_j == pytest.approx(summary["energy_j"])
+    assert rec.energy_j > 0
+
+
+def test_run_passes_the_exit_code_through_and_marks_failed(tmp_path, ledger_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wattwise",
+            "run",
+            "--ledger",
+            str(ledger_path),
+            "--",
+            sys.executable,
+            "-c",
+            "import sys; print('child says hi'); sys.exit(3)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "child says hi" in done.stdout
+    with Ledger(ledger_path) as book:
+        (rec,) = book.list_runs()
+    assert rec.status == "failed"
+    assert rec.reason == "command exited with code 3"
+    assert rec.architecture == os.path.basename(sys.executable)
+
+
+def test_run_of_an_unknown_program_is_bad_input(capsys, ledger_path):
+    code, _, err = run_cli(
+        capsys, "run", "--ledger", str(ledger_path), "--", "no-such-program-wattwise"
+    )
+    assert code == 2
+    assert "'no-such-program-wattwise' not found" in err
+    assert not ledger_path.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattwise",
+            "run",
+            "--ledger",
+            str(ledger_path),
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ledger_path.exists() or not Ledger(ledger_path).list_runs():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        time.sleep(0.5)  # past Popen, into wait()
+        proc.send_signal(signal.SIGINT)  # to wattwise only: it forwards to the command
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    with Ledger(ledger_path) as book:
+        (rec,) = book.list_runs()
+    assert rec.status == "interrupted"
+    assert rec.ended_at is not None
