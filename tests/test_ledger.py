@@ -522,6 +522,7 @@ def test_merge_an_older_version_leaves_it_as_it_was(tmp_path):
         assert book.merge(old) == (2, 0)
         assert book.own_energy_j("0b8f3c52") == pytest.approx(3465.0)
     assert sha256(old) == before
+    assert not old.with_name("v1.db-wal").exists() and not old.with_name("v1.db-shm").exists()
     conn = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1

@@ -361,7 +361,14 @@ def _retry(action: Callable[[], T]) -> T:
 
 
 def _read_only_uri(path: pathlib.Path) -> str:
-    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    """URI that reads ``path`` without writing anything, not even WAL side files.
+
+    With no ``-wal`` file beside it, everything is in the main file: open it immutable, so no
+    ``-wal``/``-shm`` is created next to someone else's file. Otherwise a writer may be live, so
+    read through its WAL (read-only).
+    """
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    return uri if path.with_name(path.name + "-wal").exists() else uri + "&immutable=1"
 
 
 def _inspect(path: pathlib.Path) -> int | None:
