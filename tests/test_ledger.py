@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import multiprocessing
 import os
 import pathlib
 import pickle
@@ -372,6 +373,23 @@ def test_ledger_pickles_and_is_usable_from_another_thread(book):
     assert errors == []
     assert book.own_energy_j(run_id) == pytest.approx(10.0)
     clone.close()
+
+
+def _write_in_child(book, run_id):
+    book.add_phases(run_id, [phase("train", GPU, 1.0)], epoch=0)
+    sys.exit(0 if book._conn_pid == os.getpid() else 1)  # it opened its own connection
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_a_connection_of_its_own(book):
+    run_id = book.begin_run(architecture="a")  # the parent's connection is open
+    child = multiprocessing.get_context("fork").Process(target=_write_in_child, args=(book, run_id))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    book.add_phases(run_id, [phase("train", CPU, 2.0)], epoch=1)
+    assert book.own_energy_j(run_id) == pytest.approx(3.0)
+    assert sorted(book.phases(run_id)["epoch"]) == [0, 1]
 
 
 # ---------------------------------------------------------------------------------- schema

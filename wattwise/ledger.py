@@ -452,6 +452,7 @@ class Ledger:
         _inspect(self.path)  # raises on a foreign or newer file; writes nothing
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
         self._finalizer: weakref.finalize | None = None
 
     def __repr__(self) -> str:
@@ -465,6 +466,7 @@ class Ledger:
         self.path = pathlib.Path(state["path"])
         self._lock = threading.RLock()
         self._conn = None
+        self._conn_pid = 0
         self._finalizer = None
 
     def __enter__(self) -> Ledger:
@@ -485,8 +487,15 @@ class Ledger:
 
     def _connection(self) -> sqlite3.Connection:
         with self._lock:
+            if self._conn is not None and self._conn_pid != os.getpid():
+                # A forked child (e.g. a DataLoader worker) must not use its parent's
+                # connection: leave it to the parent and open one of its own.
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                self._conn = self._finalizer = None
             if self._conn is None:
                 self._conn = self._open()
+                self._conn_pid = os.getpid()
                 self._finalizer = weakref.finalize(self, self._conn.close)
             return self._conn
 
