@@ -204,6 +204,16 @@ def test_empty_ledger_gives_empty_frames_with_columns(book):
     assert book.snapshots().empty
 
 
+def test_reading_a_missing_ledger_creates_nothing(tmp_path):
+    path = tmp_path / "typo.db"
+    with Ledger(path) as book:
+        assert book.list_runs() == []
+        assert book.runs().empty and book.phases().empty
+        with pytest.raises(BadInput, match="no run 'abc'"):
+            book.get_run("abc")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_default_path_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("WATTWISE_LEDGER", str(tmp_path / "env.db"))
     assert Ledger().path == tmp_path / "env.db"
@@ -396,7 +406,7 @@ def test_a_forked_child_uses_a_connection_of_its_own(book):
 
 
 def test_new_file_is_marked_and_current(book):
-    book.list_runs()
+    book.begin_run(architecture="a")  # the first write creates the file
     conn = sqlite3.connect(book.path)
     try:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

@@ -568,6 +568,8 @@ class Ledger:
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            if self._conn is None and not self.path.exists():
+                return []  # reading creates no file: a ledger not written yet is empty
             conn = self._connection()
             return _retry(lambda: conn.execute(sql, params).fetchall())
 
