@@ -1,8 +1,10 @@
 """``BudgetGuard``: stop (or warn) before a fit spends more energy, money or CO2e than allowed.
 
 After each training epoch it asks the ``EnergyCallback`` of the same Trainer to count the epoch
-(``flush``), takes the steady epoch rate with warm-up split off
-(:func:`wattwise.estimate.steady_state`) and projects:
+(``flush``), notes how much the run's total grew since the previous epoch end (the epoch plus
+everything between epochs: data-loader start, checkpoints, the set-up before the first), takes
+the steady rate of that growth with warm-up split off (:func:`wattwise.estimate.steady_state`)
+and projects:
 
 * the next epoch: ``so far + 1 steady epoch``. ``action="stop"``: when that would cross a budget,
   the fit stops now, all ranks together (rank 0's decision is broadcast), and the reason goes to
@@ -60,6 +62,9 @@ class _BudgetLogic:
         self.action = action
         self.reason: str | None = None
         """Why the guard stopped the fit (``stop``) or warned (``warn``); None while within."""
+        self.epoch_growth_j: list[float] = []
+        """How much the run's total energy grew in each training epoch seen (end to end)."""
+        self._last_total_j = 0.0
         self._energy_cb: Any = None
         self._errors: set[str] = set()
 
@@ -79,10 +84,11 @@ class _BudgetLogic:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason}
+        return {"reason": self.reason, "epoch_growth_j": list(self.epoch_growth_j)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.reason = state_dict.get("reason")
+        self.epoch_growth_j = [float(j) for j in state_dict.get("epoch_growth_j", [])]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -101,9 +107,14 @@ class _BudgetLogic:
             )
         self._energy_cb = found[0]
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_total_j = self._energy_cb.energy_j  # what a resumed run had already spent
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         cb = self._energy_cb
         cb.flush(trainer)
+        self.epoch_growth_j.append(cb.energy_j - self._last_total_j)
+        self._last_total_j = cb.energy_j
         try:
             message = self._crossing(trainer, cb)
         except WattwiseError as err:  # e.g. a GPU the price table does not know
@@ -131,9 +142,11 @@ class _BudgetLogic:
         whole fit."""
         from wattwise.estimate import steady_state
 
-        if not cb.epoch_energy_j or min(cb.epoch_energy_j) <= 0:
-            return None
-        steady = steady_state(cb.epoch_duration_s, cb.epoch_energy_j)
+        growth_j = self.epoch_growth_j
+        seconds = cb.epoch_duration_s[-len(growth_j) :]
+        if min(growth_j) <= 0 or len(seconds) != len(growth_j):
+            return None  # an epoch the EnergyCallback could not measure (it has warned)
+        steady = steady_state(seconds, growth_j)
         done = int(trainer.current_epoch) + 1
         max_epochs = trainer.max_epochs
         bounded = max_epochs is not None and max_epochs >= 0
