@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from lightning_callbacks._compat import callback_bases, rank_zero_info, read_checkpoint
 from wattwise import units
 from wattwise.errors import BadInput, UnknownHardware
-from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
+from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,11 @@ class _EnergyLogic:
         self._run_open = True
         if self._stage == "fit" and self.baseline == "idle":
             self._collect_idle(trainer)
-        run_id = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
-        self.run_id = _broadcast(trainer, run_id if run_id is not None else self.run_id)
+        opened = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
+        run_id, totals = _broadcast(trainer, opened or (self.run_id, None))
+        self.run_id = run_id
+        if totals is not None:
+            self.energy_by_kind_j = {kind: float(totals.get(kind, 0.0)) for kind in DEVICE_KINDS}
 
     def _collect_idle(self, trainer: Any) -> None:
         """Idle power per device from the ``baseline`` phase; the phase is counted later."""
@@ -307,17 +310,33 @@ class _EnergyLogic:
             self.idle_power_w.update(idle_w)
         self.flags.add("idle_baseline")
 
-    def _begin_on_rank_zero(self, trainer: Any, pl_module: Any) -> str | None:
+    def _begin_on_rank_zero(
+        self, trainer: Any, pl_module: Any
+    ) -> tuple[str, dict[str, float] | None] | None:
+        """(run id, energy totals to continue from or None); None on other ranks.
+
+        A run this callback already has (restored from a checkpoint, or an earlier call) is
+        reopened, even a finished one, and its totals are taken from the ledger: they include
+        what was measured after the checkpoint was saved (the tail of the interrupted fit). A
+        run the ledger does not know (a checkpoint moved to another machine) is recorded anew
+        under the same id, its totals taken from the checkpoint.
+        """
         if not self._global_zero:
             return None
         ledger = self._open_ledger()
-        if self.run_id is not None:  # resumed from our own state, or a second call
-            ledger.reopen_run(self.run_id)
-            return self.run_id
+        if self.run_id is not None:
+            try:
+                known = ledger.get_run(self.run_id)
+            except BadInput:
+                known = None
+            if known is not None:
+                ledger.reopen_run(self.run_id)
+                return self.run_id, dict(known.energy_by_kind_j)
         devices = list(self._meter.devices) if self._meter is not None else []
-        return ledger.begin_run(
+        run_id = ledger.begin_run(
             architecture=self._architecture(pl_module),
-            parent_run_id=self._parent_run_id(),
+            run_id=self.run_id,
+            parent_run_id=None if self.run_id else self._parent_run_id(),
             tags=self.tags,
             settings=self._settings(trainer),
             region=self.region,
@@ -325,6 +344,7 @@ class _EnergyLogic:
             devices=devices,
             versions=_versions(trainer),
         )
+        return run_id, None
 
     def _parent_run_id(self) -> str | None:
         if self.parent is None:

@@ -16,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from fakes import FakeSensor
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_callbacks import EnergyCallback
@@ -72,7 +73,7 @@ def trainer(tmp_path: pathlib.Path, callbacks: list, **kwargs) -> pl.Trainer:
         "logger": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
-        "enable_checkpointing": False,
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
         "default_root_dir": tmp_path,
         "num_sanity_val_steps": 1,
     }
