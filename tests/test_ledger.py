@@ -561,3 +561,29 @@ def test_merge_an_older_version_leaves_it_as_it_was(tmp_path):
 def test_merge_of_a_missing_file_names_it(book, tmp_path):
     with pytest.raises(LedgerFormatError, match=r"no ledger file at .*missing\.db"):
         book.merge(tmp_path / "missing.db")
+
+
+# ---------------------------------------------------------------------------------- process facts
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize("packed", [False, True])
+def test_git_commit_of_the_working_directory(tmp_path, monkeypatch, packed):
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "first")
+    if packed:
+        git("pack-refs", "--all")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # found from a sub-folder too
+    assert ledger_module._procinfo.git_commit() == head
+    assert ledger_module._procinfo._read_head(tmp_path / ".git") == head  # no git process needed
+    with Ledger(tmp_path / "l.db") as book:
+        assert book.get_run(book.begin_run(architecture="a")).git_commit == head

@@ -53,7 +53,8 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "Ledger", "RunRecord"
 APPLICATION_ID = 0x57415454  # "WATT"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "interrupted")
 MAX_TIMELINE_POINTS = 1000
-"""Upper bound on the stored power timeline per run and device (older points are averaged)."""
+"""Upper bound on the stored power timeline per run and device (a longer series is averaged
+into this many equal-count buckets)."""
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_S = 30.0
@@ -447,8 +448,7 @@ class Ledger:
     """A SQLite file of measured runs. See the module docstring for the guarantees."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
-        self.path = pathlib.Path(path if path is not None else default_path()).expanduser()
-        self.path = self.path.absolute()
+        self.path = pathlib.Path(path or default_path()).expanduser().absolute()
         _inspect(self.path)  # raises on a foreign or newer file; writes nothing
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
