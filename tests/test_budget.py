@@ -264,11 +264,11 @@ class EnergyAtEpochEnd(pl.Callback):
         self.totals_j.append(self.energy_cb.energy_j)
 
 
-def fit(tmp_path, callbacks, max_epochs, **trainer_kwargs):
+def fit(tmp_path, callbacks, max_epochs, devices=1, **trainer_kwargs):
     trainer = pl.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
-        devices=1,
+        devices=devices,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -339,3 +339,21 @@ def test_setup_without_energy_callback_is_a_clear_error(tmp_path):
 
     with pytest.raises(MisconfigurationException, match="EnergyCallback"):
         fit(tmp_path, [BudgetGuard(max_kwh=1.0)], max_epochs=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_ranks_stop_together(tmp_path, replayed_gpu):
+    """Two CPU processes (ddp_spawn, gloo): a rank that went on alone would block the other
+    rank's next epoch-end gather, so a clean finish with one stopped run shows they agreed."""
+    from lightning_callbacks import EnergyCallback
+    from wattwise.ledger import Ledger
+
+    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    guard = BudgetGuard(max_kwh=300 / J_PER_KWH)
+    fit(tmp_path, [energy, guard], max_epochs=60, strategy="ddp_spawn", devices=2)
+    with Ledger(tmp_path / "w.db") as ledger:
+        (record,) = ledger.list_runs()
+    assert record.status == "finished"
+    assert 1 <= record.epochs < 60
+    assert f"BudgetGuard stopped after epoch {record.epochs}:" in record.reason
