@@ -225,6 +225,13 @@ def test_run_passes_the_exit_code_through_and_marks_failed(tmp_path, ledger_path
     assert rec.architecture == os.path.basename(sys.executable)
 
 
+def test_run_without_a_command_is_bad_input(capsys, ledger_path):
+    code, _, err = run_cli(capsys, "run", "--ledger", str(ledger_path))
+    assert code == 2
+    assert "no command given" in err and "Traceback" not in err
+    assert not ledger_path.exists()
+
+
 def test_run_of_an_unknown_program_is_bad_input(capsys, ledger_path):
     code, _, err = run_cli(
         capsys, "run", "--ledger", str(ledger_path), "--", "no-such-program-wattwise"

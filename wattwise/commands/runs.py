@@ -241,8 +241,9 @@ def merge_command(
 
 def run_command(
     command: Annotated[
-        list[str], typer.Argument(help="The command to measure, after --.", show_default=False)
-    ],
+        list[str] | None,
+        typer.Argument(help="The command to measure, after --.", show_default=False),
+    ] = None,
     ledger: LedgerOption = None,
     architecture: Annotated[
         str | None,
