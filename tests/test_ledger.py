@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import math
 import multiprocessing
 import os
 import pathlib
@@ -145,6 +147,7 @@ def test_round_trip_keeps_every_field(book, tmp_path, monkeypatch):
         "flags": ["averaged_power"],
     }
     as_json = rec.to_json()
+    assert as_json["metrics"] == {"val_loss": 0.25, "val_acc": 0.9}
     for key in ("run_id", "architecture", "status", "epochs", "duration_s", "energy_wh"):
         assert as_json[key] == getattr(rec, key)
     assert as_json["started_at"] == rec.started_at
@@ -233,6 +236,15 @@ def test_prefix_lookup_unknown_and_ambiguous(book):
         book.get_run("zzz")
     with pytest.raises(BadInput, match="already in ledger"):
         book.begin_run(architecture="again", run_id="abc-1")
+
+
+def test_non_finite_metrics_are_kept_but_null_in_json(book):
+    run_id = book.begin_run(architecture="diverged")
+    book.finish_run(run_id, status="failed", metrics={"val_loss": float("nan"), "lr": 0.1})
+    rec = book.get_run(run_id)
+    assert math.isnan(rec.metrics["val_loss"])
+    assert rec.to_json()["metrics"] == {"val_loss": None, "lr": 0.1}
+    json.dumps(rec.to_json(), allow_nan=False)  # strict JSON
 
 
 def test_bad_values_are_refused(book):

@@ -286,7 +286,8 @@ class RunRecord:
             "settings": self.settings,
             "region": self.region,
             "pricing": self.pricing,
-            "metrics": self.metrics,
+            # JSON has no NaN or infinity (a diverged loss): those are null.
+            "metrics": {k: v if math.isfinite(v) else None for k, v in self.metrics.items()},
             "devices": self.devices,
             "versions": self.versions,
             "git_commit": self.git_commit,
