@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from wattwise.report._data import ReportData
 
-TIMELINE_POINTS = 400
+TIMELINE_POINTS = 200
 STAGE_COLORS = {
     "sanity_check": "#c7c7c7",
     "train": "#1f77b4",
@@ -53,10 +53,38 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _figure(width_in: float, height_in: float) -> Figure:
+def _grid(
+    rows: int,
+    cols: int = 1,
+    *,
+    row_in: float,
+    left_in: float = 0.85,
+    gap_in: float = 0.55,
+    width_in: float = 7.5,
+    **share: bool,
+) -> tuple[Figure, Any]:
+    """A figure of ``rows`` x ``cols`` axes with fixed margins in inches (constrained layout
+    would cost most of the report's time); returns the figure and a 2-D array of axes."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), layout="constrained")
+    top_in, bottom_in = 0.3, 0.5
+    height_in = top_in + rows * row_in + (rows - 1) * gap_in + bottom_in
+    fig = Figure(figsize=(width_in, height_in))
+    axes = fig.subplots(rows, cols, squeeze=False, **share)
+    fig.subplots_adjust(
+        left=left_in / width_in,
+        right=1 - 0.15 / width_in,
+        top=1 - top_in / height_in,
+        bottom=bottom_in / height_in,
+        hspace=gap_in / row_in,
+        wspace=0.08,
+    )
+    return fig, axes
+
+
+def _label_width_in(labels: Sequence[str]) -> float:
+    """Left margin that fits tick labels of this many characters at 9 pt."""
+    return min(3.0, 0.3 + 0.068 * max((len(label) for label in labels), default=0))
 
 
 def _svg(fig: Figure, name: str) -> str:
@@ -89,8 +117,8 @@ def pareto(data: ReportData, colors: dict[str, str]) -> str | None:
     metric = runs[data.metric].astype(float).tolist()
     frontier = pareto_mask(energy, metric, lower=data.metric_lower_is_better)
     with _style():
-        fig = _figure(7.5, 4.2)
-        ax = fig.add_subplot()
+        fig, axes = _grid(1, row_in=3.4)
+        ax = axes[0, 0]
         for arch, group in runs.groupby("architecture", sort=False):
             ax.scatter(group["total_wh"], group[data.metric], s=22, color=colors[arch], label=arch)
         points = sorted((e, m) for e, m, f in zip(energy, metric, frontier, strict=True) if f)
@@ -124,8 +152,8 @@ def epoch_energy(data: ReportData, architectures: Sequence[str]) -> str | None:
     stages = [s for s in STAGE_ORDER if s in set(mean.index.get_level_values(2))]
     stages += sorted(set(mean.index.get_level_values(2)) - set(stages))
     with _style():
-        fig = _figure(7.5, 1.9 * len(present) + 0.6)
-        axes = fig.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
+        fig, grid = _grid(len(present), row_in=1.5, sharex=True)
+        axes = grid[:, 0]
         for ax, arch in zip(axes, present, strict=True):
             table = mean.loc[arch].unstack("stage").reindex(columns=stages).fillna(0.0)
             epochs = table.index.to_numpy(dtype=float)
@@ -155,8 +183,8 @@ def timelines(
         return None
     names = data.phases.drop_duplicates("device_id").set_index("device_id")
     with _style():
-        fig = _figure(7.5, 1.45 * len(run_ids) + 0.5)
-        axes = fig.subplots(len(run_ids), 1, squeeze=False)[:, 0]
+        fig, grid = _grid(len(run_ids), row_in=1.0)
+        axes = grid[:, 0]
         for ax, rid in zip(axes, run_ids, strict=True):
             run = data.runs.loc[data.runs["run_id"] == rid].iloc[0]
             source = series[rid]
@@ -226,8 +254,15 @@ def cost_and_carbon(data: ReportData, architectures: Sequence[str], colors: dict
     means = means.reindex([a for a in architectures if a in means.index])
     names = [s.name for s in data.scenarios]
     with _style():
-        fig = _figure(7.5, 0.35 * len(means) * max(len(names), 1) + 1.4)
-        ax_cost, ax_co2 = fig.subplots(1, 2, sharey=True)
+        labels = [str(a) for a in means.index]
+        fig, grid = _grid(
+            1,
+            2,
+            row_in=0.3 * len(means) * max(len(names), 1) + 0.4,
+            left_in=_label_width_in(labels),
+            sharey=True,
+        )
+        ax_cost, ax_co2 = grid[0]
         height = 0.8 / max(len(names), 1)
         y = np.arange(len(means))
         hatches = ["", "//", "..", "xx", "\\\\", "++"]
@@ -240,7 +275,7 @@ def cost_and_carbon(data: ReportData, architectures: Sequence[str], colors: dict
             ax_cost.barh(offset, means[cost_column(name)], color=bar_colors, **style)
             ax_co2.barh(offset, means[co2e_column(name)], color=bar_colors, **style)
             keys.append(Patch(facecolor="#777777", edgecolor="white", hatch=hatch, label=name))
-        ax_cost.set_yticks(y, [str(a) for a in means.index])
+        ax_cost.set_yticks(y, labels)
         ax_cost.invert_yaxis()
         ax_cost.set_xlabel("USD per run (mean)")
         ax_co2.set_xlabel("kg CO2e per run (mean)")
@@ -259,8 +294,8 @@ def params_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, st
     phases = data.phases[data.phases["run_id"].isin(run_ids) & data.phases["epoch"].notna()]
     per_epoch = phases.groupby(["run_id", "epoch"])["energy_j"].sum()
     with _style():
-        fig = _figure(7.5, 3.6)
-        ax = fig.add_subplot()
+        fig, axes = _grid(1, row_in=2.8)
+        ax = axes[0, 0]
         for rid in run_ids:
             snaps = data.snapshots[data.snapshots["run_id"] == rid].sort_values("epoch")
             if rid not in per_epoch.index.get_level_values(0) or snaps.empty:
@@ -291,8 +326,9 @@ def lineage(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) ->
 
     runs = data.runs.set_index("run_id").loc[list(run_ids)]
     with _style():
-        fig = _figure(7.5, 0.45 * len(runs) + 1.0)
-        ax = fig.add_subplot()
+        labels = [f"{a} · {rid[:8]}" for rid, a in runs["architecture"].items()]
+        fig, axes = _grid(1, row_in=0.4 * len(runs) + 0.4, left_in=_label_width_in(labels))
+        ax = axes[0, 0]
         y = np.arange(len(runs))
         ax.barh(y, runs["cumulative_wh"], color="#cccccc", label="cumulative (with ancestors)")
         ax.barh(
@@ -302,7 +338,7 @@ def lineage(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) ->
             color=[colors[a] for a in runs["architecture"]],
             label="own",
         )
-        ax.set_yticks(y, [f"{a} · {rid[:8]}" for rid, a in runs["architecture"].items()])
+        ax.set_yticks(y, labels)
         ax.invert_yaxis()
         ax.set_xlabel("energy (Wh)")
         _legend(ax)

@@ -117,11 +117,6 @@ def split_flags(value: Any) -> list[str]:
     return [str(f) for f in value]
 
 
-def text_list(value: Any) -> str:
-    """Tags and similar list-or-text values as one comma-joined string."""
-    return ",".join(split_flags(value))
-
-
 def lower_is_better(metric: str) -> bool:
     name = metric.removeprefix("metric/").lower()
     return any(word in name for word in _LOWER_IS_BETTER)
@@ -175,78 +170,90 @@ def collect(
     of ``pricing``; with none given, the configured one plus those the runs were recorded with."""
     import pandas as pd
 
-    all_runs = ledger.runs()
-    if all_runs.empty:
+    records = ledger.list_runs()  # one pass over the ledger (runs() would make a second)
+    if not records:
         raise BadInput(
             f"ledger {ledger.path} has no runs: record some with EnergyCallback, wattwise.Meter or "
             "`wattwise run -- COMMAND`, or pass --ledger with a ledger that has runs"
         )
     if run_ids:
-        wanted = list(dict.fromkeys(ledger.get_run(r).run_id for r in run_ids))
-        runs = all_runs[all_runs["run_id"].isin(wanted)]
-    else:
-        runs = all_runs
-    runs = runs.reset_index(drop=True)
-    selected = set(runs["run_id"])
-    records = {r.run_id: r for r in ledger.list_runs() if r.run_id in selected}
-    phases = _phase_table(ledger.phases(), runs)
+        wanted = {ledger.get_run(r).run_id for r in run_ids}
+        records = [r for r in records if r.run_id in wanted]
+    by_id = {r.run_id: r for r in records}
     snapshots = ledger.snapshots()
-    snapshots = snapshots[snapshots["run_id"].isin(selected)].reset_index(drop=True)
-    notes: list[str] = []
-    scenarios = (
-        parse_scenarios(pricing)
-        or parse_scenarios([*parse_scenarios(settings.get("pricing")), *runs["pricing"].dropna()])
-        or ["onprem"]
-    )
-
+    snapshots = snapshots[snapshots["run_id"].isin(by_id)].reset_index(drop=True)
+    params = snapshots.groupby("run_id", sort=False)["trainable_params"].agg(["first", "last"])
+    gpus = [[d for d in r.devices if d["kind"] == "gpu"] for r in records]
+    ids = [r.run_id for r in records]
     table = pd.DataFrame(
         {
-            "run_id": runs["run_id"],
-            "architecture": runs["architecture"],
-            "status": runs["status"],
-            "started_at": runs["started_at"],
-            "parent_run_id": runs["parent_run_id"],
-            "tags": runs["tags"].map(text_list),
-            "params_start": runs["params_start"].astype("Int64"),
-            "params_end": runs["params_end"].astype("Int64"),
-            "epochs": runs["epochs"].astype("Int64"),
-            "duration_s": runs["duration_s"],
-            "gpu_wh": runs["gpu_energy_j"].fillna(0.0) / J_PER_WH,
-            "cpu_wh": runs["cpu_energy_j"].fillna(0.0) / J_PER_WH,
-            "ram_wh": runs["ram_energy_j"].fillna(0.0) / J_PER_WH,
-            "total_wh": runs["energy_j"].fillna(0.0) / J_PER_WH,
-            "method_mix": runs["method_mix"],
-            "estimated_kinds": _estimated_kinds(phases, runs["run_id"]),
-            "flags": runs["flags"].map(text_list),
+            "run_id": ids,
+            "architecture": [r.architecture for r in records],
+            "status": [r.status for r in records],
+            "started_at": [r.started_at for r in records],
+            "parent_run_id": [r.parent_run_id for r in records],
+            "tags": [",".join(r.tags) for r in records],
+            "params_start": params["first"].reindex(ids).astype("Int64").to_numpy(),
+            "params_end": params["last"].reindex(ids).astype("Int64").to_numpy(),
+            "epochs": pd.array([r.epochs for r in records], dtype="Int64"),
+            "duration_s": [r.duration_s for r in records],
+            **{
+                f"{kind}_wh": [r.energy_by_kind_j.get(kind, 0.0) / J_PER_WH for r in records]
+                for kind in KINDS
+            },
+            "total_wh": [r.energy_j / J_PER_WH for r in records],
+            "method_mix": [r.method_mix for r in records],
+            "estimated_kinds": [_estimated_kinds(r) for r in records],
         }
     )
-
-    intensities, run_regions = _intensities(runs, region, settings, notes)
-    table["region"] = [intensities[r].region or "world" for r in run_regions]
-    table["gco2e_per_kwh"] = [intensities[r].gco2e_per_kwh for r in run_regions]
-    priced, scenario_info = _price(runs, run_regions, intensities, scenarios, settings, notes)
+    notes: list[str] = []
+    intensities, run_regions = _intensities(records, region, settings, notes)
+    table["flags"] = [
+        ",".join(dict.fromkeys([*r.flags, *intensities[key].flags]))
+        for r, key in zip(records, run_regions, strict=True)
+    ]
+    table["region"] = [intensities[key].region or "world" for key in run_regions]
+    table["gco2e_per_kwh"] = [intensities[key].gco2e_per_kwh for key in run_regions]
+    scenarios = (
+        parse_scenarios(pricing)
+        or parse_scenarios([settings.get("pricing"), *(r.pricing for r in records if r.pricing)])
+        or ["onprem"]
+    )
+    jobs = [
+        (
+            r.energy_j,
+            r.duration_s or 0.0,
+            ", ".join(sorted({d["name"] for d in g if d["name"]})) or None,
+            max(len(g), 1),
+            intensities[key],
+        )
+        for r, g, key in zip(records, gpus, run_regions, strict=True)
+    ]
+    priced, scenario_info = _price(jobs, scenarios, settings, notes)
     for name, (costs, _) in priced.items():
         table[cost_column(name)] = costs
     for name, (_, co2e) in priced.items():
         table[co2e_column(name)] = co2e
-
-    metric_columns = [c for c in runs.columns if c.startswith("metric/")]
-    for column in metric_columns:
-        table[column] = runs[column]
-    table["j_per_train_sample"] = _j_per_train_sample(runs, phases, records)
+    metric_names = sorted({name for r in records for name in r.metrics})
+    for name in metric_names:
+        table[f"metric/{name}"] = [r.metrics.get(name) for r in records]
+    phases = _phase_table(ledger.phases(), table)
+    table["j_per_train_sample"] = _j_per_train_sample(records, phases)
     table["wh_to_best_val"] = None  # see build_report's docstring: needs per-epoch metrics
     table["cumulative_wh"] = [
-        ledger.cumulative_energy_j(rid) / J_PER_WH if isinstance(parent, str) else own
-        for rid, parent, own in zip(
-            table["run_id"], table["parent_run_id"], table["total_wh"], strict=True
-        )
+        ledger.cumulative_energy_j(r.run_id) / J_PER_WH
+        if r.parent_run_id
+        else r.energy_j / J_PER_WH
+        for r in records
     ]
-    metric = pick_metric([c for c in metric_columns if table[c].notna().any()])
+    metric = pick_metric(
+        [f"metric/{n}" for n in metric_names if table[f"metric/{n}"].notna().any()]
+    )
     return ReportData(
         runs=table,
         phases=phases,
         snapshots=snapshots,
-        records=records,
+        records=by_id,
         scenarios=scenario_info,
         intensities=intensities,
         metric=metric,
@@ -257,13 +264,16 @@ def collect(
 
 
 def _phase_table(phases: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Ledger phases of the selected runs, one row per run x epoch x stage x device.
+    """Ledger phases of the selected runs, one row per run x epoch x stage x device, runs in
+    report order and each run's rows in recording order.
 
     A stage that ran several times inside one epoch (e.g. ``val_check_interval``) is summed.
     """
     import pandas as pd
 
-    phases = phases[phases["run_id"].isin(set(runs["run_id"]))]
+    run_order = {rid: i for i, rid in enumerate(runs["run_id"])}
+    phases = phases.assign(_run=phases["run_id"].map(run_order), _order=range(len(phases)))
+    phases = phases[phases["_run"].notna()]
     key = ["run_id", "epoch", "stage", "device_id"]
     repeated = phases.duplicated(key, keep=False)
     if repeated.any():
@@ -280,6 +290,8 @@ def _phase_table(phases: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
                 duration_s=("duration_s", "sum"),
                 energy_j=("energy_j", "sum"),
                 peak_power_w=("peak_power_w", "max"),
+                _run=("_run", "first"),
+                _order=("_order", "min"),
             )
             .reset_index()
         )
@@ -287,48 +299,41 @@ def _phase_table(phases: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             merged["duration_s"] > 0
         )
         phases = pd.concat([phases[~repeated], merged], ignore_index=True)
-    phases = phases.merge(runs[["run_id", "architecture"]], on="run_id", how="left")
+    phases = phases.sort_values(["_run", "_order"], ignore_index=True)
+    architecture = dict(zip(runs["run_id"], runs["architecture"], strict=True))
+    phases["architecture"] = phases["run_id"].map(architecture)
     phases["epoch"] = phases["epoch"].astype("Int64")
-    phases["flags"] = phases["flags"].map(text_list)
+    phases["flags"] = phases["flags"].fillna("")
     phases["energy_wh"] = phases["energy_j"] / J_PER_WH
-    run_order = {rid: i for i, rid in enumerate(runs["run_id"])}
-    stage_order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    phases = phases.assign(
-        _run=phases["run_id"].map(run_order),
-        _stage=phases["stage"].map(stage_order).fillna(len(STAGE_ORDER)),
-    ).sort_values(["_run", "epoch", "start_s", "_stage", "device_id"], na_position="last")
-    return phases[PHASE_COLUMNS].reset_index(drop=True)
+    return phases[PHASE_COLUMNS]
 
 
 def _union_flags(values: pd.Series) -> str:
     return ",".join(dict.fromkeys(f for v in values for f in split_flags(v)))
 
 
-def _estimated_kinds(phases: pd.DataFrame, run_ids: pd.Series) -> list[str]:
-    """Per run, the device kinds whose energy is a model estimate rather than a measurement."""
-    estimated = phases[
-        (phases["method"] == "estimate") | phases["flags"].str.contains("estimated", regex=False)
-    ]
-    kinds = estimated.groupby("run_id")["kind"].agg(
-        lambda s: ",".join(k for k in KINDS if k in set(s))
-    )
-    return [kinds.get(rid, "") for rid in run_ids]
+def _estimated_kinds(record: Any) -> str:
+    """The device kinds of a run whose energy is a model estimate rather than a measurement."""
+    kinds = {
+        d["kind"]
+        for d in record.devices
+        if d["method"] == "estimate" or "estimated" in split_flags(d.get("flags"))
+    }
+    return ",".join(k for k in KINDS if k in kinds)
 
 
 def _intensities(
-    runs: pd.DataFrame, region: str | None, settings: Any, notes: list[str]
+    records: Sequence[Any], region: str | None, settings: Any, notes: list[str]
 ) -> tuple[dict[str, Any], list[str]]:
-    """Grid intensity per region in use; an explicit region applies to every run."""
+    """Grid intensity per region in use, and each run's region key. An explicit ``region``
+    applies to every run; otherwise a run's own region, else the configured one."""
     from wattwise import carbon
 
     default = region if region is not None else settings.get("region")
-    labels = [
-        default if region is not None or not isinstance(r, str) or not r else r
-        for r in runs["region"]
-    ]
     intensities: dict[str, Any] = {}
-    resolved: list[str] = []
-    for label in labels:
+    keys: list[str] = []
+    for record in records:
+        label = record.region if region is None and record.region else default
         key = label or ""
         if key not in intensities:
             try:
@@ -339,22 +344,21 @@ def _intensities(
                 # a region stored with an old run that today's tables lack: world average
                 _note(notes, f"region {label!r} of some runs is unknown ({err}): world average")
                 intensities[key] = carbon.intensity(None, settings)
-        resolved.append(key)
-    return intensities, resolved
+        keys.append(key)
+    return intensities, keys
 
 
 def _price(
-    runs: pd.DataFrame,
-    run_regions: list[str],
-    intensities: dict[str, Any],
+    jobs: Sequence[tuple[float, float, str | None, int, Any]],
     scenarios: Sequence[str],
     settings: Any,
     notes: list[str],
 ) -> tuple[dict[str, tuple[list[float], list[float]]], list[Scenario]]:
     """Per scenario: the cost (USD) and CO2e (kg) of every run, and where the numbers come from.
 
-    An unknown scenario raises BadInput before anything is priced; a run that one scenario
-    cannot price (more GPUs than the instance has) gets no cost there and a note."""
+    ``jobs`` holds one ``(energy_j, duration_s, gpu_name, n_gpus, intensity)`` per run. An
+    unknown scenario raises BadInput before anything is priced; a run that one scenario cannot
+    price (more GPUs than the instance has) gets no cost there and a note."""
     from wattwise import carbon, pricing
 
     for name in scenarios:
@@ -366,19 +370,12 @@ def _price(
         costs: list[float] = []
         co2e: list[float] = []
         sources: dict[str, None] = {}
-        for energy_j, duration_s, gpu, n_gpus, key in zip(
-            runs["energy_j"].fillna(0.0),
-            runs["duration_s"].fillna(0.0),
-            runs["gpu_name"],
-            runs["n_gpus"],
-            run_regions,
-            strict=True,
-        ):
-            cost = _cost(name, energy_j, duration_s, gpu, n_gpus, settings, notes)
+        for energy_j, duration_s, gpu_name, n_gpus, intensity in jobs:
+            cost = _cost(name, energy_j, duration_s, gpu_name, n_gpus, settings, notes)
             if cost is not None:
                 sources[f"{cost.source} ({cost.date})" if cost.date else cost.source] = None
             costs.append(cost.total_usd if cost is not None else math.nan)
-            co2e.append(carbon.co2e_kg(energy_j, intensities[key], pue.value))
+            co2e.append(carbon.co2e_kg(energy_j, intensity, pue.value))
         out[name] = (costs, co2e)
         info.append(Scenario(name, pue.value, pue.source, pue.year, tuple(sources)))
     return out, info
@@ -388,19 +385,17 @@ def _cost(
     name: str,
     energy_j: float,
     duration_s: float,
-    gpu: Any,
-    n_gpus: Any,
+    gpu_name: str | None,
+    n_gpus: int,
     settings: Any,
     notes: list[str],
 ) -> Any:
     """One run's Cost under one scenario; None (and a note) when the scenario cannot price it."""
     from wattwise import pricing
 
-    gpu_name = gpu if isinstance(gpu, str) and gpu else None
-    n = int(n_gpus) if _finite(n_gpus) and n_gpus > 0 else 1
     try:
         return pricing.cost(
-            energy_j, duration_s, scenario=name, gpu_name=gpu_name, n_gpus=n, settings=settings
+            energy_j, duration_s, scenario=name, gpu_name=gpu_name, n_gpus=n_gpus, settings=settings
         )
     except UnknownHardware as err:
         _note(notes, f"{name}: {err}; runs on {gpu_name!r} are amortised as CPU-only hosts")
@@ -415,16 +410,15 @@ def _note(notes: list[str], note: str) -> None:
         notes.append(note)
 
 
-def _samples_seen(record: Any, epochs: Any) -> float | None:
+def _samples_seen(record: Any) -> float | None:
     """Training samples a run saw, from its settings or final metrics, if it recorded them."""
-    sources = (record.settings or {}, record.metrics or {}) if record is not None else ()
-    for source in sources:
+    for source in (record.settings or {}, record.metrics or {}):
         for key in _SAMPLES_TOTAL_KEYS:
             if _finite_number(source.get(key)):
                 return float(source[key])
         for key in _SAMPLES_PER_EPOCH_KEYS:
-            if _finite_number(source.get(key)) and _finite_number(epochs):
-                return float(source[key]) * float(epochs)
+            if _finite_number(source.get(key)):
+                return float(source[key]) * record.epochs
     return None
 
 
@@ -432,14 +426,12 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _j_per_train_sample(
-    runs: pd.DataFrame, phases: pd.DataFrame, records: dict[str, Any]
-) -> list[float | None]:
+def _j_per_train_sample(records: Sequence[Any], phases: pd.DataFrame) -> list[float | None]:
     """Training-stage energy (whole run when it has no ``train`` stage) per sample seen."""
     train_j = phases[phases["stage"] == "train"].groupby("run_id")["energy_j"].sum()
     out: list[float | None] = []
-    for rid, epochs, total_j in zip(runs["run_id"], runs["epochs"], runs["energy_j"], strict=True):
-        samples = _samples_seen(records.get(rid), epochs)
-        energy_j = train_j.get(rid, total_j)
-        out.append(energy_j / samples if samples and _finite(energy_j) else None)
+    for record in records:
+        samples = _samples_seen(record)
+        energy_j = train_j.get(record.run_id, record.energy_j)
+        out.append(energy_j / samples if samples else None)
     return out

@@ -326,7 +326,7 @@ def _flag_rows(data: ReportData) -> list[dict[str, Any]]:
     for rid, flags in zip(data.runs["run_id"], data.runs["flags"], strict=True):
         for flag in split_flags(flags):
             runs_with.setdefault(flag, set()).add(rid)
-    flagged = data.phases[data.phases["flags"] != ""]
+    flagged = data.phases.loc[data.phases["flags"] != "", ["run_id", "flags"]].drop_duplicates()
     for rid, flags in zip(flagged["run_id"], flagged["flags"], strict=True):
         for flag in split_flags(flags):
             runs_with.setdefault(flag, set()).add(rid)
