@@ -271,3 +271,54 @@ def test_unknown_run_exits_2(capsys, ledger_run):
     path, _ = ledger_run
     err = fail(capsys, "--run", "nope", "--ledger", str(path), "--epochs", "3")
     assert "nope" in err
+
+
+@pytest.mark.slow
+def test_run_recorded_by_the_callback_on_a_replayed_h200(
+    capsys, tmp_path, monkeypatch, nvml_fixtures
+):
+    """A real fit measured by EnergyCallback with the GPU replayed from the mlp6144 H200 trace
+    (its marks name the GPU): `estimate --run` knows the GPU, the precision and the epochs."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_callbacks import EnergyCallback
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(nvml_fixtures / "h200-mlp6144-8epochs-20hz.csv"))
+    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        callbacks=[energy],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
+    capsys.readouterr()
+    data = run_json(
+        capsys, "--run", energy.run_id, "--ledger", str(tmp_path / "w.db"), "--epochs", "30"
+    )
+    (target,) = data["targets"]
+    assert target["gpu"] == "H200 SXM 141 GB"
+    assert target["time_ratio"] == pytest.approx(1.0)
+    profile = data["profile"]
+    assert profile["epochs_measured"] == 3
+    assert profile["precision"] == "fp32"  # the Trainer's default 32-true
+    expected_s = profile["warmup_extra_s"] + 30 * profile["seconds_per_epoch"]
+    assert target["seconds"] == pytest.approx(expected_s)
+    assert sum(energy.epoch_duration_s) < 30 * profile["seconds_per_epoch"]

@@ -551,6 +551,7 @@ def estimate(
             "utilisation": m.utilisation,
             "utilised_fraction": u,
             "n_gpus": m.n_gpus,
+            "precision": m.precision,
         },
     )
 
@@ -560,9 +561,10 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
 
     Each epoch's energy is everything recorded inside it (training, validation inside it, other
     time such as checkpoint saving) on every device; its duration spans its phases. Warm-up is
-    split off with :func:`steady_state`. The measured GPU is the run's first GPU (the CPU-only
-    row when it has none); ``peak_mem_gib`` and ``steps_per_epoch`` come from the run's settings
-    when recorded there.
+    split off with :func:`steady_state`. The measured GPU is the run's first GPU (a replayed
+    trace's recorded GPU; the CPU-only row when it has none). From the run's settings, when
+    recorded there: ``peak_mem_gib``, ``steps_per_epoch`` and the Lightning ``precision`` (16-bit
+    precisions scale with bf16 rates, others with fp32).
     """
     from wattwise import hardware
 
@@ -586,8 +588,10 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
     host_steady_j = statistics.fmean(per_epoch["host_j"].iloc[steady.warmup_epochs :])
     # With no GPU the CPU row is the measured device: all the energy scales with its model.
     gpus = [d for d in record.devices if d.get("kind") == "gpu"]
-    spec = hardware.lookup(gpus[0]["name"] if gpus else "CPU", settings)
+    name = ((gpus[0].get("details") or {}).get("gpu") or gpus[0]["name"]) if gpus else "CPU"
+    spec = hardware.lookup(name, settings)
     run_settings = record.settings or {}
+    precision = "bf16" if "16" in str(run_settings.get("precision", "bf16")) else "fp32"
     return Profile(
         gpu=spec,
         seconds_per_epoch=steady.seconds_per_epoch,
@@ -601,5 +605,6 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
         epochs_measured=len(seconds),
         warmup_epochs=steady.warmup_epochs,
         spread=steady.spread,
+        precision=precision,
         run_id=record.run_id,
     )
