@@ -1,6 +1,8 @@
 """What a planned training run will cost: time, device energy, money and CO2e, per GPU.
 
-Pure: explicit inputs only, no I/O, no clock (``profile_from_run`` reads a ledger it is given).
+Pure: explicit inputs, no clock, no I/O of its own; money and CO2e come from ``wattwise.pricing``
+and ``wattwise.carbon`` (their packaged tables, and the configuration file when ``settings`` is
+None). ``profile_from_run`` reads the ledger it is given.
 
 Input is a :class:`Profile` measured on one GPU (steady seconds and joules per epoch, the extra
 cost of warm-up, peak memory), a :class:`Plan` (epochs or steps) and target GPUs
