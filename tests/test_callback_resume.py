@@ -86,15 +86,19 @@ def test_resume_with_a_ledger_that_lacks_the_run_records_it_under_the_same_id(
     trainer(tmp_path, [first, checkpointing(tmp_path)], max_epochs=1).fit(
         TinyModel(), loader(), loader(32)
     )
+    ckpt = tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"][first.state_key]
+    Ledger(tmp_path / "a.db").remove(first.run_id)  # e.g. a fresh ledger on another machine
     second = EnergyCallback(ledger=tmp_path / "a.db")
-    second._ledger_path = str(tmp_path / "b.db")  # same state key, another ledger file
-    trainer(tmp_path, [second], max_epochs=2).fit(
-        TinyModel(), loader(), loader(32), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
+    trainer(tmp_path, [second, checkpointing(tmp_path)], max_epochs=2).fit(
+        TinyModel(), loader(), loader(32), ckpt_path=ckpt
     )
-    moved = Ledger(tmp_path / "b.db").get_run(first.run_id)
-    assert moved.epochs == 2 and second.epochs_completed == 2
-    assert second.energy_j > first.energy_j * 0.5  # carries the first epoch from the checkpoint
+    again = Ledger(tmp_path / "a.db").get_run(first.run_id)
+    assert again.epochs == 2 and again.status == "finished" and second.epochs_completed == 2
+    # the first epoch comes from the checkpoint's state, the second was measured now
     assert second.epoch_energy_j[0] == pytest.approx(first.epoch_energy_j[0])
+    carried_j = sum(saved["energy_by_kind_j"].values())
+    assert second.energy_j == pytest.approx(carried_j + again.energy_j, rel=1e-9)
 
 
 def test_a_new_fit_from_another_runs_checkpoint_records_its_parent(tmp_path, replay):  # noqa: F811
