@@ -397,6 +397,39 @@ def test_ledger_pickles_and_is_usable_from_another_thread(book):
     clone.close()
 
 
+def test_a_write_waits_out_a_lock_longer_than_the_busy_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "_BUSY_TIMEOUT_S", 0.01)
+    with Ledger(tmp_path / "l.db") as book:
+        run_id = book.begin_run(architecture="a")
+        other = sqlite3.connect(book.path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process holding the write lock for 0.5 s
+        release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+        release.start()
+        try:
+            book.add_phases(run_id, [phase("train", GPU, 5.0)], epoch=0)  # retried, not raised
+        finally:
+            release.join()
+            other.close()
+        assert book.own_energy_j(run_id) == pytest.approx(5.0)
+
+
+def test_threads_sharing_one_ledger_lose_nothing(book):
+    run_ids = [book.begin_run(architecture=f"t{i}") for i in range(4)]
+
+    def write(run_id):
+        for epoch in range(25):
+            book.add_phases(
+                run_id, [phase("train", GPU, 1.0), phase("train", CPU, 1.0)], epoch=epoch
+            )
+
+    threads = [threading.Thread(target=write, args=(rid,)) for rid in run_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert book.phases().groupby("run_id").size().to_dict() == dict.fromkeys(run_ids, 50)
+
+
 def _write_in_child(book, run_id):
     book.add_phases(run_id, [phase("train", GPU, 1.0)], epoch=0)
     sys.exit(0 if book._conn_pid == os.getpid() else 1)  # it opened its own connection
