@@ -153,10 +153,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--pricing", help="Pricing scenario: onprem or provider:instance."),
         ] = None,
         budget_kwh: Annotated[
-            float | None, typer.Option("--budget-kwh", help="Energy budget.")
+            float | None, typer.Option("--budget-kwh", help="Energy budget, kWh before PUE.")
         ] = None,
         budget_usd: Annotated[
-            float | None, typer.Option("--budget-usd", help="Money budget.")
+            float | None, typer.Option("--budget-usd", help="Money budget, USD.")
         ] = None,
         budget_kgco2e: Annotated[
             float | None, typer.Option("--budget-kgco2e", help="Carbon budget in kg CO2e.")
