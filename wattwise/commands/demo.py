@@ -12,8 +12,8 @@ import typer
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.zoo.demo import DemoResult, ProgressHook
 
-QUICK_EPOCHS = 6
-FULL_EPOCHS = 30
+QUICK_EPOCHS = 10
+FULL_EPOCHS = 40
 
 
 def _progress_display() -> tuple[ProgressHook, object]:

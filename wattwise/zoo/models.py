@@ -47,7 +47,7 @@ def decov_loss(h: torch.Tensor) -> torch.Tensor:
 class BaselineMLP(pl.LightningModule):
     """A plain multi-layer perceptron classifier trained with Adam."""
 
-    def __init__(self, hidden: Sequence[int] = (32, 32), lr: float = 1e-2) -> None:
+    def __init__(self, hidden: Sequence[int] = (32, 32), lr: float = 3e-3) -> None:
         super().__init__()
         widths = _check_widths(hidden)
         if not lr > 0:
@@ -112,7 +112,7 @@ class ConstrainedMLP(BaselineMLP):
     def __init__(
         self,
         hidden: Sequence[int] = (32, 32),
-        lr: float = 1e-2,
+        lr: float = 3e-3,
         *,
         decov_weight: float = 0.1,
         aux_weight: float = 0.3,
@@ -155,11 +155,11 @@ class AdaptiveMLP(BaselineMLP):
     def __init__(
         self,
         hidden: Sequence[int] = (16, 16),
-        lr: float = 1e-2,
+        lr: float = 3e-3,
         *,
         max_width: int = 64,
-        patience: int = 2,
-        min_delta: float = 0.0,
+        patience: int = 1,
+        min_delta: float = 0.01,
         growth: float = 2.0,
         noise_std: float = 1e-3,
     ) -> None:
