@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import threading
 from collections.abc import Callable, Sequence
 
@@ -45,7 +46,8 @@ class FakeSensor(Sensor):
     ``power_w``: a constant, or a schedule ``[(from_s, watts), ...]`` (piecewise constant, sorted,
     in sensor-clock seconds; before the first entry the first power applies). The counter is the
     exact integral of that schedule from t=0 plus ``counter_offset_j``, frozen to multiples of
-    ``counter_period_s`` when that is > 0 (like NVML's ~100 ms update).
+    ``counter_period_s`` when that is > 0 (like NVML's ~100 ms update). The device's
+    ``update_period_s`` defaults to ``counter_period_s``, or 1 ms for a continuous counter.
 
     Faults: ``raise_from_s`` (reads at or after it raise SensorReadError, until ``raise_until_s``),
     ``lost_from_s`` (reads return a ``sensor_lost`` sample with no values), ``counter_reset_at_s``
@@ -66,7 +68,7 @@ class FakeSensor(Sensor):
         method: str | None = None,
         counter_offset_j: float = 1000.0,
         counter_period_s: float = 0.0,
-        update_period_s: float = 0.1,
+        update_period_s: float | None = None,
         flags: frozenset[str] = frozenset(),
         raise_from_s: float | None = None,
         raise_until_s: float | None = None,
@@ -84,7 +86,7 @@ class FakeSensor(Sensor):
             kind=kind,
             name=name,
             method=method or ("counter" if counter else "power"),
-            update_period_s=update_period_s,
+            update_period_s=update_period_s or counter_period_s or 0.001,
             flags=flags,
         )
         self.counter = counter
@@ -115,7 +117,8 @@ class FakeSensor(Sensor):
 
     def counter_at(self, t_s: float) -> float:
         if self.counter_period_s > 0:
-            t_s = (t_s // self.counter_period_s) * self.counter_period_s
+            # whole periods, robust to float noise (4.7 / 0.1 = 46.99999...)
+            t_s = math.floor(t_s / self.counter_period_s + 1e-9) * self.counter_period_s
         if self.counter_reset_at_s is not None and t_s >= self.counter_reset_at_s:
             return self.energy_between(self.counter_reset_at_s, t_s)
         return self.counter_offset_j + self.energy_between(0.0, t_s)

@@ -44,7 +44,6 @@ class DeviceIntegrator:
         self._last_raw_j: float | None = None
         self._last_read_t: float | None = None  # newest counter read
         self._prev_read_t: float | None = None  # the read before the newest value appeared
-        self._quantized = False  # a repeated value was seen: the counter updates in steps
         self._last_tight = False  # the newest change was caught within a quarter period
         self._offset_j = 0.0
         self._resets: list[tuple[float, float]] = []  # gaps bridged with power
@@ -98,7 +97,6 @@ class DeviceIntegrator:
         last, last_read = self._last_raw_j, self._last_read_t
         self._last_raw_j, self._last_read_t = raw_j, t
         if last is not None and raw_j == last:
-            self._quantized = True
             return  # not updated yet
         period = self.info.update_period_s
         tight = last_read is not None and t - last_read <= period / 4
@@ -108,9 +106,11 @@ class DeviceIntegrator:
             self._resets.append((self._at[-1], t))
             self.reset_count += 1
             self._offset_j = bridged - raw_j
-        elif tight and self._quantized and self._at:
-            # A change caught within a quarter period: the previous value appeared one update
-            # period earlier (the counter updates on a steady clock), not when it was first read.
+        elif tight and self._at:
+            # A change caught within a quarter of the update period: the previous value
+            # appeared one period before it (the counter steps on a steady clock), not when it
+            # was first read. A counter that updates continuously (RAPL) declares a tiny
+            # update period, so its changes are never caught this tightly.
             lo = self._at[-1] - period
             if self._prev_read_t is not None:
                 lo = max(lo, self._prev_read_t)

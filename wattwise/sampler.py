@@ -166,7 +166,7 @@ class Sampler:
                 )
         else:
             self.step(counter=True)
-        with self._step_lock, self._lock:
+        with self._lock:  # not the step lock: a slow read in progress must not block us
             self._drain()
             self._resolve(force=True)
             self._collect_wanted = False
@@ -216,6 +216,9 @@ class Sampler:
                 got = [Sample(d, t_s, None, None, flags=frozenset({"sensor_lost"})) for d in lost]
             else:
                 self._sensor_devices[i].update(s.device_id for s in got)
+                for s in got:
+                    if "sensor_lost" in s.flags:
+                        self._warn(s.device_id, "sensor_lost", f"{s.device_id}: no reading")
             readings.extend(got)
         if counter:
             self._last_counter_s = now
@@ -240,8 +243,6 @@ class Sampler:
         if integrator.reset_count != resets:
             flags.add("counter_reset")
             self._warn(sample.device_id, "counter_reset", f"{sample.device_id}: counter went back")
-        if "sensor_lost" in flags:
-            self._warn(sample.device_id, "sensor_lost", f"{sample.device_id}: no reading")
         if self._bounds:
             current = self._bounds[-1]
             current.flags.setdefault(sample.device_id, set()).update(flags)

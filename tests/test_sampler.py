@@ -1,0 +1,247 @@
+"""Sampler: driven tick by tick with a FakeClock (no sleeping), plus a few real-thread checks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+
+import pytest
+from fakes import FakeClock, FakeSensor, check_against_counter, counter_reference_j
+
+from wattwise.errors import BadInput
+from wattwise.sampler import Sampler
+from wattwise.sensors.replay import ReplayNvmlSensor, load_marks, load_trace
+
+
+class CountingReplay(ReplayNvmlSensor):
+    counter_reads = 0
+
+    def read(self, t_s, *, counter):
+        self.counter_reads += counter
+        return super().read(t_s, counter=counter)
+
+
+def make(sensor, clock, **kw):
+    return Sampler([sensor], sensor.open(), clock=clock, **kw)
+
+
+def run_until(sampler, clock, until_s, events=()):
+    """Tick the sampler as its thread would (each step says when the next is due), placing
+    ``(t_s, label)`` boundaries at their exact times in between."""
+    events = sorted(events)
+    due = clock()
+    while True:
+        next_event = events[0][0] if events else None
+        if next_event is not None and next_event < due:
+            clock.advance(next_event - clock())
+            sampler.boundary(events.pop(0)[1])
+            continue
+        if due > until_s:
+            return
+        clock.advance(due - clock())
+        due = clock() + sampler.step()
+
+
+def test_constant_power_phases_are_exact():
+    clock = FakeClock(10.0)
+    sensor = FakeSensor(100.0)
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 14.0, [(10.0, "a"), (11.0, "b"), (13.5, "end")])
+    phases = sampler.collect(timeout_s=0)
+    assert [(p.name, p.index) for p in phases] == [("a", 0), ("b", 1)]
+    assert phases[0].energy_j == pytest.approx(100.0)
+    assert phases[1].energy_j == pytest.approx(250.0)
+    assert (phases[1].start_s, phases[1].end_s) == (11.0, 13.5)
+    assert phases[0].method == "counter"
+    assert sampler.collect(timeout_s=0) == []  # each phase is returned once
+
+
+def test_steps_in_power_between_counter_reads():
+    # 100 W, then 300 W from 11.0 s: a boundary at 11.5 s lies between 1 Hz counter reads
+    clock = FakeClock(10.0)
+    sensor = FakeSensor([(0.0, 100.0), (11.0, 300.0)])
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 13.0, [(10.0, "a"), (11.5, "b"), (12.5, "end")])
+    a, b = sampler.collect(timeout_s=0)
+    assert a.energy_j == pytest.approx(sensor.energy_between(10.0, 11.5), rel=1e-9)
+    assert b.energy_j == pytest.approx(sensor.energy_between(11.5, 12.5), rel=1e-9)
+    assert b.peak_power_w == pytest.approx(300.0)
+
+
+def test_counter_read_rarely_and_after_each_boundary():
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(50.0, counter_period_s=0.1)
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 10.0, [(0.0, "a")])
+    counter_reads = [t for t, counter in sensor.reads if counter]
+    assert len(sensor.reads) == pytest.approx(100, abs=3)  # 10 Hz cheap readings
+    assert 9 <= len(counter_reads) <= 14  # about once a second (+ pinning the first boundary)
+    before = len(sensor.reads)
+    sampler.boundary("b")
+    assert len(sensor.reads) == before  # boundary() reads nothing
+    run_until(sampler, clock, 10.5)
+    assert sensor.reads[before][1]  # the first tick after the boundary reads the counter
+
+
+def test_stepped_counter_matches_truth_at_boundaries():
+    # NVML-like counter updating every 0.1 s; boundaries anywhere; power changes often
+    schedule = [(0.0, 120.0), (1.03, 650.0), (4.57, 300.0), (4.91, 680.0), (7.2, 110.0)]
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(schedule, counter_period_s=0.1, update_period_s=0.1)
+    sampler = make(sensor, clock)
+    events = [(0.5, "setup"), (1.234, "train"), (4.5678, "val"), (5.0123, "train"), (7.5, "end")]
+    run_until(sampler, clock, 8.5, events)
+    phases = sampler.collect(timeout_s=0)
+    assert [p.name for p in phases] == ["setup", "train", "val", "train"]
+    for p in phases:
+        truth = sensor.energy_between(p.start_s, p.end_s)
+        assert p.energy_j == pytest.approx(truth, rel=0.02), p.name
+
+
+def test_read_failure_warns_once_flags_and_the_counter_carries_on(caplog):
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(100.0, raise_from_s=1.0, raise_until_s=1.55)
+    sampler = make(sensor, clock)
+    with caplog.at_level(logging.WARNING, logger="wattwise.sampler"):
+        run_until(sampler, clock, 4.0, [(0.0, "a"), (2.0, "b"), (3.0, "end")])
+    a, b = sampler.collect(timeout_s=0)
+    assert a.energy_j == pytest.approx(200.0)  # the counter spans the failed reads
+    assert "sensor_lost" in a.flags
+    assert "sensor_lost" not in b.flags and b.energy_j == pytest.approx(100.0)
+    failures = [r for r in caplog.records if "read failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert len(sampler.warnings) == 1
+
+
+def test_lost_device_keeps_what_power_supports():
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(100.0, counter=False, lost_from_s=1.5)
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 4.0, [(0.0, "a"), (1.0, "b"), (3.0, "end")])
+    a, b = sampler.collect(timeout_s=0)
+    assert a.method == "power" and a.energy_j == pytest.approx(100.0)
+    assert b.energy_j == pytest.approx(40.0)  # up to the last good reading at 1.4 s
+    assert "sensor_lost" in b.flags
+    assert any("no reading" in w for w in sampler.warnings)
+
+
+def test_counter_reset_is_flagged_and_bridged():
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(100.0, counter_reset_at_s=1.5)
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 3.5, [(0.0, "a"), (3.0, "end")])
+    (a,) = sampler.collect(timeout_s=0)
+    assert a.energy_j == pytest.approx(300.0)
+    assert "counter_reset" in a.flags
+    assert any("counter went back" in w for w in sampler.warnings)
+
+
+def test_collect_resolves_with_what_it_has():
+    # power 0: the counter never changes, so no anchor ever follows the boundary
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(0.0)
+    sampler = make(sensor, clock)
+    run_until(sampler, clock, 1.0, [(0.0, "a"), (0.55, "end")])
+    (a,) = sampler.collect(timeout_s=0)
+    assert a.energy_j == 0.0
+
+
+def test_memory_is_bounded_over_a_simulated_hour():
+    clock = FakeClock(0.0)
+    sensor = FakeSensor([(0.0, 100.0), (1800.0, 200.0)], counter_period_s=0.1)
+    sampler = make(sensor, clock, history_points=256)
+    sampler.boundary("run")
+    for _ in range(36_000):
+        clock.advance(0.1)
+        sampler.step()
+    integrator = next(iter(sampler._integrators.values()))
+    assert len(integrator._pt) < 40 and len(integrator._at) < 10
+    (points,) = sampler.history().values()
+    assert 128 <= len(points) <= 256
+    assert points[0][0] == pytest.approx(0.1) and points[-1][0] > 3500
+    sampler.boundary("end")
+    clock.advance(0.1)
+    sampler.step()
+    (run,) = sampler.collect(timeout_s=0)
+    assert run.energy_j == pytest.approx(sensor.energy_between(run.start_s, run.end_s), rel=1e-3)
+
+
+def test_bad_rates_are_rejected():
+    with pytest.raises(BadInput, match="sample_hz=0"):
+        Sampler([], [], sample_hz=0)
+    with pytest.raises(BadInput, match="counter_hz"):
+        Sampler([], [], counter_hz=float("nan"))
+
+
+# ---- the real thread -------------------------------------------------------------------------
+
+
+def test_thread_measures_and_stops():
+    sensor = FakeSensor(50.0)
+    sampler = Sampler([sensor], sensor.open(), sample_hz=100)
+    sampler.boundary("a")
+    sampler.start()
+    (thread,) = [t for t in threading.enumerate() if t.name == "wattwise-sampler"]
+    assert thread.daemon
+    time.sleep(0.2)
+    sampler.boundary("b")
+    time.sleep(0.2)
+    sampler.boundary("end")
+    phases = sampler.collect(timeout_s=2.0)
+    sampler.stop()
+    sampler.stop()  # idempotent
+    assert not thread.is_alive()
+    assert [p.name for p in phases] == ["a", "b"]
+    for p in phases:
+        assert p.energy_j == pytest.approx(50.0 * p.duration_s, rel=1e-6)
+        assert p.duration_s == pytest.approx(0.2, abs=0.1)
+
+
+def test_boundary_does_not_wait_for_a_slow_read():
+    gate = threading.Event()
+    sensor = FakeSensor(10.0, gate=gate)
+    sampler = Sampler([sensor], sensor.open(), sample_hz=100)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while not sensor.reads and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sensor.reads  # the thread is inside a (blocked) read now
+        started = time.perf_counter()
+        sampler.boundary("a")
+        assert time.perf_counter() - started < 0.01
+        started = time.monotonic()
+        assert sampler.collect(timeout_s=0.2) == []
+        assert time.monotonic() - started < 1.0
+    finally:
+        gate.set()
+        sampler.stop()
+
+
+def test_live_replay_through_the_sampler_meets_the_counter_bounds(nvml_fixtures):
+    """ReplayNvmlSensor + Sampler at 10 Hz (counter ~1 Hz and after each boundary), boundaries
+    placed at the recorded marks: the phases agree with the recorded counter."""
+    for trace_name, marks_name in [
+        ("h200-lightning-fit-50hz.csv", "h200-lightning-fit-marks.json"),
+        ("h200-mlp6144-8epochs-20hz.csv", "h200-mlp6144-8epochs-marks.json"),
+    ]:
+        trace = load_trace(nvml_fixtures / trace_name)
+        marks = load_marks(nvml_fixtures / marks_name)
+        for phase_s in (0.0, 0.037, 0.089):
+            clock = FakeClock(100.0)
+            sensor = CountingReplay(nvml_fixtures / trace_name, clock=clock)
+            sampler = Sampler([sensor], sensor.open(), sample_hz=10, clock=clock)
+            origin = 100.0 - trace.t_s[0]  # sampler time of trace time 0
+            clock.advance(phase_s)
+            events = [(origin + t, label) for label, t in marks.marks]
+            run_until(sampler, clock, events[-1][0] + 1.0, events)
+            phases = sampler.collect(timeout_s=0)
+            assert [p.name for p in phases] == [label for label, _ in marks.marks[:-1]]
+            reference = functools.partial(counter_reference_j, trace.t_s, trace.energy_j)
+            check_against_counter(
+                phases, reference, long_pct=1.0, mid_pct=5.0, sum_pct=1.0, offset_s=origin
+            )
+            # ~1 Hz, plus up to ~7 reads to catch the counter's change after each boundary
+            assert sensor.counter_reads < trace.duration_s + 8 * len(marks.marks)
