@@ -357,3 +357,32 @@ def test_ddp_ranks_stop_together(tmp_path, replayed_gpu):
     assert record.status == "finished"
     assert 1 <= record.epochs < 60
     assert f"BudgetGuard stopped after epoch {record.epochs}:" in record.reason
+
+
+def test_works_with_the_lightning_namespace_too(tmp_path):
+    lightning = pytest.importorskip("lightning")
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    trainer = lightning.pytorch.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        callbacks=[BudgetGuard(max_kwh=1.0)],
+        enable_progress_bar=False,
+        logger=False,
+        default_root_dir=tmp_path,
+    )
+
+    class Model(lightning.pytorch.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 8)), batch_size=4)
+    with pytest.raises(MisconfigurationException, match="EnergyCallback"):
+        trainer.fit(Model(), data)
