@@ -74,6 +74,20 @@ def test_runs_json_lists_every_run_with_the_fixed_fields(capsys, ledger_path, tw
     assert rows[finetune]["parent_run_id"] == pretrain
 
 
+def test_runs_json_shows_a_run_whose_process_died_as_interrupted(capsys, ledger_path):
+    child = (
+        "import sys; from wattwise.ledger import Ledger; "
+        "print(Ledger(sys.argv[1]).begin_run(architecture='crashed'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(ledger_path)], capture_output=True, text=True, check=True
+    )
+    code, out, _ = run_cli(capsys, "runs", "--ledger", str(ledger_path), "--json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert (row["run_id"], row["status"]) == (done.stdout.strip(), "interrupted")
+
+
 def test_runs_uses_the_environment_ledger_and_prints_a_table(
     capsys, ledger_path, two_runs, monkeypatch
 ):
