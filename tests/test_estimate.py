@@ -163,6 +163,15 @@ def test_warmup_is_paid_once_by_a_run_from_scratch():
     assert double.seconds == pytest.approx(30.0 + 20 * 100.0)  # not twice the warm-up
 
 
+def test_a_single_measured_epoch_is_flagged():
+    assert "single_epoch" in estimate(h100_profile(epochs_measured=1), Plan(epochs=2), [H100]).flags
+    assert "single_epoch" not in estimate(h100_profile(), Plan(epochs=2), [H100]).flags
+    assert (
+        "single_epoch"
+        not in estimate(h100_profile(epochs_measured=3), Plan(epochs=2), [H100]).flags
+    )
+
+
 def test_steps_plan_uses_steps_per_epoch():
     (t,) = estimate(h100_profile(steps_per_epoch=50), Plan(steps=125), [H100]).targets
     assert t.seconds == pytest.approx(2.5 * 100.0)

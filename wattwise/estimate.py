@@ -158,7 +158,8 @@ class Profile:
     utilisation: float | None = None
     """Measured mean GPU utilisation (share of time a kernel ran), 0..1, when known."""
     n_gpus: int = 1
-    epochs_measured: int = 1
+    epochs_measured: int | None = None
+    """How many epochs the rates come from (None: typed-in steady numbers)."""
     warmup_epochs: int = 0
     spread: float = 0.0
     """Relative spread of the steady epochs (see :class:`SteadyState`)."""
@@ -536,7 +537,7 @@ def estimate(
         pricing=pricing,
         gco2e_per_kwh=intensity.gco2e_per_kwh,
         pue=asked_pue,
-        flags=tuple(intensity.flags),
+        flags=(*intensity.flags, *(["single_epoch"] if m.epochs_measured == 1 else [])),
         budgets=limits,
         profile={
             "gpu": m.gpu.name,

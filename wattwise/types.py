@@ -33,6 +33,7 @@ FLAGS: dict[str, str] = {
     "no_instant_power": "counter interpolated linearly inside its update period (no instant power)",
     "mig": "GPU in MIG mode: per-instance energy is not available, whole-GPU figures used",
     "idle_baseline": "energy above the idle power measured before the fit",
+    "single_epoch": "estimate from one measured epoch: its warm-up is in the rate (too high)",
     "intensity_extrapolated": "grid-intensity series shorter than the run: nearest values used",
 }
 
