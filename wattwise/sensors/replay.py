@@ -230,6 +230,21 @@ def replay_uuid(trace: Trace) -> str:
     return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, trace.digest)}"
 
 
+def replay_device(trace: Trace, gpu: str | None = None) -> DeviceInfo:
+    """The DeviceInfo of a replayed GPU; ``gpu`` is its model name when known."""
+    device_uuid = replay_uuid(trace)
+    return DeviceInfo(
+        device_id=f"gpu:{device_uuid}",
+        kind="gpu",
+        name=f"{gpu or 'NVIDIA GPU'} (replay)",
+        method="counter",
+        uuid=device_uuid,
+        update_period_s=trace.update_period_s(),
+        flags=frozenset() if trace.instant_w is not None else frozenset({"averaged_power"}),
+        details={"replay_path": str(trace.path.resolve()), "gpu": gpu},
+    )
+
+
 class ReplayNvmlSensor(Sensor):
     """A GPU sensor that replays a recorded NVML trace (method ``counter``)."""
 
@@ -252,19 +267,8 @@ class ReplayNvmlSensor(Sensor):
         trace = load_trace(self.path)
         marks_path = self.marks_path or find_marks(self.path)
         gpu = load_marks(marks_path).gpu if marks_path is not None else None
-        device_uuid = replay_uuid(trace)
         self.trace = trace
-        self.info = DeviceInfo(
-            device_id=f"gpu:{device_uuid}",
-            kind="gpu",
-            name=f"{gpu or 'NVIDIA GPU'} (replay)",
-            method="counter",
-            uuid=device_uuid,
-            index=None,
-            update_period_s=trace.update_period_s(),
-            flags=frozenset() if trace.instant_w is not None else frozenset({"averaged_power"}),
-            details={"replay_path": str(self.path.resolve()), "gpu": gpu},
-        )
+        self.info = replay_device(trace, gpu)
         self.t_open_s = self.clock()
         return [self.info]
 
