@@ -303,6 +303,8 @@ def test_json_shape_is_the_design_one():
         (lambda: Plan(epochs=3, steps=10), "exactly one"),
         (lambda: Plan(epochs=0), "epochs=0"),
         (lambda: Plan(steps=-5), "steps=-5"),
+        (lambda: Plan(steps=2.5), "steps=2.5.*whole number"),
+        (lambda: utilised_fraction(make_spec("flat", tdp_w=50.0, idle_w=50.0), 60.0), "idle_w"),
         (lambda: Budgets(max_kwh=-1.0), "max_kwh=-1.0"),
         (lambda: h100_profile(seconds_per_epoch=0.0), "seconds_per_epoch=0.0"),
         (lambda: h100_profile(joules_per_epoch=float("nan")), "joules_per_epoch=nan"),

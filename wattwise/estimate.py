@@ -76,7 +76,10 @@ BUDGET_NAMES = ("kwh", "usd", "kgco2e")
 
 
 def _positive(name: str, value: float | None, accepted: str = "a number > 0") -> None:
-    if value is not None and (not math.isfinite(value) or value <= 0):
+    if value is None:
+        return
+    whole = accepted.startswith("a whole number")
+    if not math.isfinite(value) or value <= 0 or (whole and value != int(value)):
         raise BadInput(f"{name}={value!r} is not accepted: give {accepted}")
 
 
@@ -349,6 +352,11 @@ def _uncertainty(measured: GpuSpec, target: GpuSpec) -> float:
 
 def utilised_fraction(spec: GpuSpec, power_w: float) -> float:
     """``u = clip((P - idle) / (TDP - idle), 0, 1)``: where a mean power sits in the range."""
+    if spec.tdp_w <= spec.idle_w:
+        raise BadInput(
+            f"{spec.name}: tdp_w={spec.tdp_w:g} is not above idle_w={spec.idle_w:g}; "
+            "a spec row needs tdp_w > idle_w"
+        )
     return min(1.0, max(0.0, (power_w - spec.idle_w) / (spec.tdp_w - spec.idle_w)))
 
 
