@@ -264,20 +264,19 @@ class EnergyAtEpochEnd(pl.Callback):
         self.totals_j.append(self.energy_cb.energy_j)
 
 
-def fit(tmp_path, callbacks, max_epochs, devices=1, **trainer_kwargs):
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=devices,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
+def fit(tmp_path, callbacks, max_epochs, ckpt_path=None, **trainer_kwargs):
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "default_root_dir": tmp_path,
         **trainer_kwargs,
-    )
-    trainer.fit(TinyModel())
+    }
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, **options)
+    trainer.fit(TinyModel(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -332,6 +331,34 @@ def test_real_fit_with_warn_never_stops(tmp_path, replayed_gpu):
     assert energy.epochs_completed == 3
     with Ledger(tmp_path / "w.db") as ledger:
         assert ledger.get_run(energy.run_id).epochs == 3
+
+
+@pytest.mark.slow
+def test_resumed_fit_continues_the_guard_history(tmp_path, replayed_gpu):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lightning_callbacks import EnergyCallback
+
+    def callbacks():
+        energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        return energy, BudgetGuard(max_kwh=1.0), checkpoint
+
+    first = callbacks()
+    fit(tmp_path, list(first), max_epochs=2, enable_checkpointing=True)
+    second = callbacks()
+    fit(
+        tmp_path,
+        list(second),
+        max_epochs=4,
+        enable_checkpointing=True,
+        ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+    )
+    assert second[0].run_id == first[0].run_id
+    assert second[1].epoch_growth_j[:2] == first[1].epoch_growth_j
+    assert len(second[1].epoch_growth_j) == 4
+    # the resumed epochs grow the run's total from where the first fit left it
+    assert sum(second[1].epoch_growth_j[2:]) < second[0].energy_j - first[0].energy_j
 
 
 def test_setup_without_energy_callback_is_a_clear_error(tmp_path):
