@@ -322,3 +322,32 @@ def test_run_recorded_by_the_callback_on_a_replayed_h200(
     expected_s = profile["warmup_extra_s"] + 30 * profile["seconds_per_epoch"]
     assert target["seconds"] == pytest.approx(expected_s)
     assert sum(energy.epoch_duration_s) < 30 * profile["seconds_per_epoch"]
+
+
+def test_replayed_trace_run_predicts_its_own_total(capsys, tmp_path, nvml_fixtures):
+    """The 8-epoch mlp6144 H200 trace recorded as a run: 8 planned epochs on its own GPU give
+    back exactly the recorded epochs (warm-up extra + 8 steady epochs = the recorded sum)."""
+    db = tmp_path / "w.db"
+    trace = nvml_fixtures / "h200-mlp6144-8epochs-20hz.csv"
+    marks = nvml_fixtures / "h200-mlp6144-8epochs-marks.json"
+    assert main(["replay", str(trace), "--marks", str(marks), "--ledger", str(db)]) == 0
+    capsys.readouterr()
+    with Ledger(db) as ledger:
+        (record,) = ledger.list_runs()
+        phases = ledger.phases(record.run_id)
+    in_epochs = phases[phases["epoch"].notna()]
+    spans = in_epochs.groupby("epoch").agg(start=("start_s", "min"), end=("end_s", "max"))
+    total_j = in_epochs["energy_j"].sum()
+    total_s = (spans["end"] - spans["start"]).sum()
+
+    data = run_json(capsys, "--run", record.run_id, "--ledger", str(db), "--epochs", "8")
+    (target,) = data["targets"]
+    assert target["gpu"] == "H200 SXM 141 GB"
+    assert data["profile"]["warmup_epochs"] == 1  # epoch 0 is ~11 % slower
+    assert target["energy_kwh"] * 3.6e6 == pytest.approx(total_j)
+    assert target["seconds"] == pytest.approx(total_s)
+    assert target["fits_memory"] is True  # 3.04 GiB peak
+
+    # the marks give 90 training steps per epoch: 900 steps = 10 epochs
+    data = run_json(capsys, "--run", record.run_id, "--ledger", str(db), "--steps", "900")
+    assert data["epochs"] == pytest.approx(10.0)
