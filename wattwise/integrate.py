@@ -16,6 +16,7 @@ ends. A lost sensor (``sensor_lost`` sample) contributes no energy until it answ
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from bisect import bisect_left, bisect_right
@@ -37,6 +38,7 @@ class DeviceIntegrator:
         self._pt: list[float] = []
         self._pw: list[float] = []
         self._pc: list[float] = []
+        self._pb: list[float] = []  # the same, with gaps bridged (to shape counter deltas)
         self._pj: list[bool] = []
         # counter anchors (change points): time, reset-corrected cumulative J
         self._at: list[float] = []
@@ -82,14 +84,15 @@ class DeviceIntegrator:
 
     def _add_power(self, t: float, power_w: float) -> None:
         joined = bool(self._pt) and not self._gap
-        cum = 0.0
+        cum = bridged = 0.0
         if self._pt:
-            cum = self._pc[-1]
-            if joined:
-                cum += 0.5 * (self._pw[-1] + power_w) * (t - self._pt[-1])
+            step_j = 0.5 * (self._pw[-1] + power_w) * (t - self._pt[-1])
+            cum = self._pc[-1] + (step_j if joined else 0.0)
+            bridged = self._pb[-1] + step_j
         self._pt.append(t)
         self._pw.append(power_w)
         self._pc.append(cum)
+        self._pb.append(bridged)
         self._pj.append(joined)
         self._gap = False
 
@@ -154,9 +157,11 @@ class DeviceIntegrator:
             return pw[i - 1]
         return pw[i - 1] + (pw[i] - pw[i - 1]) * (t - pt[i - 1]) / (pt[i] - pt[i - 1])
 
-    def power_cum_j(self, t: float) -> float:
-        """Cumulative trapezoid energy of the power readings up to ``t``."""
-        pt, pw, pc = self._pt, self._pw, self._pc
+    def power_cum_j(self, t: float, *, bridge_gaps: bool = False) -> float:
+        """Cumulative trapezoid energy of the power readings up to ``t``; a gap left by a lost
+        sensor adds nothing unless ``bridge_gaps`` (used only to shape counter deltas)."""
+        pt, pw = self._pt, self._pw
+        pc = self._pb if bridge_gaps else self._pc
         if not pt:
             return 0.0
         i = bisect_right(pt, t)
@@ -166,7 +171,7 @@ class DeviceIntegrator:
             if self.lost:
                 return pc[-1]
             return pc[-1] + pw[-1] * (t - pt[-1])
-        if not self._pj[i]:
+        if not (self._pj[i] or bridge_gaps):
             return pc[i - 1]
         dt = t - pt[i - 1]
         slope = (pw[i] - pw[i - 1]) / (pt[i] - pt[i - 1])
@@ -183,8 +188,9 @@ class DeviceIntegrator:
         if i == len(at):
             return ae[-1] + self.power_cum_j(t) - self.power_cum_j(at[-1])
         ta, tc = at[i - 1], at[i]
-        pa, pc = self.power_cum_j(ta), self.power_cum_j(tc)
-        share = (self.power_cum_j(t) - pa) / (pc - pa) if pc > pa else (t - ta) / (tc - ta)
+        power_cum = functools.partial(self.power_cum_j, bridge_gaps=True)
+        pa, pc = power_cum(ta), power_cum(tc)
+        share = (power_cum(t) - pa) / (pc - pa) if pc > pa else (t - ta) / (tc - ta)
         return ae[i - 1] + (ae[i] - ae[i - 1]) * share
 
     def method_for(self, requested: RequestedMethod = "auto") -> Method:
@@ -262,7 +268,7 @@ class DeviceIntegrator:
             keep_from = min(keep_from, self._at[0])
         i = bisect_right(self._pt, keep_from) - 1
         if i > 0:
-            del self._pt[:i], self._pw[:i], self._pc[:i], self._pj[:i]
+            del self._pt[:i], self._pw[:i], self._pc[:i], self._pb[:i], self._pj[:i]
         self._resets = [r for r in self._resets if r[1] > keep_from]
         self._lost = [r for r in self._lost if r[1] > keep_from]
         k = bisect_left([t for t, _ in self._sample_flags], keep_from)

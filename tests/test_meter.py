@@ -1,0 +1,160 @@
+"""Meter: start / mark / collect / stop, context manager statuses, ledger records, faults."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+import pytest
+from fakes import FakeSensor
+
+from wattwise.errors import BadInput, SensorPermissionError
+from wattwise.meter import Meter
+from wattwise.types import DEVICE_KINDS
+
+
+def sampler_threads():
+    return [t for t in threading.enumerate() if t.name == "wattwise-sampler"]
+
+
+def gpu_and_cpu():
+    return [
+        FakeSensor(100.0),
+        FakeSensor(20.0, device_id="cpu:machine", kind="cpu", counter=False, method="estimate"),
+    ]
+
+
+def test_phases_and_totals():
+    meter = Meter(sensors=gpu_and_cpu(), sample_hz=50).start("load")
+    time.sleep(0.15)
+    meter.mark("train")
+    time.sleep(0.25)
+    result = meter.stop()
+    names = [(p.name, p.kind) for p in result.phases]
+    assert names == [("load", "gpu"), ("load", "cpu"), ("train", "gpu"), ("train", "cpu")]
+    for p in result.phases:
+        watts = 100.0 if p.kind == "gpu" else 20.0
+        assert p.energy_j == pytest.approx(watts * p.duration_s, rel=1e-6)
+    assert result.duration_s == pytest.approx(0.4, abs=0.1)
+    assert result.energy_by_kind_j["gpu"] == pytest.approx(100.0 * result.duration_s, rel=1e-6)
+    assert result.energy_by_kind_j["cpu"] == pytest.approx(20.0 * result.duration_s, rel=1e-6)
+    assert result.energy_by_kind_j["ram"] == 0.0 and set(result.energy_by_kind_j) == set(
+        DEVICE_KINDS
+    )
+    assert result.energy_j == pytest.approx(120.0 * result.duration_s, rel=1e-6)
+    assert result.energy_wh == pytest.approx(result.energy_j / 3600)
+    assert result.methods == {
+        "gpu:GPU-00000000-0000-0000-0000-000000000000": "counter",
+        "cpu:machine": "estimate",
+    }
+    assert "estimated" in result.flags
+    assert meter.stop() is result  # idempotent
+    assert not sampler_threads()
+
+
+def test_collect_returns_each_finished_phase_once():
+    meter = Meter(sensors=[FakeSensor(50.0)], sample_hz=50).start("a")
+    try:
+        time.sleep(0.1)
+        meter.mark("b")
+        (a,) = meter.collect(timeout_s=2.0)
+        assert a.name == "a" and a.energy_j == pytest.approx(50.0 * a.duration_s, rel=1e-6)
+        assert meter.collect(timeout_s=0.0) == []
+    finally:
+        result = meter.stop()
+    assert [p.name for p in result.phases] == ["a", "b"]  # stop() returns them all
+
+
+def test_context_manager_statuses_reach_the_ledger(tmp_path):
+    from wattwise.ledger import Ledger
+
+    db = tmp_path / "w.db"
+    with Meter(ledger=db, architecture="ok", sensors=[FakeSensor(10.0)]) as meter:
+        meter.mark("work")
+    with (
+        pytest.raises(ValueError),
+        Meter(ledger=db, architecture="bad", sensors=[FakeSensor(10.0)]),
+    ):
+        raise ValueError("boom")
+    with (
+        pytest.raises(KeyboardInterrupt),
+        Meter(ledger=db, architecture="ctrl-c", sensors=[FakeSensor(10.0)]),
+    ):
+        raise KeyboardInterrupt
+    with Ledger(db) as ledger:
+        statuses = {r.architecture: r.status for r in ledger.list_runs()}
+        run = ledger.get_run(meter.run_id)
+        phases = ledger.phases(meter.run_id)
+        timeline = ledger.timeline(meter.run_id)
+    assert statuses == {"ok": "finished", "bad": "failed", "ctrl-c": "interrupted"}
+    assert list(phases["stage"]) == ["run", "work"]
+    assert phases["epoch"].isna().all()
+    assert run.energy_j == pytest.approx(meter.result.energy_j, rel=1e-9)
+    assert run.methods == {"gpu:GPU-00000000-0000-0000-0000-000000000000": "counter"}
+    assert timeline and all(points for points in timeline.values())
+    assert not sampler_threads()
+
+
+def test_a_sensor_that_cannot_open_is_skipped(caplog):
+    broken = FakeSensor(
+        5.0, device_id="cpu:package-0", kind="cpu", open_error=SensorPermissionError("denied")
+    )
+    meter = Meter(sensors=[FakeSensor(30.0), broken])
+    with caplog.at_level(logging.WARNING, logger="wattwise.meter"), meter:
+        time.sleep(0.05)
+    result = meter.result
+    assert [d.kind for d in result.devices] == ["gpu"]
+    assert result.energy_by_kind_j["cpu"] == 0.0 and result.energy_by_kind_j["gpu"] > 0
+    assert any("denied" in w for w in result.warnings)
+    assert sum("denied" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_sensor_trouble_becomes_flags_not_exceptions():
+    now = time.monotonic()
+    sensors = [FakeSensor(40.0, raise_from_s=now + 0.1, raise_until_s=now + 0.2)]
+    with Meter(sensors=sensors, sample_hz=50) as meter:
+        time.sleep(0.35)
+    result = meter.result
+    assert "sensor_lost" in result.flags
+    (phase,) = result.phases
+    # the counter spans the failed reads: nothing is lost
+    assert phase.energy_j == pytest.approx(40.0 * phase.duration_s, rel=1e-6)
+    assert len(result.warnings) == 1
+
+
+def test_marks_outside_a_running_meter_are_ignored(caplog):
+    meter = Meter(sensors=[FakeSensor(1.0)])
+    with caplog.at_level(logging.WARNING, logger="wattwise.meter"):
+        meter.mark("early")
+    assert meter.collect() == []
+    assert any("early" in w for w in meter.warnings)
+    result = meter.stop()
+    assert result.energy_j == 0.0 and result.phases == []
+    with pytest.raises(RuntimeError, match="already"):
+        meter.start()
+
+
+def test_bad_arguments():
+    with pytest.raises(BadInput, match="sample_hz=-1"):
+        Meter(sample_hz=-1)
+    with pytest.raises(BadInput, match="architecture=''"):
+        Meter(architecture="")
+    meter = Meter(sensors=[FakeSensor(1.0)]).start()
+    with pytest.raises(BadInput, match="status='done'"):
+        meter.stop("done")
+    meter.stop()
+
+
+def test_forgotten_meter_releases_its_thread_and_sensors():
+    sensor = FakeSensor(1.0)
+    meter = Meter(sensors=[sensor], sample_hz=100).start()
+    assert sampler_threads()
+    del meter
+    gc.collect()
+    deadline = time.monotonic() + 2.0
+    while sampler_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not sampler_threads()
+    assert sensor.closed == 1
