@@ -1,0 +1,155 @@
+"""What the sampler costs: CPU time per wall second, and memory over a simulated hour.
+
+    python bench/sampler_cost.py [--seconds 5] [--json]
+
+1. CPU: the real sampler thread replaying the recorded H200 trace (tests/fixtures/nvml) at
+   10 Hz and 100 Hz, and at 10 Hz with a boundary every second (short epochs: each boundary
+   triggers a short burst of counter reads). The sampler thread's own CPU clock is read
+   (``pthread_getcpuclockid``), so other threads do not count. The replay sensor's counter read
+   is cheap; the estimate for a real H200 adds the measured NVML cost per read
+   (h200-nvml-read-cost.json: ~4 ms of CPU per counter read, ~9 us per instant-power read).
+   Target: <= 1% of one core at 10 Hz.
+2. Memory: a FakeClock drives ``Sampler.step`` through one simulated hour at 10 Hz (36,000
+   ticks) with a boundary every simulated minute and a collect every ten; RSS is compared after
+   a warm-up minute and at the end. Target: < 5 MB of growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pathlib
+import sys
+import threading
+import time
+
+import psutil
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakes import FakeClock  # noqa: E402
+
+from wattwise.sampler import Sampler  # noqa: E402
+from wattwise.sensors.replay import ReplayNvmlSensor  # noqa: E402
+
+NVML = ROOT / "tests" / "fixtures" / "nvml"
+TRACE = NVML / "h200-lightning-fit-50hz.csv"
+
+
+class CountingReplay(ReplayNvmlSensor):
+    """The replay sensor, counting its reads (to price them at real NVML costs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self.counter_reads = 0
+
+    def read(self, t_s, *, counter):
+        self.reads += 1
+        self.counter_reads += counter
+        return super().read(t_s, counter=counter)
+
+
+def thread_cpu_s(thread: threading.Thread) -> float:
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def cpu_cost(sample_hz: float, seconds: float, boundary_every_s: float | None) -> dict:
+    sensor = CountingReplay(TRACE)
+    sampler = Sampler([sensor], sensor.open(), sample_hz=sample_hz)
+    sampler.boundary("run")
+    sampler.start()
+    (thread,) = [t for t in threading.enumerate() if t.name == "wattwise-sampler"]
+    time.sleep(0.5)  # settle: first counter reads, first boundary resolved
+    cpu0, wall0, reads0, counter0 = thread_cpu_s(thread), time.monotonic(), 0, 0
+    reads0, counter0 = sensor.reads, sensor.counter_reads
+    next_boundary = wall0 + (boundary_every_s or seconds + 1)
+    while (now := time.monotonic()) < wall0 + seconds:
+        if now >= next_boundary:
+            sampler.boundary("epoch")
+            next_boundary += boundary_every_s
+        time.sleep(min(0.05, max(0.0, next_boundary - now)))
+    cpu_s, wall_s = thread_cpu_s(thread) - cpu0, time.monotonic() - wall0
+    reads, counter_reads = sensor.reads - reads0, sensor.counter_reads - counter0
+    sampler.collect(timeout_s=1.0)
+    sampler.stop()
+    cost = json.loads((NVML / "h200-nvml-read-cost.json").read_text())["load"]
+    nvml_s = (
+        counter_reads * cost["GetTotalEnergyConsumption"]["cpu_us"]
+        + reads * cost["field186_instant"]["cpu_us"]
+    ) / 1e6
+    return {
+        "sample_hz": sample_hz,
+        "boundary_every_s": boundary_every_s,
+        "wall_s": wall_s,
+        "reads_per_s": reads / wall_s,
+        "counter_reads_per_s": counter_reads / wall_s,
+        "sampler_cpu_pct_of_core": 100 * cpu_s / wall_s,
+        "h200_estimate_cpu_pct_of_core": 100 * (cpu_s + nvml_s) / wall_s,
+    }
+
+
+def memory_growth(hours: float = 1.0, sample_hz: float = 10.0) -> dict:
+    clock = FakeClock(0.0)
+    sensor = ReplayNvmlSensor(TRACE, clock=clock)
+    sampler = Sampler([sensor], sensor.open(), sample_hz=sample_hz, clock=clock)
+    process = psutil.Process()
+    ticks = int(hours * 3600 * sample_hz)
+    per_minute = int(60 * sample_hz)
+    sampler.boundary("epoch")
+    rss0 = None
+    phases = 0
+    for i in range(1, ticks + 1):
+        clock.advance(1.0 / sample_hz)
+        sampler.step()
+        if i % per_minute == 0:
+            sampler.boundary("epoch")
+        if i % (10 * per_minute) == 0:
+            phases += len(sampler.collect(timeout_s=0))
+        if i == per_minute:
+            gc.collect()
+            rss0 = process.memory_info().rss
+    gc.collect()
+    rss1 = process.memory_info().rss
+    history = sum(len(points) for points in sampler.history().values())
+    return {
+        "simulated_s": ticks / sample_hz,
+        "ticks": ticks,
+        "phases_collected": phases,
+        "history_points": history,
+        "rss_growth_mb": (rss1 - rss0) / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="wall seconds per CPU case")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    cases = [(10.0, None), (100.0, None), (10.0, 1.0)]
+    cpu = [cpu_cost(hz, args.seconds, every) for hz, every in cases]
+    memory = memory_growth()
+    if args.json:
+        print(json.dumps({"cpu": cpu, "memory": memory}, indent=2))
+        return
+    print(f"sampler CPU (replay sensor, {args.seconds:g} s each; thread CPU clock):")
+    for c in cpu:
+        label = f"{c['sample_hz']:>5g} Hz" + (
+            f", boundary every {c['boundary_every_s']:g} s" if c["boundary_every_s"] else ""
+        )
+        print(
+            f"  {label:<32} {c['sampler_cpu_pct_of_core']:6.3f}% of a core "
+            f"({c['reads_per_s']:.1f} reads/s, {c['counter_reads_per_s']:.2f} counter reads/s); "
+            f"on a real H200 with NVML's read costs ~{c['h200_estimate_cpu_pct_of_core']:.2f}%"
+        )
+    print(
+        f"memory: {memory['ticks']:,} ticks ({memory['simulated_s'] / 3600:g} simulated hour, "
+        f"{memory['phases_collected']} phases collected, {memory['history_points']} history "
+        f"points kept): RSS growth {memory['rss_growth_mb']:.2f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
