@@ -4,6 +4,7 @@ the Ledger API by tests/_ledger_factory.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import re
@@ -20,7 +21,7 @@ from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
 from wattwise.report import build_report
 from wattwise.report._charts import _downsample
-from wattwise.report._data import pareto_mask, parse_scenarios, pick_metric
+from wattwise.report._data import csv_text, pareto_mask, parse_scenarios, pick_metric
 from wattwise.report._html import num
 from wattwise.types import FLAGS, PhaseEnergy
 
@@ -120,15 +121,15 @@ def test_csv_round_trip_with_hand_checked_values(ledger, settings, tmp_path) -> 
     phases = pd.read_csv(result.phases_csv)
     assert list(phases.columns) == [
         "run_id", "architecture", "epoch", "stage", "device_id", "kind", "device_name", "method",
-        "flags", "start_s", "end_s", "duration_s", "energy_j", "energy_wh", "mean_power_w",
+        "flags", "start_s", "end_s", "duration_s", "energy_j", "mean_power_w",
         "peak_power_w",
     ]  # fmt: skip
     # epochs x 2 stages x devices: 3x2x3 + 3x2x3 + 4x2x3 + 2x2x2 + 1x2x3
     assert len(phases) == 74
     assert not phases.duplicated(["run_id", "epoch", "stage", "device_id"]).any()
-    per_run_wh = phases.groupby("run_id")["energy_wh"].sum()
+    per_run_j = phases.groupby("run_id")["energy_j"].sum()
     for rid, row in table.iterrows():
-        assert per_run_wh[rid] == pytest.approx(row["total_wh"])
+        assert per_run_j[rid] / 3600 == pytest.approx(row["total_wh"])
     gpu_train = phases[
         (phases["run_id"] == runs["constrained"][0])
         & (phases["epoch"] == 1)
@@ -350,3 +351,19 @@ def test_helpers() -> None:
     assert len(down) == 100
     assert down.mean() == pytest.approx(values.mean())
     assert down[0] == pytest.approx(4.5)  # mean of 0..9
+
+
+def test_csv_text_reads_back_like_pandas_to_csv() -> None:
+    frame = pd.DataFrame(
+        {
+            "name": ["a,b", 'say "hi"', "two\nlines", HOSTILE],
+            "epoch": pd.array([0, None, 2, 3], dtype="Int64"),
+            "energy_j": [1.5, float("nan"), 1e-7, 123456.789],
+            "empty": [None] * 4,
+            "flag": [True, False, True, False],
+        }
+    )
+    ours = pd.read_csv(io.StringIO(csv_text(frame)))
+    theirs = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert ours["name"].tolist() == frame["name"].tolist()

@@ -81,8 +81,8 @@ def build_report(
         data = _data.collect(opened, run_ids, region=region, pricing=pricing, settings=settings)
         page = _html.render(data, opened)
     result = ReportResult(html, csvs / "runs.csv", csvs / "phases.csv", len(data.runs))
-    _write(result.runs_csv, data.runs.to_csv(index=False))
-    _write(result.phases_csv, data.phases.to_csv(index=False))
+    _write(result.runs_csv, _data.csv_text(data.runs))
+    _write(result.phases_csv, _data.csv_text(data.phases))
     _write(result.html_path, page)
     return result
 

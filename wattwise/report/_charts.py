@@ -293,11 +293,12 @@ def params_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, st
         return None
     phases = data.phases[data.phases["run_id"].isin(run_ids) & data.phases["epoch"].notna()]
     per_epoch = phases.groupby(["run_id", "epoch"])["energy_j"].sum()
+    snapshots = data.snapshots[data.snapshots["run_id"].isin(run_ids)]
     with _style():
         fig, axes = _grid(1, row_in=2.8)
         ax = axes[0, 0]
         for rid in run_ids:
-            snaps = data.snapshots[data.snapshots["run_id"] == rid].sort_values("epoch")
+            snaps = snapshots[snapshots["run_id"] == rid].sort_values("epoch")
             if rid not in per_epoch.index.get_level_values(0) or snaps.empty:
                 continue
             cumulative_wh = per_epoch.loc[rid].cumsum() / J_PER_WH

