@@ -65,16 +65,23 @@ class _History:
         self.seen += 1
 
 
-def _loop(ref: weakref.ref[Sampler], stop_event: threading.Event) -> None:
+def _loop(ref: weakref.ref[Sampler], stop_event: threading.Event, wake: threading.Event) -> None:
     delay_s = 0.0
-    while not stop_event.wait(delay_s):
+    while True:
+        wake.wait(delay_s)  # set early by collect() and stop()
+        wake.clear()
         sampler = ref()
-        if sampler is None:
+        if stop_event.is_set() or sampler is None:
             return
         started = time.monotonic()
         wanted_s = sampler.step()
         del sampler
         delay_s = max(0.0, wanted_s - (time.monotonic() - started))
+
+
+def _signal_stop(stop_event: threading.Event, wake: threading.Event) -> None:
+    stop_event.set()
+    wake.set()
 
 
 class Sampler:
@@ -118,8 +125,9 @@ class Sampler:
         self._cond = threading.Condition(self._lock)
         self._step_lock = threading.Lock()  # one step at a time (thread or inline)
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._finalizer = weakref.finalize(self, self._stop_event.set)
+        self._finalizer = weakref.finalize(self, _signal_stop, self._stop_event, self._wake)
 
     # ---- called from the training side ----------------------------------------------------
     def start(self) -> None:
@@ -128,7 +136,7 @@ class Sampler:
             return
         self._thread = threading.Thread(
             target=_loop,
-            args=(weakref.ref(self), self._stop_event),
+            args=(weakref.ref(self), self._stop_event, self._wake),
             name="wattwise-sampler",
             daemon=True,
         )
@@ -136,7 +144,7 @@ class Sampler:
 
     def stop(self) -> None:
         """Stop the thread (idempotent); sensors stay open (their owner closes them)."""
-        self._stop_event.set()
+        _signal_stop(self._stop_event, self._wake)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5.0)
@@ -160,6 +168,7 @@ class Sampler:
         if running:
             with self._cond:
                 self._collect_wanted = True
+                self._wake.set()  # read now rather than at the next tick
                 self._cond.wait_for(
                     lambda: not self._incoming and self._all_resolved(),
                     timeout=max(0.0, deadline - time.monotonic()),
