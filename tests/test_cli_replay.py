@@ -148,3 +148,11 @@ def test_ledger_needs_a_gpu_name(capsys, nvml_fixtures, tmp_path):
     with Ledger(db) as ledger:
         run = ledger.get_run(run_id)
     assert run.epochs == 2 and run.architecture == "h200-lightning-fit-50hz"
+
+
+def test_marks_outside_the_trace_are_refused(capsys, nvml_fixtures, tmp_path):
+    marks = tmp_path / "other.json"
+    marks.write_text('{"marks": [["train_epoch_start", 1.0], ["train_epoch_end", 99.0]]}')
+    assert main(["replay", str(nvml_fixtures / FIT), "--marks", str(marks)]) == 2
+    err = capsys.readouterr().err
+    assert "'train_epoch_end' at 99.0 s" in err and "outside the trace" in err

@@ -158,3 +158,22 @@ def test_forgotten_meter_releases_its_thread_and_sensors():
         time.sleep(0.01)
     assert not sampler_threads()
     assert sensor.closed == 1
+
+
+def test_an_opened_discovery_is_used_as_is_and_left_open():
+    from wattwise.sensors.discovery import Discovery
+
+    sensor = FakeSensor(25.0)
+    found = Discovery([sensor], sensor.open(), [])
+    with Meter(sensors=found, sample_hz=50) as meter:
+        time.sleep(0.1)
+    assert sensor.opened == 1 and sensor.closed == 0  # the caller owns it
+    (phase,) = meter.result.phases
+    assert phase.energy_j == pytest.approx(25.0 * phase.duration_s, rel=1e-6)
+
+
+def test_nothing_to_measure_is_said_not_raised():
+    with Meter(sensors=[]) as meter:
+        pass
+    assert meter.result.energy_j == 0.0 and meter.result.devices == []
+    assert any("no device to measure" in w for w in meter.result.warnings)

@@ -122,6 +122,10 @@ class Meter:
         if self._sampler is not None or self.result is not None:
             raise RuntimeError("this Meter was already started; use a new Meter for a new span")
         sensors, devices, owned = self._open_sensors()
+        if not devices:
+            self._warn(
+                "no device to measure: every energy figure will be 0 (see `wattwise devices`)"
+            )
         self.devices = devices
         sampler = Sampler(sensors, devices, sample_hz=self.sample_hz, clock=self._clock)
         self._finalizer = weakref.finalize(self, _release, sampler, owned)

@@ -104,9 +104,11 @@ class Sampler:
         self.counter_hz = float(counter_hz)
         self.clock = clock
         self._period_s = 1.0 / self.sample_hz
+        # While a boundary waits, poll at a fifth of the slowest counter's update period: fast
+        # enough to catch a stepped counter's (NVML: 0.1 s) next change within a quarter period.
         counter_periods = [d.update_period_s for d in devices if d.method in ("counter", "rapl")]
         self._fast_period_s = min(
-            self._period_s, max(FAST_MIN_S, min(counter_periods, default=1.0) / 5)
+            self._period_s, max(FAST_MIN_S, max(counter_periods, default=0.0) / 5)
         )
         self.warnings: list[str] = []
         self._sensors = list(sensors)

@@ -43,6 +43,14 @@ def replay_phases(
 
     if method not in METHODS:
         raise BadInput(f"--method {method!r} is not accepted; use one of {', '.join(METHODS)}")
+    if marks is not None:
+        first, last = trace.t_s[0], trace.t_s[-1]
+        for label, t_s in marks.marks:
+            if not first <= t_s <= last:
+                raise BadInput(
+                    f"{marks.path}: mark {label!r} at {t_s} s lies outside the trace "
+                    f"{trace.path} ({first}-{last} s); marks must be on the trace's clock"
+                )
     samples = trace.samples(info.device_id)
     if marks is None or not marks.marks:
         boundaries, end_s = [("trace", trace.t_s[0])], trace.t_s[-1]
@@ -210,8 +218,6 @@ def register(app: typer.Typer) -> None:
         """Integrate a recorded NVML trace: energy per phase between its marks."""
         from wattwise.sensors.replay import load_marks, load_trace, replay_device
 
-        if method not in METHODS:
-            raise BadInput(f"--method {method!r} is not accepted; use one of {', '.join(METHODS)}")
         trace = load_trace(trace_path)
         marks = load_marks(marks_path) if marks_path is not None else None
         gpu = gpu or (marks.gpu if marks is not None else None)
