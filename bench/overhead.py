@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--device", default="cpu", help="Lightning accelerator: cpu or cuda")
     parser.add_argument("--trackers", default=",".join(TRACKERS))
     parser.add_argument("--zeus-path", default="", help="a pip --target folder holding zeus")

@@ -303,9 +303,11 @@ class _EnergyLogic:
         local: dict[str, float] = {}
         if self._meter is not None:
             self._pending = self._guard(trainer, "idle baseline", self._meter.collect) or []
+            node = int(trainer.node_rank)
             for phase in self._pending:
                 if phase.name == "baseline" and phase.duration_s > 0:
-                    local[phase.device_id] = phase.energy_j / phase.duration_s
+                    device_id = _node_device_id(phase.device_id, phase.kind, node)
+                    local[device_id] = phase.energy_j / phase.duration_s
         for idle_w in _gather(trainer, local):
             self.idle_power_w.update(idle_w)
         self.flags.add("idle_baseline")
@@ -576,7 +578,7 @@ class _EnergyLogic:
                 self.energy_j,
                 self.duration_s + self._elapsed_s(),
                 scenario=scenario,
-                gpu_name=gpus[0].name if gpus else None,
+                gpu_name=(gpus[0].details.get("gpu") or gpus[0].name) if gpus else None,
                 n_gpus=max(1, len(gpus)),
                 settings=settings,
             )
@@ -721,11 +723,13 @@ class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
 # --------------------------------------------------------------------- helpers
 def _check_region_pricing(region: str | None, scenario: str | None) -> None:
     """UnknownRegion / BadInput (naming the value and what is accepted) for unusable values."""
-    from wattwise import carbon, pricing
-
     if region is not None:
+        from wattwise import carbon
+
         carbon.intensity(region)
     if scenario is not None and scenario.strip().lower() != "onprem":
+        from wattwise import pricing
+
         pricing.instance(scenario)
 
 
@@ -778,13 +782,11 @@ def _merge(
             continue
         renamed: dict[str, str] = {}
         for device in report.devices:
-            if device.kind == "gpu":
-                if gpu_owner.setdefault(device.device_id, rank) != rank:
-                    continue
-                renamed[device.device_id] = device.device_id
-            else:
-                suffix = f"@node{report.node_rank}" if report.node_rank > 0 else ""
-                renamed[device.device_id] = device.device_id + suffix
+            if device.kind == "gpu" and gpu_owner.setdefault(device.device_id, rank) != rank:
+                continue
+            renamed[device.device_id] = _node_device_id(
+                device.device_id, device.kind, report.node_rank
+            )
             devices.append(replace(device, device_id=renamed[device.device_id]))
         for phase in report.phases:
             device_id = renamed.get(phase.device_id)
@@ -796,7 +798,14 @@ def _merge(
     return phases, devices, in_epoch
 
 
+def _node_device_id(device_id: str, kind: str, node_rank: int) -> str:
+    """Host devices of node k > 0 get ``@node<k>``: ``cpu:machine`` is on every node; GPU UUIDs
+    are unique everywhere."""
+    return device_id if kind == "gpu" or node_rank == 0 else f"{device_id}@node{node_rank}"
+
+
 def _snapshot(pl_module: Any, label: str) -> ArchSnapshot:
+
     params = list(pl_module.parameters())
     return ArchSnapshot(
         trainable_params=sum(p.numel() for p in params if p.requires_grad),

@@ -10,6 +10,7 @@ import itertools
 import logging
 import math
 import pathlib
+import signal
 import time
 
 import pytest
@@ -214,10 +215,14 @@ def test_square_wave_power_is_attributed_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_record_snapshots_metrics_and_summary(tmp_path, replay):
+def test_run_record_snapshots_metrics_and_summary(tmp_path, replay, caplog):
+
     cb = EnergyCallback(ledger=tmp_path / "w.db", tags=("t1",))
     fit = trainer(tmp_path, [cb], max_epochs=2)
-    fit.fit(TinyModel(width=8), loader(), loader(32))
+    with caplog.at_level(logging.INFO):
+        fit.fit(TinyModel(width=8), loader(), loader(32))
+    (shown,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wattwise run")]
+    assert cb.run_id in shown and "2 epochs" in shown and "Wh" in shown
     ledger = Ledger(tmp_path / "w.db")
     run = ledger.get_run(cb.run_id)
     assert run.architecture == "TinyModel" and run.tags == ["t1"]
@@ -332,6 +337,28 @@ def test_exception_in_training_step_leaves_a_failed_run_with_its_completed_epoch
     # what was measured after the last completed epoch is kept too (epoch None)
     assert any(pd_isna(r["epoch"]) for r in rows)
     assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+
+
+class Interrupting(TinyModel):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.slow
+def test_keyboard_interrupt_marks_the_run_interrupted(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT while it shuts down
+    try:
+        with pytest.raises(SystemExit):
+            trainer(tmp_path, [cb], max_epochs=3).fit(Interrupting(), loader(), loader(32))
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert run.status == "interrupted" and run.epochs == 1
+    assert run.reason.startswith("KeyboardInterrupt")
+    assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9) and cb._meter is None
 
 
 @pytest.mark.slow
