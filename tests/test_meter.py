@@ -177,3 +177,26 @@ def test_nothing_to_measure_is_said_not_raised():
         pass
     assert meter.result.energy_j == 0.0 and meter.result.devices == []
     assert any("no device to measure" in w for w in meter.result.warnings)
+
+
+def test_discovered_replay_gpu_matches_its_recorded_counter(monkeypatch, nvml_fixtures):
+    from fakes import counter_reference_j
+
+    from wattwise.sensors.replay import load_trace
+
+    path = nvml_fixtures / "h200-square-wave.csv"
+    monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(path))
+    with Meter(measure_host=False) as meter:
+        time.sleep(1.2)
+        meter.mark("second")
+        time.sleep(0.6)
+    (gpu,) = meter.result.devices
+    assert gpu.details["replay_path"] == str(path.resolve())
+    (sensor,) = meter._sampler._sensors
+    trace = load_trace(path)
+    origin = sensor.t_open_s - trace.t_s[0]
+    for phase in meter.result.phases:
+        expected = counter_reference_j(trace.t_s, trace.energy_j, phase.end_s - origin)
+        expected -= counter_reference_j(trace.t_s, trace.energy_j, phase.start_s - origin)
+        assert phase.energy_j == pytest.approx(expected, rel=0.05), phase.name
+        assert phase.method == "counter"
