@@ -243,9 +243,9 @@ class _EnergyLogic:
     # ----------------------------------------------------------------- set-up and run
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Misconfiguration raises here, before any training; everything later only warns.
+        # Every rank checks the ledger file (a read, no write), so all of them stop together.
         self._global_zero = bool(trainer.is_global_zero)
-        if self._global_zero:
-            self._open_ledger()
+        self._open_ledger()
         self._start(trainer, stage)
 
     @_guarded
@@ -352,10 +352,15 @@ class _EnergyLogic:
         if self.parent is None:
             return self._stamp
         if os.path.isfile(self.parent):
-            stamp = read_checkpoint(self.parent).get(CHECKPOINT_STAMP)
+            try:
+                stamp = read_checkpoint(self.parent).get(CHECKPOINT_STAMP)
+            except Exception as err:  # unreadable: the run is still recorded, without a parent
+                stamp, why = None, f"cannot be read ({type(err).__name__}: {err})"
+            else:
+                why = "carries no wattwise run id"
             if stamp is None:
                 self._warn_once(
-                    f"parent checkpoint {self.parent} carries no wattwise run id; "
+                    f"wattwise: parent checkpoint {self.parent} {why}; "
                     "the run is recorded without a parent"
                 )
             return stamp

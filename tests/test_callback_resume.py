@@ -148,3 +148,17 @@ def test_state_dict_round_trip_and_defaults():
     older.load_state_dict({"run_id": "r0", "energy_by_kind_j": {"gpu": 2.0}})  # fewer fields
     assert older.run_id == "r0" and older.energy_j == 2.0 and older.epochs_completed == 0
     assert older.epoch_energy_j == [] and older.energy_by_kind_j["ram"] == 0.0
+
+
+def test_an_unreadable_parent_checkpoint_leaves_the_run_without_a_parent(
+    tmp_path,
+    replay,  # noqa: F811
+    caplog,
+):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    cb = EnergyCallback(ledger=tmp_path / "w.db", parent=broken)
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert run.parent_run_id is None and run.epochs == 1 and run.status == "finished"
+    assert any(str(broken) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
