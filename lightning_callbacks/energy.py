@@ -388,6 +388,7 @@ class _EnergyLogic:
     # ----------------------------------------------------------------- boundaries
     def _mark(self, trainer: Any, label: str) -> None:
         """Start a new phase now: a clock read in the Meter, never a sensor read."""
+        self._label = label
         if self._meter is None:
             return
         if self.sync_cuda and trainer.strategy.root_device.type == "cuda":
@@ -395,7 +396,6 @@ class _EnergyLogic:
 
             torch.cuda.synchronize(trainer.strategy.root_device)
         self._meter.mark(label)
-        self._label = label
         self._n_marks += 1
 
     @_guarded
