@@ -156,3 +156,38 @@ def test_marks_outside_the_trace_are_refused(capsys, nvml_fixtures, tmp_path):
     assert main(["replay", str(nvml_fixtures / FIT), "--marks", str(marks)]) == 2
     err = capsys.readouterr().err
     assert "'train_epoch_end' at 99.0 s" in err and "outside the trace" in err
+
+
+def test_ledger_stages_nest_like_the_hooks(tmp_path):
+    from wattwise.commands.replay import ledger_epochs
+    from wattwise.sensors.replay import Marks
+
+    marks = Marks(
+        tmp_path / "m.json",
+        [
+            ("sanity_check_start", 1.0),
+            ("sanity_check_end", 1.5),
+            ("train_epoch_start", 2.0),
+            ("val_start", 5.0),
+            ("val_end", 6.0),
+            ("train_epoch_end", 6.5),
+            ("train_epoch_start", 6.5),  # back to back: the empty "other" between is dropped
+            ("train_epoch_end", 9.0),
+            ("checkpoint", 9.5),  # a plain label names what follows
+            ("late", 20.0),  # outside the span: ignored
+        ],
+    )
+    boundaries, epochs, completed = ledger_epochs(marks, 0.0, 10.0)
+    assert boundaries == [
+        ("other", 0.0),
+        ("sanity_check", 1.0),
+        ("other", 1.5),
+        ("train", 2.0),
+        ("validate", 5.0),
+        ("train", 6.0),
+        ("train", 6.5),
+        ("other", 9.0),
+        ("checkpoint", 9.5),
+    ]
+    assert epochs == [None, None, None, 0, 0, 0, 1, None, None]
+    assert completed == 2

@@ -200,3 +200,18 @@ def test_discovered_replay_gpu_matches_its_recorded_counter(monkeypatch, nvml_fi
         expected -= counter_reference_j(trace.t_s, trace.energy_j, phase.start_s - origin)
         assert phase.energy_j == pytest.approx(expected, rel=0.05), phase.name
         assert phase.method == "counter"
+
+
+def test_measurement_modules_import_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wattwise.meter, wattwise.sampler, wattwise.integrate, "
+        "wattwise.sensors.replay, wattwise.commands.replay\n"
+        "heavy = {'torch', 'pynvml', 'pandas', 'lightning', 'pytorch_lightning', 'codecarbon',"
+        " 'psutil', 'matplotlib'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

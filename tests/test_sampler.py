@@ -245,3 +245,14 @@ def test_live_replay_through_the_sampler_meets_the_counter_bounds(nvml_fixtures)
             )
             # ~1 Hz, plus up to ~7 reads to catch the counter's change after each boundary
             assert sensor.counter_reads < trace.duration_s + 8 * len(marks.marks)
+
+
+def test_history_decimates_by_two_when_full():
+    from wattwise.sampler import _History
+
+    history = _History(4)
+    for i in range(10):
+        history.add(float(i), 100.0 + i)
+    # full at 4 points -> every other dropped (stride 2), full again -> stride 4
+    assert [t for t, _ in history.points] == [0.0, 4.0, 8.0]
+    assert history.stride == 4
