@@ -367,3 +367,22 @@ def test_csv_text_reads_back_like_pandas_to_csv() -> None:
     theirs = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
     pd.testing.assert_frame_equal(ours, theirs)
     assert ours["name"].tolist() == frame["name"].tolist()
+
+
+def test_intensity_series_prices_each_run_over_its_own_interval(ledger, tmp_path) -> None:
+    series = tmp_path / "grid.csv"
+    series.write_text(
+        "timestamp,gco2e_per_kwh\n2026-11-02T09:00:00Z,100\n2026-11-02T10:00:00Z,300\n"
+    )
+    settings = config.load(env={}, cwd=tmp_path).with_overrides(
+        pue=PUE, intensity_series=str(series)
+    )
+    morning = add_run(ledger, RunSpec("a"), start=T0)  # 09:00:00 .. 09:00:36 at 100 g/kWh
+    later = add_run(ledger, RunSpec("a"), start=T0 + timedelta(hours=1))  # at 300 g/kWh
+    result = build_report(ledger, out_dir=tmp_path / "out", settings=settings)
+    table = pd.read_csv(result.runs_csv).set_index("run_id")
+    assert table.loc[morning, "gco2e_per_kwh"] == pytest.approx(100.0)
+    assert table.loc[later, "gco2e_per_kwh"] == pytest.approx(300.0)
+    assert table.loc[later, "co2e_kg[onprem]"] == pytest.approx(6.05 / 1000 * PUE * 300 / 1000)
+    html = result.html_path.read_text()
+    assert "100–300" in html and "over each run&#39;s interval (2 runs)" in html

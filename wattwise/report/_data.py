@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput, UnknownHardware, UnknownRegion
@@ -77,7 +78,7 @@ class ReportData:
     """run_id -> the ledger's RunRecord (settings, devices, versions)."""
     scenarios: list[Scenario]
     intensities: dict[str, Any]
-    """region label -> carbon.Intensity used for the runs in that region."""
+    """region label (run id with an intensity series) -> the carbon.Intensity of its runs."""
     metric: str | None
     """The headline metric column (``metric/<name>``) or None when no run has metrics."""
     metric_lower_is_better: bool
@@ -239,7 +240,15 @@ def collect(
         table[f"metric/{name}"] = [r.metrics.get(name) for r in records]
     phases = _phase_table(ledger.phases(), table)
     table["j_per_train_sample"] = _j_per_train_sample(records, phases)
-    table["wh_to_best_val"] = None  # see build_report's docstring: needs per-epoch metrics
+    table["wh_to_best_val"] = None
+    notes.append(
+        "wh_to_best_val is empty: the ledger keeps each run's final metrics, not per-epoch ones"
+    )
+    if table["j_per_train_sample"].isna().all():
+        notes.append(
+            "j_per_train_sample is empty: no run recorded train_samples or "
+            "train_samples_per_epoch in its settings or metrics"
+        )
     table["cumulative_wh"] = [
         ledger.cumulative_energy_j(r.run_id) / J_PER_WH
         if r.parent_run_id
@@ -326,27 +335,36 @@ def _estimated_kinds(record: Any) -> str:
 def _intensities(
     records: Sequence[Any], region: str | None, settings: Any, notes: list[str]
 ) -> tuple[dict[str, Any], list[str]]:
-    """Grid intensity per region in use, and each run's region key. An explicit ``region``
-    applies to every run; otherwise a run's own region, else the configured one."""
+    """Grid intensity per region in use, and each run's key into it. An explicit ``region``
+    applies to every run; otherwise a run's own region, else the configured one. With an
+    intensity time series configured, each run gets the series' mean over its own interval."""
     from wattwise import carbon
 
     default = region if region is not None else settings.get("region")
+    per_run = settings.get("intensity_series") is not None
     intensities: dict[str, Any] = {}
     keys: list[str] = []
     for record in records:
         label = record.region if region is None and record.region else default
-        key = label or ""
+        key = record.run_id if per_run else label or ""
         if key not in intensities:
+            window = _window(record) if per_run else {}
             try:
-                intensities[key] = carbon.intensity(label or None, settings)
+                intensities[key] = carbon.intensity(label or None, settings, **window)
             except UnknownRegion as err:
                 if label == region:
                     raise
                 # a region stored with an old run that today's tables lack: world average
                 _note(notes, f"region {label!r} of some runs is unknown ({err}): world average")
-                intensities[key] = carbon.intensity(None, settings)
+                intensities[key] = carbon.intensity(None, settings, **window)
         keys.append(key)
     return intensities, keys
+
+
+def _window(record: Any) -> dict[str, datetime]:
+    start = datetime.fromisoformat(record.started_at)
+    end = start + timedelta(seconds=record.duration_s or 0.0)
+    return {"start": start, "end": end}
 
 
 def _price(

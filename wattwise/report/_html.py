@@ -93,7 +93,7 @@ def render(data: ReportData, ledger: Any) -> str:
         methods=METHODS,
         sampling=_sampling(data),
         flags=_flag_rows(data),
-        intensities=list(data.intensities.values()),
+        intensities=_intensity_rows(data),
         versions=_versions(data),
         charts={k: _markup(v) for k, v in charts.items()},
         cost_column=cost_column,
@@ -329,6 +329,32 @@ def _flag_rows(data: ReportData) -> list[dict[str, Any]]:
         {"flag": flag, "meaning": FLAGS.get(flag, "not in wattwise's flag vocabulary"), "runs": n}
         for flag, n in sorted(counts.items())
     ]
+
+
+def _intensity_rows(data: ReportData) -> list[dict[str, Any]]:
+    """The grid intensities behind the CO2e figures, one row per region and data set (runs
+    priced over their own interval of an intensity time series share one row)."""
+    groups: dict[tuple[Any, Any], list[Any]] = {}
+    for found in data.intensities.values():
+        dataset = found.provenance.get("dataset", found.source)
+        groups.setdefault((found.region, dataset), []).append(found)
+    rows = []
+    for (region, dataset), found in groups.items():
+        low, high = (num(f(i.gco2e_per_kwh for i in found), 4) for f in (min, max))
+        single = len(found) == 1
+        rows.append(
+            {
+                "region": region or "world average",
+                "value": low if low == high else f"{low}–{high}",
+                "source": found[0].source
+                if single
+                else f"{dataset}: time-weighted mean over each run's interval ({len(found)} runs)",
+                "year": ", ".join(sorted({str(i.year) for i in found})),
+                "flags": sorted({f for i in found for f in i.flags}),
+                "details": found[0].provenance if single else {},
+            }
+        )
+    return rows
 
 
 def _versions(data: ReportData) -> list[tuple[str, int]]:
