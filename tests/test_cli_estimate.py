@@ -27,8 +27,10 @@ EPOCHS = [
 
 
 def run_json(capsys, *args: str) -> dict:
-    assert main(["estimate", *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    code = main(["estimate", *args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
 
 
 def fail(capsys, *args: str) -> str:
