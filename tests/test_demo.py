@@ -16,6 +16,16 @@ from wattwise.cli import main
 pl = pytest.importorskip("pytorch_lightning")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is faster than two and spares the shared cores."""
+    torch_ = pytest.importorskip("torch")
+    before = torch_.get_num_threads()
+    torch_.set_num_threads(1)
+    yield
+    torch_.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [

@@ -21,6 +21,15 @@ from wattwise.zoo import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is faster than two and spares the shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs,

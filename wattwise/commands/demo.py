@@ -53,21 +53,26 @@ def _show(result: DemoResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="wattwise demo: what each architecture cost")
-    columns = ("architecture", "test acc", "epochs", "time s", "energy Wh", "cost $", "CO2e g")
-    for column in (*columns, "parameters"):
-        table.add_column(column, justify="left" if column == "architecture" else "right")
+    epochs = sorted({run.epochs for run in result.runs})
+    table = Table(
+        title="wattwise demo: what each architecture cost",
+        caption=f"{', '.join(map(str, epochs))} training epochs each, then the test set; "
+        "cost and CO2e include PUE",
+    )
+    for column in ("model", "test acc", "time s", "energy Wh", "cost $", "gCO2e", "parameters"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for run in result.runs:
-        grown = f"{run.params_start:,} -> {run.params_end:,}"
+        params = f"{run.params_start:,}"
+        if run.params_end != run.params_start:
+            params += f" -> {run.params_end:,}"
         table.add_row(
             run.architecture,
             _fmt(run.test_acc, ".3f"),
-            str(run.epochs),
             f"{run.duration_s:.1f}",
             f"{run.energy_wh:.3g}",
             _fmt(run.cost_usd, ".2g"),
             _fmt(None if run.co2e_kg is None else run.co2e_kg * 1000, ".3g"),
-            grown if run.params_end != run.params_start else f"{run.params_start:,}",
+            params,
         )
     console = Console()
     console.print(table)
