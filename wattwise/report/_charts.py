@@ -128,6 +128,9 @@ def pareto(data: ReportData, colors: dict[str, str]) -> str | None:
             drawstyle="steps-post",
             color="black",
             linewidth=1,
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
             label="Pareto frontier",
         )
         if max(energy) > 50 * max(min(energy), 1e-12):
