@@ -59,8 +59,12 @@ def _show(result: DemoResult) -> None:
         caption=f"{', '.join(map(str, epochs))} training epochs each, then the test set; "
         "cost and CO2e include PUE",
     )
-    for column in ("model", "test acc", "time s", "energy Wh", "cost $", "gCO2e", "parameters"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    for column in ("model", "test acc", "s", "Wh", "USD", "gCO2e", "params"):
+        table.add_column(
+            column,
+            justify="left" if column == "model" else "right",
+            no_wrap=column in ("model", "params"),
+        )
     for run in result.runs:
         params = f"{run.params_start:,}"
         if run.params_end != run.params_start:
