@@ -25,7 +25,7 @@ import math
 from typing import Any
 
 from lightning_callbacks._compat import callback_bases, namespace_of, rank_zero_info
-from wattwise.errors import BadInput, WattwiseError
+from wattwise.errors import BadInput
 from wattwise.units import j_to_kwh
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class _BudgetLogic:
         self._last_total_j = cb.energy_j
         try:
             message = self._crossing(trainer, cb)
-        except WattwiseError as err:  # e.g. a GPU the price table does not know
+        except Exception as err:  # e.g. a GPU the price table does not know: never stop training
             message = None
             if str(err) not in self._errors and trainer.is_global_zero:
                 self._errors.add(str(err))
