@@ -204,6 +204,12 @@ def test_table_output(capsys):
     out = capsys.readouterr().out
     assert "A100 SXM" in out
     assert "fastest: H100 SXM 80 GB" in out
+    assert "owning beats renting" in out
+    cloud = ["--epochs", "5", "--gpu", "H100,H200", "--pricing", "aws:p5.48xlarge"]
+    assert main(["estimate", *args, *cloud, "--budget-kwh", "0.032"]) == 0
+    out = capsys.readouterr().out
+    assert "priced as onprem" in out  # AWS rents no H200 in the table
+    assert "H100 SXM 80 GB: over: kwh" in out  # 5 x 24 kJ = 0.0333 kWh
 
 
 @pytest.mark.parametrize(

@@ -296,6 +296,59 @@ def test_json_shape_is_the_design_one():
     assert "no_region" not in data["flags"]
 
 
+def test_cloud_pricing_uses_an_instance_with_each_targets_gpu():
+    # one hour per epoch; aws:p5.48xlarge holds 8 H100s, AWS's A100 80 GB is the p4de, and AWS
+    # has no H200 in the table, so the H200 is priced on-prem
+    profile = h100_profile(seconds_per_epoch=3600.0, joules_per_epoch=1.44e6)
+    result = estimate(profile, Plan(epochs=2), [H100, A100, H200], pricing="aws:p5.48xlarge")
+    h100, a100, h200 = result.targets
+    assert (h100.pricing, a100.pricing, h200.pricing) == (
+        "aws:p5.48xlarge",
+        "aws:p4de.24xlarge",
+        "onprem",
+    )
+    p5 = pricing.instance("aws:p5.48xlarge")
+    assert h100.cost_usd == pytest.approx(2 * p5.price_per_hour_usd / p5.n_gpus)
+    p4de = pricing.instance("aws:p4de.24xlarge")
+    assert a100.cost_usd == pytest.approx(a100.seconds / 3600 * p4de.price_per_hour_usd / 8)
+    # each figure's PUE is its scenario's: AWS for the instances, on-prem for the H200
+    assert h100.pue == carbon.pue("aws:p5.48xlarge").value
+    assert h200.pue == carbon.pue("onprem").value
+    assert h100.co2e_kg == pytest.approx(h100.energy_kwh * h100.pue * result.gco2e_per_kwh / 1000)
+    assert h100.break_even_instance == "aws:p5.48xlarge"
+    assert h100.break_even_gpu_hours_per_year == pytest.approx(
+        pricing.break_even_gpu_hours_per_year(H100.name, "aws:p5.48xlarge")
+    )
+
+
+def test_onprem_break_even_is_against_the_cheapest_rental(tmp_path):
+    from wattwise import config
+
+    # a custom instance far below the H100's own electricity: renting always wins (inf -> null)
+    settings = config.load(env={}, cwd=tmp_path).with_overrides(
+        instances={
+            "lab:h100": {
+                "gpus": 1,
+                "gpu": "H100",
+                "price_per_hour_usd": 0.01,
+                "source": "test",
+                "date": "2025-01",
+            }
+        }
+    )
+    (t,) = estimate(h100_profile(), Plan(epochs=1), [H100], settings=settings).targets
+    assert t.break_even_instance == "lab:h100"
+    assert t.break_even_gpu_hours_per_year == float("inf")
+    assert t.to_json()["break_even_gpu_hours_per_year"] is None
+    per_gpu_hour = {
+        i.name: i.price_per_gpu_hour_usd
+        for i in pricing.instances()
+        if hardware.lookup(i.gpu).name == H100.name
+    }
+    (t,) = estimate(h100_profile(), Plan(epochs=1), [H100]).targets
+    assert t.break_even_instance == min(per_gpu_hour, key=per_gpu_hour.get)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [

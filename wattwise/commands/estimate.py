@@ -58,8 +58,6 @@ def _show(result: EstimateResult) -> None:
             no_wrap=not left,
             min_width=9 if left else 0,
         )
-    if result.budgets:
-        table.add_column("budget")
     for t in result.targets:
         b = t.band
         row = [
@@ -70,12 +68,16 @@ def _show(result: EstimateResult) -> None:
             _band(*(f"{v:,.3g}" for v in (t.cost_usd, *b["cost_usd"]))),
             _band(*(f"{v:.3g}" for v in (t.co2e_kg, *b["co2e_kg"]))),
         ]
-        if result.budgets:
-            over = [name for name, ok in t.verdicts.items() if not ok]
-            row.append(f"[red]over: {', '.join(over)}[/red]" if over else "ok")
         table.add_row(*row)
     console = Console()
     console.print(table)
+    if result.budgets:
+        limits = ", ".join(f"{name} {limit:g}" for name, limit in result.budgets.items())
+        console.print(f"budgets ({limits}):")
+        for t in result.targets:
+            over = [name for name, ok in t.verdicts.items() if not ok]
+            verdict = f"[red]over: {', '.join(over)}[/red]" if over else "within"
+            console.print(f"  {t.gpu}: {verdict}")
     for label, name in (
         ("cheapest", result.cheapest),
         ("fastest", result.fastest),
