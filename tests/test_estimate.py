@@ -152,6 +152,19 @@ def test_same_gpu_gives_the_measured_figures():
     assert t.verdicts == {}
 
 
+def test_two_gpus_share_the_epoch_energy():
+    # 80 kJ per 100 s epoch on 2 GPUs = 400 W each; on A100s each draws its own scaled power
+    profile = h100_profile(joules_per_epoch=80_000.0, n_gpus=2)
+    same, a100 = estimate(profile, Plan(epochs=3), [H100, A100]).targets
+    assert same.gpu_power_w == pytest.approx(400.0)
+    assert same.energy_kwh == pytest.approx(3 * 80_000.0 / 3.6e6)
+    assert same.n_gpus == 2
+    assert same.cost_usd == pytest.approx(
+        pricing.cost(240_000.0, 300.0, gpu_name=H100.name, n_gpus=2).total_usd
+    )
+    assert a100.energy_kwh == pytest.approx(2 * a100.gpu_power_w * a100.seconds / 3.6e6)
+
+
 def test_warmup_is_paid_once_by_a_run_from_scratch():
     profile = h100_profile(warmup_extra_s=30.0, warmup_extra_j=9000.0)
     (t,) = estimate(profile, Plan(epochs=10), [H100]).targets
