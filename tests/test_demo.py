@@ -119,7 +119,12 @@ def test_growth_shows_in_snapshots_and_energy_spans_it(tmp_path):
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
+    from wattwise.ledger import Ledger
+
     ledger, out = tmp_path / "demo.db", tmp_path / "reports"
+    with Ledger(ledger) as store:  # an earlier run the demo must neither touch nor report
+        earlier = store.begin_run(architecture="baseline")
+        store.finish_run(earlier)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTWISE_")}
     proc = subprocess.run(
         [
@@ -137,11 +142,10 @@ def test_demo_quick_end_to_end(tmp_path):
     for noise in ("GPU available", "Tip:", "Warning", "LeafSpec", "Traceback"):
         assert noise not in proc.stderr, proc.stderr
 
-    from wattwise.ledger import Ledger
-
     with Ledger(ledger) as store:
-        runs = store.list_runs()
+        runs = [r for r in store.list_runs() if r.run_id != earlier]
         snaps = store.snapshots()
+        assert store.get_run(earlier).status == "finished"
     assert sorted(r.architecture for r in runs) == ["adaptive", "baseline", "constrained"]
     assert all(r.status == "finished" for r in runs)
     assert all(r.energy_j > 0 and r.epochs == 10 for r in runs)
@@ -162,5 +166,6 @@ def test_demo_quick_end_to_end(tmp_path):
         assert name in text
     import pandas as pd
 
-    assert len(pd.read_csv(out / "runs.csv")) == 3
+    reported = pd.read_csv(out / "runs.csv")
+    assert sorted(reported["run_id"]) == sorted(r.run_id for r in runs)  # the demo's runs only
     assert (out / "phases.csv").stat().st_size > 0
