@@ -169,3 +169,21 @@ def test_demo_quick_end_to_end(tmp_path):
     reported = pd.read_csv(out / "runs.csv")
     assert sorted(reported["run_id"]) == sorted(r.run_id for r in runs)  # the demo's runs only
     assert (out / "phases.csv").stat().st_size > 0
+
+
+def test_a_run_the_ledger_did_not_record_is_an_error_not_a_silent_gap(tmp_path, monkeypatch):
+    import sqlite3
+
+    from wattwise.errors import WattwiseError
+    from wattwise.ledger import Ledger
+    from wattwise.zoo.demo import run_demo
+
+    def refuse(self, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Ledger, "begin_run", refuse)
+    with pytest.raises(WattwiseError, match="baseline: trained, but no run was recorded"):
+        run_demo(
+            epochs=1, ledger=tmp_path / "d.db", out_dir=tmp_path / "out", architectures=["baseline"]
+        )
+    assert not (tmp_path / "out" / "report.html").exists()

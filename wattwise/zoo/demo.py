@@ -17,7 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from wattwise.errors import BadInput
+from wattwise.errors import BadInput, WattwiseError
 from wattwise.zoo.models import MODELS, build_datamodule, count_parameters
 from wattwise.zoo.settings import check_settings
 
@@ -201,7 +201,6 @@ def _train_all(
                 enable_progress_bar=False,
                 enable_model_summary=False,
                 num_sanity_val_steps=0,
-                log_every_n_steps=10,
                 callbacks=callbacks,
                 default_root_dir=out_dir,
             )
@@ -209,6 +208,12 @@ def _train_all(
             val_acc = _metric(trainer.callback_metrics, "val_acc")
             tested = trainer.test(model, datamodule=datamodule, verbose=False)
             summary = energy.summary
+            if not summary.get("run_id"):
+                raise WattwiseError(
+                    f"{name}: trained, but no run was recorded in {store.path} "
+                    f"(flags: {', '.join(summary.get('flags') or ()) or 'none'}); see the "
+                    "warnings above"
+                )
             if progress is not None:
                 progress("done", name, None)
             runs.append(
