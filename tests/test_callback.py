@@ -11,6 +11,7 @@ import logging
 import math
 import pathlib
 import signal
+import threading
 import time
 
 import pytest
@@ -502,3 +503,58 @@ def test_works_with_the_lightning_namespace(tmp_path, replay):
     run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
     assert run.epochs == 2 and run.architecture == "Model" and run.energy_j > 0
     assert "energy/total_wh" in fit.callback_metrics
+
+
+class MarkRecorder:
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    def mark(self, label: str) -> None:
+        self.labels.append(label)
+
+
+class CudaTrainer:
+    """What the boundary hooks read from a trainer on a CUDA device."""
+
+    sanity_checking = False
+
+    class strategy:  # mimics trainer.strategy
+        root_device = torch.device("cuda", 0)
+
+
+def test_sync_cuda_synchronises_at_stage_boundaries_only_never_per_step(monkeypatch):
+    synced: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    cb = EnergyCallback(sync_cuda=True)
+    cb._meter, cb._stage = MarkRecorder(), "fit"
+    fit = CudaTrainer()
+    cb.on_train_epoch_start(fit, None)
+    for step in range(50):
+        cb.on_train_batch_start(fit, None, None, step)
+    cb.on_validation_start(fit, None)
+    cb.on_validation_end(fit, None)
+    for step in range(50, 100):  # training goes on after a mid-epoch validation
+        cb.on_train_batch_start(fit, None, None, step)
+    assert cb._meter.labels == ["other", "train", "validate", "other", "train"]
+    assert synced == [torch.device("cuda", 0)] * 5
+    synced.clear()
+    plain = EnergyCallback()  # the default never synchronises
+    plain._meter, plain._stage = MarkRecorder(), "fit"
+    plain.on_validation_start(fit, None)
+    assert synced == [] and plain._meter.labels == ["validate"]
+
+
+@pytest.mark.slow
+def test_hooks_never_read_a_sensor_on_the_training_thread(tmp_path, monkeypatch):
+    threads: set[str] = set()
+
+    class ThreadRecordingSensor(FakeSensor):
+        def read(self, t_s, *, counter):
+            threads.add(threading.current_thread().name)
+            return super().read(t_s, counter=counter)
+
+    use_sensors(monkeypatch, lambda: [ThreadRecordingSensor(150.0)])
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=2).fit(TinyModel(), loader(), loader(32))
+    assert cb.energy_j > 0
+    assert threads == {"wattwise-sampler"}
