@@ -35,6 +35,7 @@ FLAGS: dict[str, str] = {
     "idle_baseline": "energy above the idle power measured before the fit",
     "single_epoch": "estimate from one measured epoch: its warm-up is in the rate (too high)",
     "intensity_extrapolated": "grid-intensity series shorter than the run: nearest values used",
+    "callback_error": "the Lightning callback failed in a hook (warned): figures may be incomplete",
 }
 
 
