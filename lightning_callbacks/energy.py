@@ -710,7 +710,11 @@ class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
       started from a checkpoint saved with this callback finds its parent by itself.
     - ``sample_hz``: how often power is read (the energy counter is read about once a second).
     - ``region`` / ``pricing``: carbon region (``FRA``, ``gcp:europe-west1``) and pricing scenario
-      (``onprem``, ``aws:p5.48xlarge``); when given, ``carbon/gco2e`` / ``cost/usd`` are logged.
+      (``onprem``, ``aws:p5.48xlarge``); None: the configuration in force (``WATTWISE_REGION``,
+      ``WATTWISE_PRICING``, wattwise.toml). ``carbon/gco2e`` is logged only when a region is set
+      and ``cost/usd`` only when a pricing is set (argument or configuration); the summary always
+      has both (no region: the world average, flagged ``no_region``).
+
     - ``cpu_mode``: ``machine`` (whole CPU) or ``process`` (this process's share) when the CPU is
       estimated.
     - ``sync_cuda``: synchronise CUDA at stage boundaries (never per step), so asynchronous GPU
