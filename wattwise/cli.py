@@ -25,6 +25,23 @@ COMMAND_MODULES = (
     "demo",  # wattwise demo
 )
 
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """ClickException of click and of the click copy that newer typer releases ship."""
+    import click
+
+    errors: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:  # typer built on click itself
+        pass
+    else:
+        errors.append(TyperClickException)
+    return tuple(errors)
+
+
+_CLICK_ERRORS = _click_errors()
+
 app = typer.Typer(
     name="wattwise",
     help="Energy, money and carbon of deep-learning training: measure, compare, predict.",
@@ -69,13 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 1
-    except Exception as err:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
+    except _CLICK_ERRORS as err:  # usage errors (bad flag values) carry exit code 2
+        err.show()
+        return err.exit_code
     return 0
 
 

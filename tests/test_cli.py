@@ -1,0 +1,56 @@
+"""The CLI shell: exit codes and messages shared by every sub-command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wattwise.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["estimate", "--epochs", "abc"],  # a value the option's type refuses
+        ["no-such-command"],
+        ["runs", "--no-such-flag"],
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "Error" in err
+
+
+def test_console_script_bad_value_exit_code() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wattwise", "estimate", "--epochs", "abc"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "--epochs" in proc.stderr
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "devices",
+        "demo",
+        "run",
+        "runs",
+        "report",
+        "estimate",
+        "carbon",
+        "config",
+        "replay",
+        "hardware",
+    ):
+        assert name in out
