@@ -21,7 +21,13 @@ from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
 from wattwise.report import build_report
 from wattwise.report._charts import _downsample
-from wattwise.report._data import csv_text, pareto_mask, parse_scenarios, pick_metric
+from wattwise.report._data import (
+    csv_text,
+    lower_is_better,
+    pareto_mask,
+    parse_scenarios,
+    pick_metric,
+)
 from wattwise.report._html import num
 from wattwise.types import FLAGS, PhaseEnergy
 
@@ -343,6 +349,8 @@ def test_helpers() -> None:
     assert pick_metric(["metric/val_loss", "metric/test_acc"]) == "metric/test_acc"
     assert pick_metric(["metric/f1", "metric/train_loss"]) == "metric/train_loss"
     assert pick_metric([]) is None
+    assert [lower_is_better(m) for m in ("metric/val_loss", "test/mse", "trainloss")] == [True] * 3
+    assert [lower_is_better(m) for m in ("metric/val_acc", "f1", "answer_rate")] == [False] * 3
     assert [num(v) for v in (None, float("nan"), 3.0, 0.012345, 123.456, 2.5e-5)] == [
         "–", "–", "3", "0.0123", "123", "2.50e-05"
     ]  # fmt: skip

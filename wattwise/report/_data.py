@@ -6,8 +6,8 @@ Everything here reads the ledger through its public API and prices it through ``
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,12 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from wattwise.ledger import Ledger
 
-log = logging.getLogger(__name__)
-
 STAGE_ORDER = ("sanity_check", "train", "validate", "test", "predict", "other")
 KINDS = ("gpu", "cpu", "ram")
-# metric names whose smaller values are better; anything else is taken as higher-is-better
-_LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "perplexity", "ppl", "wer", "cer")
+# words in a metric name that make smaller values better; anything else is higher-is-better
+_LOWER_IS_BETTER = {"loss", "err", "error", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer"}
 # metrics preferred as the headline accuracy, in order
 _PREFERRED_METRICS = ("val_acc", "test_acc", "val_accuracy", "test_accuracy", "acc", "accuracy")
 # settings / metrics keys that give the number of training samples a run saw
@@ -119,8 +117,9 @@ def split_flags(value: Any) -> list[str]:
 
 
 def lower_is_better(metric: str) -> bool:
-    name = metric.removeprefix("metric/").lower()
-    return any(word in name for word in _LOWER_IS_BETTER)
+    """``val_loss``, ``test/mse``, ``cer_error`` -> True; ``val_acc``, ``f1`` -> False."""
+    words = re.split(r"[^a-z0-9]+", metric.removeprefix("metric/").lower())
+    return any(w in _LOWER_IS_BETTER or w.endswith("loss") for w in words)
 
 
 def pick_metric(present: Sequence[str]) -> str | None:
@@ -329,6 +328,8 @@ def _estimated_kinds(record: Any) -> str:
         for d in record.devices
         if d["method"] == "estimate" or "estimated" in split_flags(d.get("flags"))
     }
+    # device ids start with their kind: "cpu:machine", "ram", "gpu:GPU-..."
+    kinds |= {d.partition(":")[0] for d, method in record.methods.items() if method == "estimate"}
     return ",".join(k for k in KINDS if k in kinds)
 
 
