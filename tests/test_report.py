@@ -394,3 +394,14 @@ def test_intensity_series_prices_each_run_over_its_own_interval(ledger, tmp_path
     assert table.loc[later, "co2e_kg[onprem]"] == pytest.approx(6.05 / 1000 * PUE * 300 / 1000)
     html = result.html_path.read_text()
     assert "100–300" in html and "over each run&#39;s interval (2 runs)" in html
+
+
+def test_run_without_phases_still_reports(ledger, settings, tmp_path) -> None:
+    rid = ledger.begin_run(architecture="crashed", started_at=T0)
+    ledger.finish_run(rid, status="failed", reason="CUDA out of memory", ended_at=T0)
+    result = build_report(ledger, out_dir=tmp_path, settings=settings)
+    row = pd.read_csv(result.runs_csv).iloc[0]
+    assert (row["status"], row["total_wh"], row["epochs"]) == ("failed", 0.0, 0)
+    assert pd.read_csv(result.phases_csv).empty
+    html = result.html_path.read_text()
+    assert 'title="CUDA out of memory">failed<' in html
