@@ -510,7 +510,7 @@ class _EnergyLogic:
             self.epoch_duration_s.append(duration_s)
         pl_module = trainer.lightning_module
         if self._global_zero and self.run_id is not None:
-            extra = frozenset(self.flags & {"callback_error", "idle_baseline"})
+            extra = frozenset(self.flags & {"callback_error"})
             rows = [replace(p, flags=p.flags | extra) if extra else p for p in phases]
             self._open_ledger().add_phases(
                 self.run_id,

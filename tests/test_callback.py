@@ -385,6 +385,7 @@ def test_failing_sensor_and_ledger_never_reach_training(tmp_path, monkeypatch, c
     assert len(disk) == 1  # warned once
     run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
     assert run.status == "finished" and run.epochs == 3
+    assert "callback_error" in run.flags  # rows written after the failure say so
 
 
 def test_a_sensor_that_fails_to_open_is_skipped_not_raised(tmp_path, monkeypatch):
