@@ -398,10 +398,13 @@ def test_intensity_series_prices_each_run_over_its_own_interval(ledger, tmp_path
 
 def test_run_without_phases_still_reports(ledger, settings, tmp_path) -> None:
     rid = ledger.begin_run(architecture="crashed", started_at=T0)
-    ledger.finish_run(rid, status="failed", reason="CUDA out of memory", ended_at=T0)
-    result = build_report(ledger, out_dir=tmp_path, settings=settings)
-    row = pd.read_csv(result.runs_csv).iloc[0]
+    ledger.finish_run(
+        rid, status="failed", reason="CUDA out of memory", metrics={"val_acc": 0.1}, ended_at=T0
+    )
+    add_run(ledger, RunSpec("big", train_w=6000.0, metrics={"val_acc": 0.9}))
+    result = build_report(ledger, out_dir=tmp_path, settings=settings)  # warnings are errors
+    row = pd.read_csv(result.runs_csv).set_index("run_id").loc[rid]
     assert (row["status"], row["total_wh"], row["epochs"]) == ("failed", 0.0, 0)
-    assert pd.read_csv(result.phases_csv).empty
+    assert rid not in set(pd.read_csv(result.phases_csv)["run_id"])
     html = result.html_path.read_text()
     assert 'title="CUDA out of memory">failed<' in html

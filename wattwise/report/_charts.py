@@ -133,7 +133,7 @@ def pareto(data: ReportData, colors: dict[str, str]) -> str | None:
             markerfacecolor="none",
             label="Pareto frontier",
         )
-        if max(energy) > 50 * max(min(energy), 1e-12):
+        if min(energy) > 0 and max(energy) > 50 * min(energy):  # a log axis hides zeros
             ax.set_xscale("log")
         ax.set_xlabel("energy (Wh, device total before PUE)")
         better = "lower is better" if data.metric_lower_is_better else "higher is better"
