@@ -408,3 +408,5 @@ def test_run_without_phases_still_reports(ledger, settings, tmp_path) -> None:
     assert rid not in set(pd.read_csv(result.phases_csv)["run_id"])
     html = result.html_path.read_text()
     assert 'title="CUDA out of memory">failed<' in html
+    alone = build_report(ledger, [rid], out_dir=tmp_path / "alone", settings=settings)
+    assert alone.n_runs == 1 and pd.read_csv(alone.phases_csv).empty

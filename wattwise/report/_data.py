@@ -31,6 +31,7 @@ _PREFERRED_METRICS = ("val_acc", "test_acc", "val_accuracy", "test_accuracy", "a
 _SAMPLES_TOTAL_KEYS = ("train_samples",)
 _SAMPLES_PER_EPOCH_KEYS = ("train_samples_per_epoch",)
 
+_READ_ONE_BY_ONE = 50  # up to this many selected runs are read from the ledger run by run
 _PHASE_FLOATS = ("start_s", "end_s", "duration_s", "energy_j", "mean_power_w", "peak_power_w")
 PHASE_COLUMNS = [
     "run_id",
@@ -180,8 +181,7 @@ def collect(
         wanted = {ledger.get_run(r).run_id for r in run_ids}
         records = [r for r in records if r.run_id in wanted]
     by_id = {r.run_id: r for r in records}
-    snapshots = ledger.snapshots()
-    snapshots = snapshots[snapshots["run_id"].isin(by_id)].reset_index(drop=True)
+    phases, snapshots = _read_rows(ledger, list(by_id), everything=not run_ids)
     params = snapshots.groupby("run_id", sort=False)["trainable_params"].agg(["first", "last"])
     gpus = [[d for d in r.devices if d["kind"] == "gpu"] for r in records]
     ids = [r.run_id for r in records]
@@ -237,7 +237,7 @@ def collect(
     metric_names = sorted({name for r in records for name in r.metrics})
     for name in metric_names:
         table[f"metric/{name}"] = [r.metrics.get(name) for r in records]
-    phases = _phase_table(ledger.phases(), table)
+    phases = _phase_table(phases, table)
     table["j_per_train_sample"] = _j_per_train_sample(records, phases)
     table["wh_to_best_val"] = None
     notes.append(
@@ -269,6 +269,22 @@ def collect(
         ledger_path=str(ledger.path),
         notes=notes,
     )
+
+
+def _read_rows(
+    ledger: Ledger, run_ids: Sequence[str], *, everything: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The phases and snapshots of ``run_ids``: a few runs are read one by one (a large ledger
+    is not read whole for them), many or all in one pass."""
+    import pandas as pd
+
+    if everything or len(run_ids) > _READ_ONE_BY_ONE:
+        phases, snapshots = ledger.phases(), ledger.snapshots()
+        snapshots = snapshots[snapshots["run_id"].isin(set(run_ids))].reset_index(drop=True)
+        return phases, snapshots
+    phases = pd.concat([ledger.phases(rid) for rid in run_ids], ignore_index=True)
+    snapshots = pd.concat([ledger.snapshots(rid) for rid in run_ids], ignore_index=True)
+    return phases, snapshots
 
 
 def _phase_table(phases: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
