@@ -262,3 +262,35 @@ def test_adaptive_does_not_grow_while_improving(tmp_path):
     model = AdaptiveMLP(hidden=(8, 8), patience=3, min_delta=0.0)
     _trainer(tmp_path, epochs=2).fit(model, datamodule=build_datamodule(seed=0))
     assert model.widenings == [] and model.widths == (8, 8)
+
+
+def test_hyperparameters_are_saved_for_every_model():
+    assert AdaptiveMLP(hidden=(8, 8), patience=3).hparams["patience"] == 3
+    assert ConstrainedMLP(decov_weight=0.5).hparams["decov_weight"] == 0.5
+    assert BaselineMLP(hidden=(4,)).hparams["hidden"] == (4,)
+
+
+def test_a_grown_model_reloads_and_resumes_from_its_checkpoint(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    model = AdaptiveMLP(hidden=(8, 8), max_width=32, patience=1, min_delta=10.0)
+    trainer = _trainer(tmp_path, epochs=3)
+    trainer.fit(model, datamodule=build_datamodule(seed=0))
+    assert model.widths == (32, 32)  # grew after epochs 1 and 2
+    path = tmp_path / "grown.ckpt"
+    trainer.save_checkpoint(path)
+
+    reloaded = AdaptiveMLP.load_from_checkpoint(path)
+    assert reloaded.widths == (32, 32) and reloaded.widenings == model.widenings
+    assert reloaded.epochs_without_improvement == model.epochs_without_improvement
+    x = torch.randn(50, 64)
+    model.eval()
+    reloaded.eval()
+    torch.testing.assert_close(reloaded(x), model(x))
+
+    # Resume a fresh (narrow) model from the checkpoint: it takes the grown shape and trains on.
+    pl.seed_everything(0, verbose=False)
+    fresh = AdaptiveMLP(hidden=(8, 8), max_width=32, patience=1, min_delta=10.0)
+    resumed = _trainer(tmp_path, epochs=4)
+    resumed.fit(fresh, datamodule=build_datamodule(seed=0), ckpt_path=path)
+    assert resumed.current_epoch == 4 and fresh.widths == (32, 32)
+    assert not torch.equal(fresh.head.weight.detach(), reloaded.head.weight.detach())

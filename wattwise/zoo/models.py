@@ -53,6 +53,7 @@ class BaselineMLP(pl.LightningModule):
         if not lr > 0:
             raise BadInput(f"lr={lr!r}: expected a positive learning rate")
         self.lr = lr
+        self.save_hyperparameters()  # every subclass's arguments too: load_from_checkpoint works
         sizes = (N_FEATURES, *widths)
         self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.head = nn.Linear(widths[-1], N_CLASSES)
@@ -240,6 +241,32 @@ class AdaptiveMLP(BaselineMLP):
             self.head = fed
         else:
             self.hidden_layers[layer_idx + 1] = fed
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["adaptive_state"] = {
+            "best_val_loss": self.best_val_loss,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "widenings": [[epoch, list(widths)] for epoch, widths in self.widenings],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before loading the weights: give every layer the width it had
+        # when the checkpoint was saved, so a model that grew can be resumed or reloaded.
+        state = checkpoint["state_dict"]
+        device, dtype = self.head.weight.device, self.head.weight.dtype
+        sizes = (
+            N_FEATURES,
+            *(state[f"hidden_layers.{i}.weight"].shape[0] for i in range(len(self.hidden_layers))),
+        )
+        if sizes[1:] != self.widths:
+            self.hidden_layers = nn.ModuleList(
+                nn.Linear(a, b, device=device, dtype=dtype) for a, b in itertools.pairwise(sizes)
+            )
+            self.head = nn.Linear(sizes[-1], N_CLASSES, device=device, dtype=dtype)
+        saved = checkpoint.get("adaptive_state", {})
+        self.best_val_loss = saved.get("best_val_loss", float("inf"))
+        self.epochs_without_improvement = saved.get("epochs_without_improvement", 0)
+        self.widenings = [(epoch, tuple(widths)) for epoch, widths in saved.get("widenings", [])]
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
