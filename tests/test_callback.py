@@ -162,7 +162,7 @@ def test_phases_tile_the_fit_and_add_up_to_its_total(tmp_path, replay):
     first, last = min(r["start_s"] for r in gpu_rows), max(r["end_s"] for r in gpu_rows)
     assert started <= first and last <= ended
     # The phases cover the fit: set-up (after Trainer.fit was called) to teardown.
-    assert last - first == pytest.approx(cb.summary["duration_s"], rel=0.02)
+    assert last - first == pytest.approx(cb.summary["duration_s"], abs=0.1)
     # Sum of the GPU phases == the whole fit integrated as one phase from every row of the
     # trace, within 1%; and the trace's own power over the fit within what the counter's
     # 0.1 s update period leaves unresolved at each end.
