@@ -296,6 +296,11 @@ def test_bad_input_writes_nothing(ledger, settings, tmp_path) -> None:
     with pytest.raises(BadInput, match="nosuch:instance"):
         build_report(ledger, out_dir=out, pricing="onprem,nosuch:instance", settings=settings)
     assert not out.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(BadInput, match="a-file"):
+        build_report(ledger, html_path=blocker / "r.html", csv_dir=out, settings=settings)
+    assert list(out.iterdir()) == []  # no CSV written beside a page that cannot be
 
 
 def test_cli_json_and_exit_codes(ledger, tmp_path, capsys, monkeypatch) -> None:

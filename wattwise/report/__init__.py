@@ -81,15 +81,31 @@ def build_report(
         data = _data.collect(opened, run_ids, region=region, pricing=pricing, settings=settings)
         page = _html.render(data, opened)
     result = ReportResult(html, csvs / "runs.csv", csvs / "phases.csv", len(data.runs))
-    _write(result.runs_csv, _data.csv_text(data.runs))
-    _write(result.phases_csv, _data.csv_text(data.phases))
-    _write(result.html_path, page)
+    _write(
+        {
+            result.runs_csv: _data.csv_text(data.runs),
+            result.phases_csv: _data.csv_text(data.phases),
+            result.html_path: page,
+        }
+    )
     return result
 
 
-def _write(path: pathlib.Path, text: str) -> None:
-    """Write through a temporary file so a failure never leaves a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _write(files: dict[pathlib.Path, str]) -> None:
+    """Write every file through a temporary one, after making every folder, so a bad path
+    leaves nothing half-written behind."""
+    from wattwise.errors import BadInput
+
+    path = next(iter(files))
+    try:
+        for path in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+    except OSError as err:
+        raise BadInput(
+            f"cannot write {str(path)!r} ({err.strerror or err}); accepted: a writable location "
+            "(--html FILE, --csv DIR)"
+        ) from err
