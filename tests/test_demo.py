@@ -118,7 +118,9 @@ def test_growth_shows_in_snapshots_and_energy_spans_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path):
+@pytest.mark.parametrize("replay", [None, "h200-lightning-fit-50hz.csv"])
+def test_demo_quick_end_to_end(tmp_path, nvml_fixtures, replay):
+    """On this CPU, and with a recorded H200 replayed as the machine's GPU (the GPU path)."""
     from wattwise.ledger import Ledger
 
     ledger, out = tmp_path / "demo.db", tmp_path / "reports"
@@ -126,6 +128,8 @@ def test_demo_quick_end_to_end(tmp_path):
         earlier = store.begin_run(architecture="baseline")
         store.finish_run(earlier)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTWISE_")}
+    if replay is not None:
+        env["WATTWISE_REPLAY_NVML"] = str(nvml_fixtures / replay)
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "wattwise", "demo", "--quick", "--json"),
@@ -149,6 +153,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert sorted(r.architecture for r in runs) == ["adaptive", "baseline", "constrained"]
     assert all(r.status == "finished" for r in runs)
     assert all(r.energy_j > 0 and r.epochs == 10 for r in runs)
+    # With the replayed GPU, each run carries GPU energy beside the CPU and RAM estimates.
+    assert all((r.energy_by_kind_j.get("gpu", 0) > 0) == (replay is not None) for r in runs)
     assert all("test_acc" in r.metrics and "val_acc" in r.metrics for r in runs)
     assert {r.run_id for r in runs} == {r["run_id"] for r in result["runs"]}
     by_arch = {r["architecture"]: r for r in result["runs"]}
