@@ -193,3 +193,20 @@ def test_a_run_the_ledger_did_not_record_is_an_error_not_a_silent_gap(tmp_path, 
             epochs=1, ledger=tmp_path / "d.db", out_dir=tmp_path / "out", architectures=["baseline"]
         )
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_demo_prints_a_summary_table_and_the_report_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "--epochs", "2", "--ledger", "d.db", "--out", "out"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in ("baseline", "constrained", "adaptive"):
+        row = next(line for line in lines if f" {name} " in line)
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[0] == name and 0.0 < float(cells[1]) <= 1.0  # model, test accuracy
+        assert float(cells[3]) > 0  # Wh
+    assert "report: out/report.html" in out
+    assert (tmp_path / "out" / "report.html").exists()
