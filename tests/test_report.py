@@ -165,8 +165,11 @@ def test_each_run_keeps_its_own_region_unless_one_is_given(ledger, settings, tmp
 def test_html_is_self_contained_and_escapes_hostile_strings(ledger, settings, tmp_path) -> None:
     realistic(ledger)
     add_run(ledger, RunSpec(HOSTILE, tags=['"><img src=x onerror=alert(2)>'], metrics={"acc": 1}))
+    add_run(ledger, RunSpec("mlp $x^2$ & résumé", metrics={"val_acc": 0.5}))
     result = build_report(ledger, out_dir=tmp_path, settings=settings)
     html = result.html_path.read_text(encoding="utf-8")
+    legend = re.search(r'<section id="pareto">.*?</section>', html, re.S).group(0)
+    assert "mlp $x^2$ &amp; résumé" in legend  # drawn literally: no mathtext, XML-escaped
 
     assert HOSTILE not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text, table and charts
