@@ -220,8 +220,11 @@ class AdaptiveMLP(BaselineMLP):
         )
         device = layer.weight.device
         source = torch.randint(old_width, (new_width - old_width,), generator=generator)
-        mapping = torch.cat([torch.arange(old_width), source]).to(device)
-        copies = torch.bincount(mapping, minlength=old_width).to(layer.weight.dtype)
+        mapping = torch.cat([torch.arange(old_width), source])
+        # copies[j]: how many units copy the same original as unit j. Counted on the CPU (CUDA's
+        # bincount has no deterministic kernel), then moved beside the weights.
+        copies = torch.bincount(mapping, minlength=old_width)[mapping]
+        mapping, copies = mapping.to(device), copies.to(device=device, dtype=nxt.weight.dtype)
 
         wider = nn.Linear(layer.in_features, new_width, device=device, dtype=layer.weight.dtype)
         wider.weight.copy_(layer.weight[mapping])
@@ -233,7 +236,7 @@ class AdaptiveMLP(BaselineMLP):
             wider.weight[old_width:] += noise_std * noise
 
         fed = nn.Linear(new_width, nxt.out_features, device=device, dtype=nxt.weight.dtype)
-        fed.weight.copy_(nxt.weight[:, mapping] / copies[mapping])
+        fed.weight.copy_(nxt.weight[:, mapping] / copies)
         fed.bias.copy_(nxt.bias)
 
         self.hidden_layers[layer_idx] = wider
