@@ -17,30 +17,30 @@ FULL_EPOCHS = 40
 
 
 def _progress_display() -> tuple[ProgressHook, object]:
-    """A rich progress display on stderr (one line per model: its epoch, then testing) and the
-    hook that drives it; the second item is the display's context manager."""
+    """A rich progress display on stderr (one line per model: epochs done, validation accuracy
+    and energy so far, then testing) and the hook that drives it; the second item is the
+    display's context manager."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     display = Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
+        TextColumn("{task.description:<22}"),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("epochs"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
         console=Console(stderr=True),
     )
     tasks: dict[str, int] = {}
 
-    def hook(event: str, label: str, value: int | None) -> None:
+    def hook(event: str, label: str, value: int | None, note: str) -> None:
         if event == "start":
-            tasks[label] = display.add_task(f"{label}: training", total=value)
+            tasks[label] = display.add_task(f"{label}: training", total=value, note=note)
         elif event == "epoch":
-            display.update(tasks[label], completed=value)
-        elif event == "test":
-            display.update(tasks[label], description=f"{label}: testing")
-        elif event == "done":
-            display.update(tasks[label], description=f"{label}: done")
+            display.update(tasks[label], completed=value, note=note)
+        else:  # "test", "done"
+            display.update(tasks[label], description=f"{label}: {event}")
 
     return hook, display
 
