@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -201,7 +202,10 @@ def test_demo_prints_a_summary_table_and_the_report_path(tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     code = main(["demo", "--epochs", "2", "--ledger", "d.db", "--out", "out"])
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    for name in ("baseline", "constrained", "adaptive"):  # the progress display, on stderr
+        assert re.search(rf"{name}: done .* 2/2 epochs .* val_acc 0\.\d{{3}} +[\d.e-]+ Wh", err)
     lines = out.splitlines()
     for name in ("baseline", "constrained", "adaptive"):
         row = next(line for line in lines if f" {name} " in line)
