@@ -214,3 +214,13 @@ def test_demo_prints_a_summary_table_and_the_report_path(tmp_path, capsys, monke
         assert float(cells[3]) > 0  # Wh
     assert "report: out/report.html" in out
     assert (tmp_path / "out" / "report.html").exists()
+
+
+@pytest.mark.parametrize("architectures", [["nope"], [], ["baseline", "Baseline"]])
+def test_run_demo_refuses_unknown_architectures(tmp_path, architectures):
+    from wattwise.errors import BadInput
+    from wattwise.zoo.demo import run_demo
+
+    with pytest.raises(BadInput, match="expected names among"):
+        run_demo(epochs=1, ledger=tmp_path / "d.db", architectures=architectures)
+    assert not (tmp_path / "d.db").exists()
