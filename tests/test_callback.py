@@ -559,3 +559,59 @@ def test_hooks_never_read_a_sensor_on_the_training_thread(tmp_path, monkeypatch)
     trainer(tmp_path, [cb], max_epochs=2).fit(TinyModel(), loader(), loader(32))
     assert cb.energy_j > 0
     assert threads == {"wattwise-sampler"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["validate", "predict"])
+def test_validate_or_predict_alone_make_a_run_of_their_own(tmp_path, replay, stage):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    getattr(trainer(tmp_path, [cb]), stage)(TinyModel(), loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    (run,) = ledger.list_runs()
+    assert run.run_id == cb.run_id and run.status == "finished" and run.epochs == 0
+    assert {r["stage"] for r in phase_rows(ledger, cb.run_id)} == {"other", stage}
+    assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9) and cb.energy_j > 0
+
+
+@pytest.mark.slow
+def test_mid_epoch_validation_is_its_own_stage_and_training_resumes_after(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=2, val_check_interval=0.5).fit(
+        TinyModel(), loader(), loader(32)
+    )
+    rows = phase_rows(Ledger(tmp_path / "w.db"), cb.run_id)
+    (gpu,) = {r["device_id"] for r in rows if r["kind"] == "gpu"}
+    for epoch in (0, 1):
+        stages = [
+            r["stage"]
+            for r in sorted(rows, key=lambda r: r["start_s"])
+            if r["device_id"] == gpu and r["epoch"] == epoch and r["stage"] != "other"
+        ]
+        body = stages[stages.index("train") :]  # epoch 0 starts with the sanity check
+        assert body == ["train", "validate", "train", "validate"], epoch
+    assert_tiled(rows)
+
+
+class EarlyFlush(pl.Callback):
+    """Like BudgetGuard: asks the EnergyCallback to count the epoch before it does so itself."""
+
+    def __init__(self, cb: EnergyCallback) -> None:
+        self.cb = cb
+        self.seen: list[tuple[int, float]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.cb.flush(trainer)
+        self.cb.flush(trainer)  # idempotent
+        self.seen.append((self.cb.epochs_completed, self.cb.energy_j))
+
+
+@pytest.mark.slow
+def test_flush_counts_each_epoch_once_whoever_calls_it_first(tmp_path, replay):
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    early = EarlyFlush(cb)
+    trainer(tmp_path, [early, cb], max_epochs=3).fit(TinyModel(), loader(), loader(32))
+    assert [n for n, _ in early.seen] == [1, 2, 3] and cb.epochs_completed == 3
+    assert len(cb.epoch_energy_j) == 3
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert run.epochs == 3 and run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+    assert [j for _, j in early.seen] == sorted(j for _, j in early.seen)
