@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress
+
     from wattwise.zoo.demo import DemoResult, ProgressHook
 
 QUICK_EPOCHS = 10
 FULL_EPOCHS = 40
 
 
-def _progress_display() -> tuple[ProgressHook, object]:
+def _progress_display() -> tuple[ProgressHook, Progress]:
     """A rich progress display on stderr (one line per model: epochs done, validation accuracy
-    and energy so far, then testing) and the hook that drives it; the second item is the
-    display's context manager."""
+    and energy so far, then testing) and the hook that drives it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
