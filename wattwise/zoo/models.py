@@ -201,7 +201,11 @@ class AdaptiveMLP(BaselineMLP):
         copies the incoming weights and bias of a randomly chosen existing unit, and the outgoing
         weights of every copied unit (original and copies) are divided by its number of copies,
         so the network computes the same function. ``noise_std`` > 0 then adds Gaussian noise of
-        that standard deviation to the new units' incoming weights to break the symmetry."""
+        that standard deviation to the new units' incoming weights to break the symmetry.
+
+        The replaced layers get new parameters: when calling this by hand in the middle of a fit,
+        rebuild the optimizer afterwards (``trainer.strategy.setup_optimizers(trainer)``), as the
+        plateau rule does."""
         if not 0 <= layer_idx < len(self.hidden_layers):
             raise BadInput(
                 f"layer_idx={layer_idx!r}: expected 0..{len(self.hidden_layers) - 1} "
