@@ -54,3 +54,10 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         "hardware",
     ):
         assert name in out
+
+
+def test_exit_code_of_a_command_passes_through(tmp_path: pytest.TempPathFactory) -> None:
+    """Regression: main() returned 0 when a command raised typer.Exit(code)."""
+    ledger = f"{tmp_path}/l.db"
+    code = main(["run", "--ledger", ledger, "--", sys.executable, "-c", "raise SystemExit(3)"])
+    assert code == 3

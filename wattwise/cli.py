@@ -74,7 +74,8 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wattwise`` console script; returns the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting
+        rc = app(args=argv, standalone_mode=False)
     except BadInput as err:
         typer.echo(f"wattwise: error: {err}", err=True)
         return 2
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as err:  # usage errors (bad flag values) carry exit code 2
         err.show()
         return err.exit_code
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,6 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -302,9 +301,7 @@ def run_command(
             err=True,
         )
     if code != 0:
-        # SystemExit, not typer.Exit: cli.main() runs click with standalone_mode=False, which
-        # turns typer.Exit into a return value that main() does not pass on.
-        sys.exit(code)
+        raise typer.Exit(code)
 
 
 def _exit_code(returncode: int) -> int:
