@@ -510,18 +510,30 @@ class _EnergyLogic:
             self.epoch_duration_s.append(duration_s)
         pl_module = trainer.lightning_module
         if self._global_zero and self.run_id is not None:
-            extra = frozenset(self.flags & {"callback_error"})
-            rows = [replace(p, flags=p.flags | extra) if extra else p for p in phases]
-            self._open_ledger().add_phases(
-                self.run_id,
-                rows,
-                epoch=epoch,
-                snapshot=None if tail else _snapshot(pl_module, self._architecture(pl_module)),
-                epochs_completed=self.epochs_completed,
-                devices=devices,
-            )
+            # guarded on its own: a failed write on rank 0 must not skip the logging below,
+            # whose cross-rank reduction every rank has to join
+            self._guard(trainer, "ledger write", self._write, pl_module, phases, devices, epoch)
         if not tail:
             self._log_metrics(trainer, pl_module, in_epoch, duration_s)
+
+    def _write(
+        self,
+        pl_module: Any,
+        phases: Sequence[PhaseEnergy],
+        devices: Sequence[DeviceInfo],
+        epoch: int | None,
+    ) -> None:
+        """One ledger transaction: the phases (of epoch ``epoch``, None for the tail)."""
+        extra = frozenset(self.flags & {"callback_error"})
+        rows = [replace(p, flags=p.flags | extra) if extra else p for p in phases]
+        self._open_ledger().add_phases(
+            self.run_id,
+            rows,
+            epoch=epoch,
+            snapshot=None if epoch is None else _snapshot(pl_module, self._architecture(pl_module)),
+            epochs_completed=self.epochs_completed,
+            devices=devices,
+        )
 
     # ----------------------------------------------------------------- metrics and money
     def _log_metrics(
