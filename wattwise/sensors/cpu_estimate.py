@@ -65,16 +65,19 @@ def cpu_power_table_path() -> pathlib.Path | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_table(path: pathlib.Path) -> tuple[tuple[tuple[str, ...], str, float], ...]:
+def _load_table(path: pathlib.Path) -> tuple[tuple[str, float], ...]:
+    """(name, TDP W) rows; parsed once per process (the table has ~4,900 rows)."""
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                tdp_w = float(row["TDP"])
-            except (KeyError, TypeError, ValueError):
+        for row in csv.reader(f):
+            if len(row) < 2 or row[0] == "Name":
                 continue
-            if tdp_w > 0 and (tokens := _tokens(row.get("Name") or "")):
-                rows.append((tokens, row["Name"], tdp_w))
+            try:
+                tdp_w = float(row[1])
+            except ValueError:
+                continue
+            if tdp_w > 0 and row[0]:
+                rows.append((row[0], tdp_w))
     return tuple(rows)
 
 
@@ -90,8 +93,13 @@ def lookup_tdp(brand: str) -> tuple[float, str] | None:
         return None
     words = set(_tokens(brand))
     best = None
-    for tokens, name, tdp_w in _load_table(path):
-        if words.issuperset(tokens):
+    for name, tdp_w in _load_table(path):
+        lowered = name.lower()
+        # cheap pre-filter: an entry can only match if one of the brand's words occurs in it
+        if not any(word in lowered for word in words):
+            continue
+        tokens = _tokens(name)
+        if tokens and words.issuperset(tokens):
             key = (len(tokens), len(name))
             if best is None or key > best[0]:
                 best = (key, name, tdp_w)
