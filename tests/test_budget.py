@@ -387,7 +387,7 @@ def test_ddp_ranks_stop_together(tmp_path, replayed_gpu):
 
 
 def test_works_with_the_lightning_namespace_too(tmp_path):
-    lightning = pytest.importorskip("lightning")
+    import lightning
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     trainer = lightning.pytorch.Trainer(

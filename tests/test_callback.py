@@ -486,7 +486,7 @@ def test_idle_baseline_reports_energy_above_idle(tmp_path, replay):
 
 @pytest.mark.slow
 def test_works_with_the_lightning_namespace(tmp_path, replay):
-    lightning = pytest.importorskip("lightning.pytorch")
+    import lightning.pytorch as lightning
 
     class Model(lightning.LightningModule):
         def __init__(self):

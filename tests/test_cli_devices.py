@@ -73,7 +73,6 @@ def test_json_with_a_gpu(capsys: pytest.CaptureFixture, monkeypatch: pytest.Monk
 def test_json_with_replayed_trace(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("wattwise.sensors.replay")
     monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(TRACE))
     first, err = devices_json(capsys)
     second, _ = devices_json(capsys)

@@ -11,16 +11,16 @@ import sys
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 
 from wattwise.cli import main
-
-pl = pytest.importorskip("pytorch_lightning")
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: one torch thread is faster than two and spares the shared cores."""
-    torch_ = pytest.importorskip("torch")
+    import torch as torch_
+
     before = torch_.get_num_threads()
     torch_.set_num_threads(1)
     yield

@@ -141,7 +141,6 @@ def test_process_mode_with_rapl_is_noted(powercap: pathlib.Path) -> None:
 
 
 def test_replay_replaces_nvml(gpu: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wattwise.sensors.replay")
     monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(TRACE))
     now = [100.0]
     found = discover(measure_host=False, clock=lambda: now[0])

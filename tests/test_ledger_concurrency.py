@@ -116,7 +116,6 @@ print(callback.run_id)
 
 @pytest.mark.slow
 def test_concurrent_lightning_fits_lose_nothing(tmp_path):
-    pytest.importorskip("lightning_callbacks.energy")
     path = tmp_path / "shared.db"
     go = tmp_path / "go"
     labels = ["fit-a", "fit-b", "fit-c"]
