@@ -198,7 +198,13 @@ def collect(
             "epochs": pd.array([r.epochs for r in records], dtype="Int64"),
             "duration_s": [r.duration_s for r in records],
             **{
-                f"{kind}_wh": [r.energy_by_kind_j.get(kind, 0.0) / J_PER_WH for r in records]
+                # a kind with no device measured is missing, never a silent 0 Wh
+                f"{kind}_wh": [
+                    r.energy_by_kind_j.get(kind, 0.0) / J_PER_WH
+                    if any(d.get("kind") == kind for d in r.devices)
+                    else None
+                    for r in records
+                ]
                 for kind in KINDS
             },
             "total_wh": [r.energy_j / J_PER_WH for r in records],
