@@ -256,6 +256,11 @@ class RunRecord:
         return j_to_wh(self.energy_j)
 
     @property
+    def measured_kinds(self) -> frozenset[str]:
+        """Device kinds (gpu, cpu, ram) some device of this run measured."""
+        return frozenset(d.get("kind") for d in self.devices)
+
+    @property
     def method_mix(self) -> str:
         """Share of the energy per method, largest first, e.g. ``counter 93%, estimate 7%``."""
         total = sum(self.energy_by_method_j.values())
@@ -275,7 +280,10 @@ class RunRecord:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "energy_j": self.energy_j,
-            "energy_by_kind_wh": {k: j_to_wh(v) for k, v in self.energy_by_kind_j.items()},
+            "energy_by_kind_wh": {
+                k: j_to_wh(v) if k in self.measured_kinds else None
+                for k, v in self.energy_by_kind_j.items()
+            },
             "method_mix": self.method_mix,
             "methods": self.methods,
             "flags": self.flags,
@@ -1114,9 +1122,13 @@ class Ledger:
                 "epochs": rec.epochs,
                 "energy_j": rec.energy_j,
                 "energy_wh": rec.energy_wh,
-                "gpu_energy_j": rec.energy_by_kind_j["gpu"],
-                "cpu_energy_j": rec.energy_by_kind_j["cpu"],
-                "ram_energy_j": rec.energy_by_kind_j["ram"],
+                # a kind no device measured is missing (NaN), never a silent 0 J
+                **{
+                    f"{kind}_energy_j": rec.energy_by_kind_j[kind]
+                    if kind in rec.measured_kinds
+                    else None
+                    for kind in ("gpu", "cpu", "ram")
+                },
                 "method_mix": rec.method_mix,
                 "flags": ",".join(rec.flags),
                 "host": rec.host,
