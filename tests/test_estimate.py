@@ -226,8 +226,19 @@ def test_band_contains_the_point_and_is_wider_across_generations():
             assert lo <= value <= hi, (t.gpu, key)
         lo, hi = t.band["seconds"]
         widths[t.gpu] = (hi - lo) / t.seconds
-    assert widths[H100.name] == pytest.approx(2 * 0.02)  # same part: the measured spread only
+    # same part: the measured spread only, as a factor: [x / 1.02, x * 1.02]
+    assert widths[H100.name] == pytest.approx(1.02 - 1 / 1.02)
     assert widths[H100.name] < widths[H200.name] < widths[A100.name]
+
+
+def test_a_very_noisy_profile_keeps_every_low_end_positive():
+    """Regression: a spread of 63 % (a tiny CPU fit's epochs) plus the cross-card uncertainty
+    passed 100 %, the low end went negative and pricing refused it (exit 2 from `estimate`)."""
+    profile = h100_profile(spread=0.9)
+    result = estimate(profile, Plan(epochs=10), [H100, A100, hardware.lookup("T4")])
+    for t in result.targets:
+        for key, (lo, hi) in t.band.items():
+            assert 0 < lo < hi, (t.gpu, key)
 
 
 def test_measured_utilisation_narrows_the_band():

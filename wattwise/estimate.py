@@ -494,7 +494,9 @@ def estimate(
         widen = _uncertainty(m.gpu, target) + m.spread
         lo_s, lo_j = run_totals(target, min(corners))
         hi_s, hi_j = run_totals(target, max(corners))
-        lo_s, lo_j = lo_s * (1 - widen), lo_j * (1 - widen)
+        # divide rather than subtract: a noisy profile (spread + uncertainty >= 100 %) must still
+        # give a positive low end, and a ratio uncertainty is symmetric in log space
+        lo_s, lo_j = lo_s / (1 + widen), lo_j / (1 + widen)
         hi_s, hi_j = hi_s * (1 + widen), hi_j * (1 + widen)
         lo_cost, lo_co2e = money_and_carbon(target, scenario, lo_s, lo_j)
         hi_cost, hi_co2e = money_and_carbon(target, scenario, hi_s, hi_j)
