@@ -45,6 +45,8 @@ CPU_MODES = ("machine", "process")
 BASELINES = ("idle",)
 IDLE_BASELINE_S = 1.0
 """How long ``baseline="idle"`` measures before the fit (the GPU has not been used yet)."""
+EPOCH_END_WAIT_S = 0.0
+"""How long an epoch end waits for the sampler's next counter read (0: never)."""
 CHECKPOINT_STAMP = "wattwise_run_id"
 """Key under which every checkpoint saved with the callback carries the run id (lineage)."""
 STATE_VERSION = 1
@@ -470,7 +472,10 @@ class _EnergyLogic:
         if close_epoch:
             self._mark(trainer, "other")
             self._epoch_start_index = None
-            phases = self._pending + list(self._meter.collect())
+            # No waiting on the training thread for the counter's next update (up to its ~100 ms
+            # period, every epoch): the boundary just marked is placed with instantaneous power
+            # from the last counter anchor; the total stays anchored to the counter.
+            phases = self._pending + list(self._meter.collect(timeout_s=EPOCH_END_WAIT_S))
         else:
             # stop() may return every phase of the meter: count each one once.
             self._call_end_s = time.monotonic()
