@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 MISSING_CALLBACK_STATE = "callbacks used to create the checkpoint need to be provided"
 
 
+STEP_S = 0.1
+
+
 def checkpointing(tmp_path: pathlib.Path) -> ModelCheckpoint:
     return ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
 
@@ -31,12 +34,14 @@ def test_resume_from_a_mid_fit_checkpoint_continues_the_same_run(tmp_path, repla
     db = tmp_path / "w.db"
     # The uninterrupted fit, for comparison.
     whole = EnergyCallback(ledger=tmp_path / "whole.db")
-    trainer(tmp_path, [whole], max_epochs=4).fit(TinyModel(), loader(), loader(32))
+    # steps of at least 0.1 s: fits of ~4 s, so that the counter's 0.1 s update steps at the two
+    # ends of each measured span stay small against what is compared below
+    trainer(tmp_path, [whole], max_epochs=4).fit(TinyModel(step_s=STEP_S), loader(), loader(32))
 
     # The same fit stopped after 2 epochs (the process ends), then resumed to 4.
     first = EnergyCallback(ledger=db)
     trainer(tmp_path, [first, checkpointing(tmp_path)], max_epochs=2).fit(
-        TinyModel(), loader(), loader(32)
+        TinyModel(step_s=STEP_S), loader(), loader(32)
     )
     ledger = Ledger(db)
     after_first = ledger.get_run(first.run_id)
@@ -50,7 +55,7 @@ def test_resume_from_a_mid_fit_checkpoint_continues_the_same_run(tmp_path, repla
 
     second = EnergyCallback(ledger=db)  # a fresh callback, as in a new process
     trainer(tmp_path, [second, checkpointing(tmp_path)], max_epochs=4).fit(
-        TinyModel(), loader(), loader(32), ckpt_path=ckpt
+        TinyModel(step_s=STEP_S), loader(), loader(32), ckpt_path=ckpt
     )
     run = ledger.get_run(second.run_id)
     assert second.run_id == first.run_id and len(ledger.list_runs()) == 1
