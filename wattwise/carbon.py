@@ -37,14 +37,11 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput, UnknownRegion, WattwiseError
-from wattwise.units import j_to_kwh
+from wattwise.units import G_PER_KG, G_PER_LB, KWH_PER_MWH, j_to_kwh
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.config import Settings
 
-G_PER_KG = 1000.0
-G_PER_LB = 453.59237  # exact (international avoirdupois pound)
-KWH_PER_MWH = 1000.0
 GCP_DATA_YEAR = 2023  # impact.csv carries no year; codecarbon#610 copied Google's 2023 values
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wattwise.errors import ConfigError
+from wattwise.units import HOURS_PER_YEAR
 
 ENV_VARS: dict[str, str] = {
     "region": "WATTWISE_REGION",
@@ -224,7 +225,7 @@ KEYS: dict[str, Key] = {
     ),
     "service_hours": Key(
         "number > 0",
-        26280.0,
+        3 * HOURS_PER_YEAR,
         "hours the hardware is written off over (default 3 years x 8760 h)",
         _number(0.0, strict=True),
     ),

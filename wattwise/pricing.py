@@ -27,12 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise import carbon, hardware
 from wattwise.errors import BadInput, UnknownHardware
-from wattwise.units import S_PER_HOUR, j_to_kwh
+from wattwise.units import HOURS_PER_YEAR, S_PER_HOUR, j_to_kwh
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.config import Settings
-
-HOURS_PER_YEAR = 8760.0  # 365 days
 
 
 @dataclass(frozen=True, slots=True)

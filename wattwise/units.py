@@ -8,6 +8,10 @@ MJ_PER_J = 1000.0  # millijoules per joule
 UJ_PER_J = 1_000_000.0  # microjoules per joule
 MW_PER_W = 1000.0  # milliwatts per watt
 S_PER_HOUR = 3600.0
+HOURS_PER_YEAR = 8760.0  # 365 days
+KWH_PER_MWH = 1000.0
+G_PER_KG = 1000.0
+G_PER_LB = 453.59237  # exact (international avoirdupois pound)
 
 
 def j_to_wh(energy_j: float) -> float:
