@@ -3,6 +3,7 @@ energy accounting (GPU when there is one), then writes the ledger and the compar
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -132,18 +133,8 @@ def register(app: typer.Typer) -> None:
 
         from wattwise.zoo.demo import run_demo
 
-        if as_json:
-            result = run_demo(
-                epochs=n_epochs,
-                ledger=ledger,
-                out_dir=out,
-                region=region,
-                pricing=pricing,
-                seed=seed,
-            )
-            typer.echo(json.dumps(result.to_json(), indent=2))
-            return
-        hook, display = _progress_display()
+        # --json: no progress display, and stdout is nothing but the JSON.
+        hook, display = (None, contextlib.nullcontext()) if as_json else _progress_display()
         with display:
             result = run_demo(
                 epochs=n_epochs,
@@ -154,4 +145,7 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 progress=hook,
             )
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+            return
         _show(result)
