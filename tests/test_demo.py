@@ -74,33 +74,20 @@ def test_quiet_lightning_restores_levels_and_keeps_other_warnings():
     assert [str(w.message) for w in caught] == ["something else"]
 
 
-def _energy_trainer(tmp_path, epochs, callbacks):
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
-
-
 @pytest.mark.slow
 def test_growth_shows_in_snapshots_and_energy_spans_it(tmp_path):
     from lightning_callbacks import EnergyCallback
     from wattwise.ledger import Ledger
     from wattwise.zoo import AdaptiveMLP, build_datamodule, count_parameters
+    from wattwise.zoo.demo import demo_trainer
 
     pl.seed_everything(0, verbose=False)
     model = AdaptiveMLP(hidden=(8, 8), max_width=32, patience=1, min_delta=10.0)
     start = count_parameters(model)
     with Ledger(tmp_path / "grow.db") as ledger:
         energy = EnergyCallback(ledger=ledger, architecture="adaptive", sample_hz=20)
-        _energy_trainer(tmp_path, 4, [energy]).fit(model, datamodule=build_datamodule(seed=0))
+        trainer = demo_trainer(4, [energy], root_dir=tmp_path, accelerator="cpu")
+        trainer.fit(model, datamodule=build_datamodule(seed=0))
         run_id = energy.run_id
         snaps = ledger.snapshots(run_id).sort_values("epoch")
         phases = ledger.phases(run_id)

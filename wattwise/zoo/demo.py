@@ -133,6 +133,29 @@ class _Progress(pl.Callback):
         self.hook("test", self.label, None, "")
 
 
+def demo_trainer(
+    epochs: int,
+    callbacks: Sequence[pl.Callback],
+    *,
+    root_dir: str | os.PathLike[str],
+    accelerator: str = "auto",
+) -> pl.Trainer:
+    """The demo's Trainer: ``epochs`` epochs on one device, no logger, checkpoints, progress bar,
+    model summary or sanity validation; energy and progress come from ``callbacks``."""
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+        default_root_dir=root_dir,
+    )
+
+
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
     value = metrics.get(name)
     return None if value is None else float(value)
@@ -200,18 +223,7 @@ def _train_all(
             callbacks: list[pl.Callback] = [energy]
             if progress is not None:
                 callbacks.append(_Progress(name, epochs, progress, energy))
-            trainer = pl.Trainer(
-                max_epochs=epochs,
-                accelerator="auto",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                callbacks=callbacks,
-                default_root_dir=out_dir,
-            )
+            trainer = demo_trainer(epochs, callbacks, root_dir=out_dir)
             trainer.fit(model, datamodule=datamodule)
             val_acc = _metric(trainer.callback_metrics, "val_acc")
             tested = trainer.test(model, datamodule=datamodule, verbose=False)
