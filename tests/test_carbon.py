@@ -158,6 +158,9 @@ def test_custom_intensity_overrides_and_adds(tmp_path):
     lab = carbon.intensity("LAB", settings)
     assert (lab.gco2e_per_kwh, lab.source, lab.year) == (12.5, "our PPA", 2024)
     assert lab.provenance["codecarbon_version"] == CODECARBON_VERSION
+    assert lab.provenance["entry"] == "lab"
+    assert lab.provenance["data_year"] == 2024
+    assert lab.provenance["dataset"] == f"configuration ({settings.source('intensities')})"
     assert carbon.intensity("fra", settings).gco2e_per_kwh == 70
     assert "LAB" in carbon.known_regions(settings)
 
@@ -196,6 +199,9 @@ def test_series_time_weighted_mean(tmp_path, start, end, expected, flags):
     assert found.region == "FRA"
     assert "grid.csv" in found.source
     assert found.provenance["codecarbon_version"] == CODECARBON_VERSION
+    assert found.provenance["dataset"] == str((tmp_path / "grid.csv").resolve())
+    assert found.provenance["data_year"] == found.year == start.year
+    assert found.provenance["points"] == 3
 
 
 def test_series_whole_span_without_interval(tmp_path):

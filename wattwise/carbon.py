@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wattwise.config import Settings
 
 GCP_DATA_YEAR = 2023  # impact.csv carries no year; codecarbon#610 copied Google's 2023 values
+_ENERGY_MIX_DATASET = "codecarbon data/private_infra/global_energy_mix.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,6 @@ def world_average() -> Intensity:
     total_twh = sum(r["total_TWh"] for r in rows)
     value = sum(r["carbon_intensity"] * r["total_TWh"] for r in rows) / total_twh
     year = max(r["year"] for r in rows)
-    dataset = "codecarbon data/private_infra/global_energy_mix.json"
     return Intensity(
         region=None,
         gco2e_per_kwh=value,
@@ -159,20 +159,19 @@ def world_average() -> Intensity:
         f"Our World in Data / Ember via codecarbon {_codecarbon_version()}",
         year=year,
         flags=("no_region",),
-        provenance=_provenance(dataset, year, countries=len(rows), total_twh=total_twh),
+        provenance=_provenance(_ENERGY_MIX_DATASET, year, countries=len(rows), total_twh=total_twh),
     )
 
 
 def _country(code: str, region: str) -> Intensity:
     row = _countries()[code]
-    dataset = "codecarbon data/private_infra/global_energy_mix.json"
     return Intensity(
         region=region,
         gco2e_per_kwh=float(row["carbon_intensity"]),
         source=f"{row['country_name']}: Our World in Data / Ember via codecarbon "
         f"{_codecarbon_version()}",
         year=int(row["year"]),
-        provenance=_provenance(dataset, int(row["year"]), country=code),
+        provenance=_provenance(_ENERGY_MIX_DATASET, int(row["year"]), country=code),
     )
 
 
@@ -235,12 +234,7 @@ def intensity(
             gco2e_per_kwh=row["gco2e_per_kwh"],
             source=row["source"],
             year=row["year"],
-            provenance={
-                "dataset": f"configuration ({where})",
-                "data_year": row["year"],
-                "codecarbon_version": _codecarbon_version(),
-                "entry": name,
-            },
+            provenance=_provenance(f"configuration ({where})", row["year"], entry=name),
         )
     if code in _countries():
         return _country(code, code)
@@ -364,14 +358,9 @@ def series_mean(
         source=f"time series {path} (time-weighted mean {start.isoformat()} .. {end.isoformat()})",
         year=year,
         flags=tuple(flags),
-        provenance={
-            "dataset": str(path),
-            "data_year": year,
-            "codecarbon_version": _codecarbon_version(),
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "points": len(points),
-        },
+        provenance=_provenance(
+            str(path), year, start=start.isoformat(), end=end.isoformat(), points=len(points)
+        ),
     )
 
 
