@@ -283,9 +283,22 @@ def test_lineage_sums_by_hand(book):
 def test_resume_reopens_and_continues(book):
     run_id = record_fit(book, gpu_j=(1000.0,))
     book.finish_run(run_id)
+    # Begun by another process: resuming here makes this process its owner.
+    book._connection().execute(
+        "UPDATE runs SET host = 'another-host', pid = 1, proc_started_at = 0.0, boot_id = 'old'"
+    )
     book.reopen_run(run_id)
     rec = book.get_run(run_id)
     assert (rec.status, rec.ended_at) == ("running", None)
+    procinfo = ledger_module._procinfo
+    assert book._read("SELECT host, pid, proc_started_at, boot_id FROM runs") == [
+        (
+            procinfo.host(),
+            os.getpid(),
+            procinfo.process_start_time(os.getpid()),
+            procinfo.boot_id(),
+        )
+    ]
     book.add_phases(run_id, [phase("train", GPU, 500.0)], epoch=1, epochs_completed=2)
     book.finish_run(run_id)
     rec = book.get_run(run_id)

@@ -342,6 +342,17 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _owner() -> dict[str, Any]:
+    """The columns that tie a ``running`` run to this process (read by ``_process_gone``)."""
+    pid = os.getpid()
+    return {
+        "host": _procinfo.host(),
+        "pid": pid,
+        "proc_started_at": _procinfo.process_start_time(pid),
+        "boot_id": _procinfo.boot_id(),
+    }
+
+
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise BadInput(f"run status {status!r} is not one of {', '.join(STATUSES)}")
@@ -604,17 +615,13 @@ class Ledger:
         run_id = run_id or str(uuid.uuid4())
         tags = [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
         started = _iso(started_at)
-        pid = os.getpid()
         row = {
             "run_id": run_id,
             "architecture": architecture,
             "status": "running",
             "started_at": started,
             "updated_at": started,
-            "host": _procinfo.host(),
-            "pid": pid,
-            "proc_started_at": _procinfo.process_start_time(pid),
-            "boot_id": _procinfo.boot_id(),
+            **_owner(),
             "tags": _dumps(tags),
             "settings": _dumps(settings or {}),
             "region": region,
@@ -828,17 +835,11 @@ class Ledger:
 
     def reopen_run(self, run_id: str) -> None:
         """Continue a run (resume): status back to ``running``, owned by this process."""
-        pid = os.getpid()
-        params = (
-            _procinfo.host(),
-            pid,
-            _procinfo.process_start_time(pid),
-            _procinfo.boot_id(),
+        owner = _owner()
+        assignments = "status = 'running', ended_at = NULL, reason = NULL, " + ", ".join(
+            f"{column} = ?" for column in owner
         )
-        assignments = (
-            "status = 'running', ended_at = NULL, reason = NULL, "
-            "host = ?, pid = ?, proc_started_at = ?, boot_id = ?"
-        )
+        params = tuple(owner.values())
         self._write(lambda conn: self._touch(conn, run_id, assignments, params))
 
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
