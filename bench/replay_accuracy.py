@@ -11,35 +11,14 @@ acceptance bounds beside them.
 
 from __future__ import annotations
 
-import bisect
 import pathlib
 
 from wattwise.integrate import integrate_phases
-from wattwise.sensors.replay import load_marks, load_trace, replay_device
+from wattwise.sensors.replay import counter_reference, load_marks, load_trace, replay_device
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "nvml"
 TRACES = ("h200-lightning-fit-50hz", "h200-mlp6144-8epochs-20hz")
 BOUNDS = {"counter": (1.0, 5.0, 1.0), "power": (3.0, 8.0, 3.0)}  # >=2 s, 0.4-2 s, sum (in %)
-
-
-def reference(t_s: list[float], energy_j: list[float]):
-    """The counter's change points joined linearly (a repeated value: not updated yet)."""
-    times, values = [t_s[0]], [energy_j[0]]
-    for t, e in zip(t_s[1:], energy_j[1:], strict=True):
-        if e != values[-1]:
-            times.append(t)
-            values.append(e)
-
-    def at(x: float) -> float:
-        if x <= times[0]:
-            return values[0]
-        if x >= times[-1]:
-            return values[-1]
-        i = bisect.bisect_right(times, x)
-        share = (x - times[i - 1]) / (times[i] - times[i - 1])
-        return values[i - 1] + (values[i] - values[i - 1]) * share
-
-    return at
 
 
 def main() -> None:
@@ -48,7 +27,7 @@ def main() -> None:
         trace = load_trace(FIXTURES / f"{name}.csv")
         marks = load_marks(next(FIXTURES.glob(f"{name.rsplit('-', 1)[0]}*marks.json")))
         info = replay_device(trace, marks.gpu)
-        ref = reference(trace.t_s, trace.energy_j)
+        ref = counter_reference(trace.t_s, trace.energy_j)
         boundaries = marks.marks
         for method in ("counter", "power"):
             phases = integrate_phases(

@@ -1,4 +1,4 @@
-"""Test doubles for wattwise (a manual clock, a scripted sensor) and the acceptance reference.
+"""Test doubles for wattwise (a manual clock, a scripted sensor) and the acceptance check.
 
 ``FakeClock`` stands in for ``time.monotonic``; ``FakeSensor`` is a one-device Sensor whose power
 follows a piecewise-constant schedule, so its energy counter is known exactly (worked out by hand
@@ -8,7 +8,6 @@ goes backwards, a counter that is not supported.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import threading
@@ -150,26 +149,6 @@ class FakeSensor(Sensor):
 
     def close(self) -> None:
         self.closed += 1
-
-
-def counter_reference_j(t_s: Sequence[float], energy_j: Sequence[float], at_s: float) -> float:
-    """The acceptance reference: the trace's counter, its change points joined linearly.
-
-    A repeated value means the counter had not updated yet, so each value is placed where it
-    first appears; the curve is clamped at the ends.
-    """
-    times, values = [t_s[0]], [energy_j[0]]
-    for t, e in zip(t_s[1:], energy_j[1:], strict=True):
-        if e != values[-1]:
-            times.append(t)
-            values.append(e)
-    if at_s <= times[0]:
-        return values[0]
-    if at_s >= times[-1]:
-        return values[-1]
-    i = bisect.bisect_right(times, at_s)
-    share = (at_s - times[i - 1]) / (times[i] - times[i - 1])
-    return values[i - 1] + (values[i] - values[i - 1]) * share
 
 
 def check_against_counter(

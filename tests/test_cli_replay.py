@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
-from fakes import check_against_counter, counter_reference_j
+from fakes import check_against_counter
 
 from wattwise.cli import main
-from wattwise.sensors.replay import load_marks, load_trace
+from wattwise.sensors.replay import counter_reference, load_marks, load_trace
 from wattwise.types import PhaseEnergy
 
 FIT = "h200-lightning-fit-50hz.csv"
@@ -52,7 +51,7 @@ def test_json_phases_agree_with_the_counter(
     assert out["total"]["method"] == method
     assert out["total"]["energy_j"] == pytest.approx(sum(p["energy_j"] for p in out["phases"]))
     trace = load_trace(nvml_fixtures / trace_name)
-    reference = functools.partial(counter_reference_j, trace.t_s, trace.energy_j)
+    reference = counter_reference(trace.t_s, trace.energy_j)
     long_pct, mid_pct, sum_pct = bounds
     check_against_counter(
         as_phases(out), reference, long_pct=long_pct, mid_pct=mid_pct, sum_pct=sum_pct
@@ -119,14 +118,13 @@ def test_ledger_records_a_finished_run_with_epochs(capsys, nvml_fixtures, tmp_pa
     marks = load_marks(nvml_fixtures / MLP_MARKS)
     trace = load_trace(nvml_fixtures / MLP)
     # the run covers fit_start..fit_end: its energy is the counter over that span
-    expected = counter_reference_j(trace.t_s, trace.energy_j, marks.fit_end_s)
-    expected -= counter_reference_j(trace.t_s, trace.energy_j, marks.fit_start_s)
+    reference = counter_reference(trace.t_s, trace.energy_j)
+    expected = reference(marks.fit_end_s) - reference(marks.fit_start_s)
     assert run.energy_j == pytest.approx(expected, rel=0.01)
     # each epoch = its train + validate phases, close to the recorded epoch span's counter
     epoch0 = phases[phases["epoch"] == 0]
     t0, t1 = marks.marks[0][1], marks.marks[3][1]
-    span = counter_reference_j(trace.t_s, trace.energy_j, t1)
-    span -= counter_reference_j(trace.t_s, trace.energy_j, t0)
+    span = reference(t1) - reference(t0)
     assert epoch0["energy_j"].sum() == pytest.approx(span, rel=0.01)
 
     assert main(["estimate", "--run", run_id, "--ledger", str(db), "--epochs", "10", "--json"]) == 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-from fakes import check_against_counter, counter_reference_j
+from fakes import check_against_counter
 
 from wattwise.integrate import DeviceIntegrator, integrate_phases
-from wattwise.sensors.replay import ReplayNvmlSensor, load_marks, load_trace
+from wattwise.sensors.replay import (
+    ReplayNvmlSensor,
+    counter_reference,
+    load_marks,
+    load_trace,
+)
 from wattwise.types import DeviceInfo, Sample
 
 GPU = DeviceInfo("gpu:GPU-1", "gpu", "Test GPU", "counter", update_period_s=0.1)
@@ -208,7 +211,7 @@ def test_phases_agree_with_the_hardware_counter(nvml_fixtures, trace_name, marks
         trace.samples(info.device_id), [info], marks.marks[:-1], marks.marks[-1][1], method
     )
     assert len(phases) == len(marks.marks) - 1
-    reference = functools.partial(counter_reference_j, trace.t_s, trace.energy_j)
+    reference = counter_reference(trace.t_s, trace.energy_j)
     long_pct, mid_pct, sum_pct = BOUNDS[method]
     check_against_counter(phases, reference, long_pct=long_pct, mid_pct=mid_pct, sum_pct=sum_pct)
     assert all(p.method == method for p in phases)

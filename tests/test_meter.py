@@ -180,9 +180,7 @@ def test_nothing_to_measure_is_said_not_raised():
 
 
 def test_discovered_replay_gpu_matches_its_recorded_counter(monkeypatch, nvml_fixtures):
-    from fakes import counter_reference_j
-
-    from wattwise.sensors.replay import load_trace
+    from wattwise.sensors.replay import counter_reference, load_trace
 
     path = nvml_fixtures / "h200-square-wave.csv"
     monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(path))
@@ -195,9 +193,9 @@ def test_discovered_replay_gpu_matches_its_recorded_counter(monkeypatch, nvml_fi
     (sensor,) = meter._sampler._sensors
     trace = load_trace(path)
     origin = sensor.t_open_s - trace.t_s[0]
+    reference = counter_reference(trace.t_s, trace.energy_j)
     for phase in meter.result.phases:
-        expected = counter_reference_j(trace.t_s, trace.energy_j, phase.end_s - origin)
-        expected -= counter_reference_j(trace.t_s, trace.energy_j, phase.start_s - origin)
+        expected = reference(phase.end_s - origin) - reference(phase.start_s - origin)
         assert phase.energy_j == pytest.approx(expected, rel=0.05), phase.name
         assert phase.method == "counter"
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 
 import pytest
-from fakes import FakeClock, FakeSensor, check_against_counter, counter_reference_j
+from fakes import FakeClock, FakeSensor, check_against_counter
 
 from wattwise.errors import BadInput
 from wattwise.sampler import Sampler
-from wattwise.sensors.replay import ReplayNvmlSensor, load_marks, load_trace
+from wattwise.sensors.replay import (
+    ReplayNvmlSensor,
+    counter_reference,
+    load_marks,
+    load_trace,
+)
 
 
 class CountingReplay(ReplayNvmlSensor):
@@ -239,7 +243,7 @@ def test_live_replay_through_the_sampler_meets_the_counter_bounds(nvml_fixtures)
             run_until(sampler, clock, events[-1][0] + 1.0, events)
             phases = sampler.collect(timeout_s=0)
             assert [p.name for p in phases] == [label for label, _ in marks.marks[:-1]]
-            reference = functools.partial(counter_reference_j, trace.t_s, trace.energy_j)
+            reference = counter_reference(trace.t_s, trace.energy_j)
             check_against_counter(
                 phases, reference, long_pct=1.0, mid_pct=5.0, sum_pct=1.0, offset_s=origin
             )

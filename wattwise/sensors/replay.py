@@ -225,6 +225,31 @@ def find_marks(trace_path: str | os.PathLike) -> pathlib.Path | None:
     return None
 
 
+def counter_reference(t_s: Sequence[float], energy_j: Sequence[float]) -> Callable[[float], float]:
+    """A recorded counter as a curve: its change points joined linearly, clamped at the ends.
+
+    A repeated value means the counter had not updated yet, so each value is placed where it
+    first appears. The reference the accuracy tests and ``bench/replay_accuracy.py`` compare
+    phase energies with.
+    """
+    times, values = [t_s[0]], [energy_j[0]]
+    for t, e in zip(t_s[1:], energy_j[1:], strict=True):
+        if e != values[-1]:
+            times.append(t)
+            values.append(e)
+
+    def at(t: float) -> float:
+        if t <= times[0]:
+            return values[0]
+        if t >= times[-1]:
+            return values[-1]
+        i = bisect_right(times, t)
+        share = (t - times[i - 1]) / (times[i] - times[i - 1])
+        return values[i - 1] + (values[i] - values[i - 1]) * share
+
+    return at
+
+
 def replay_uuid(trace: Trace) -> str:
     """A GPU UUID derived from the trace's bytes: the same file gives the same GPU everywhere."""
     return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, trace.digest)}"
