@@ -23,6 +23,7 @@ LedgerOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+RunArgument = Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")]
 
 _ID_PREFIX = 8
 _CHILD_GRACE_S = 10.0  # after Ctrl-C, how long the measured command may take to end
@@ -100,7 +101,7 @@ def runs_command(
 @runs_app.command("show")
 def show_command(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")],
+    run: RunArgument,
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -109,13 +110,15 @@ def show_command(
         rec = book.get_run(run)
         phases = book.phases(rec.run_id)
         snapshots = book.snapshots(rec.run_id)
-        ancestors = book.ancestors(rec.run_id)
         own_j = book.own_energy_j(rec.run_id)
         lineage = [
-            {"run_id": rid, "architecture": book.get_run(rid).architecture} for rid in ancestors
+            {
+                "run_id": rid,
+                "architecture": book.get_run(rid).architecture,
+                "own_energy_wh": j_to_wh(book.own_energy_j(rid)),
+            }
+            for rid in book.ancestors(rec.run_id)
         ]
-        for item in lineage:
-            item["own_energy_wh"] = j_to_wh(book.own_energy_j(item["run_id"]))
         cumulative_j = book.cumulative_energy_j(rec.run_id)
     phase_rows = json.loads(phases.to_json(orient="records"))
     snapshot_rows = json.loads(snapshots.to_json(orient="records"))
@@ -206,7 +209,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
 @runs_app.command("rm")
 def rm_command(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")],
+    run: RunArgument,
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
