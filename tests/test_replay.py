@@ -50,22 +50,34 @@ def test_load_marks(nvml_fixtures):
     assert mlp.peak_mem_gib == pytest.approx(3.0417767)
 
 
+BAD_TRACES = [
+    ("t_s,power_mW\n0,1\n1,1\n", "missing column"),
+    ("t_s,energy_mJ,power_mW\n0,1,1\n1,x,1\n", "row 3, column 'energy_mJ'"),
+    ("t_s,energy_mJ,power_mW\n0,1,1\n1,1,nan\n", "row 3, column 'power_mW'"),
+    ("t_s,energy_mJ,power_mW\n0,1,1\n2,1,1\n1,1,1\n", "row 4: t_s 1.0 does not increase"),
+    ("t_s,energy_mJ,power_mW\n0,1,1\n", "at least 2 data rows"),
+    ("t_s,energy_mJ,power_mW\n0,1,1\n1,1\n", "row 3 has 2 fields"),
+    ("", "missing column"),
+]
+BAD_MARKS = [
+    ("{", "not a JSON marks file"),
+    ('{"fit_start": 1}', "no 'marks' list"),
+    ('{"marks": [["a", "x"]]}', "mark 0"),
+    ('{"marks": [["a", 2], ["b", 1]]}', "mark 1 .* before the previous one"),
+    ('{"marks": [], "fit_end": "late"}', "fit_end"),
+    ('{"marks": [], "gpu": 7}', "gpu"),
+]
+
+
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("t_s,power_mW\n0,1\n1,1\n", "missing column"),
-        ("t_s,energy_mJ,power_mW\n0,1,1\n1,x,1\n", "row 3, column 'energy_mJ'"),
-        ("t_s,energy_mJ,power_mW\n0,1,1\n1,1,nan\n", "row 3, column 'power_mW'"),
-        ("t_s,energy_mJ,power_mW\n0,1,1\n2,1,1\n1,1,1\n", "row 4: t_s 1.0 does not increase"),
-        ("t_s,energy_mJ,power_mW\n0,1,1\n", "at least 2 data rows"),
-        ("t_s,energy_mJ,power_mW\n0,1,1\n1,1\n", "row 3 has 2 fields"),
-        ("", "missing column"),
-    ],
+    ("load", "name", "text", "message"),
+    [(load_trace, "bad.csv", *case) for case in BAD_TRACES]
+    + [(load_marks, "marks.json", *case) for case in BAD_MARKS],
 )
-def test_bad_trace_names_file_and_row(tmp_path, text, message):
-    path = write(tmp_path, "bad.csv", text)
+def test_bad_file_names_itself_and_the_problem(tmp_path, load, name, text, message):
+    path = write(tmp_path, name, text)
     with pytest.raises(TraceFormatError, match=message) as info:
-        load_trace(path)
+        load(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, BadInput)
 
@@ -77,24 +89,6 @@ def test_unreadable_trace(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(TraceFormatError, match="UTF-8"):
         load_trace(binary)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("{", "not a JSON marks file"),
-        ('{"fit_start": 1}', "no 'marks' list"),
-        ('{"marks": [["a", "x"]]}', "mark 0"),
-        ('{"marks": [["a", 2], ["b", 1]]}', "mark 1 .* before the previous one"),
-        ('{"marks": [], "fit_end": "late"}', "fit_end"),
-        ('{"marks": [], "gpu": 7}', "gpu"),
-    ],
-)
-def test_bad_marks(tmp_path, text, message):
-    path = write(tmp_path, "marks.json", text)
-    with pytest.raises(TraceFormatError, match=message) as info:
-        load_marks(path)
-    assert str(path) in str(info.value)
 
 
 def test_replay_reads_the_row_in_force(nvml_fixtures):
