@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +14,35 @@ NVML_FIXTURES = FIXTURES / "nvml"
 @pytest.fixture
 def nvml_fixtures() -> pathlib.Path:
     return NVML_FIXTURES
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """The defaults: settings loaded in an empty directory, with no environment."""
+    from wattwise import config
+
+    return config.load(cwd=tmp_path, env={})
+
+
+@pytest.fixture
+def settings_from(tmp_path):
+    """``settings_from(text)``: write ``text`` as ``tmp_path/wattwise.toml`` and load it."""
+    from wattwise import config
+
+    def load(text: str):
+        (tmp_path / "wattwise.toml").write_text(text, encoding="utf-8")
+        return config.load(cwd=tmp_path, env={})
+
+    return load
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models: one torch thread is faster than two and spares the shared cores."""
+    from wattwise.zoo.demo import one_cpu_thread
+
+    with one_cpu_thread():
+        yield
 
 
 def _has_gpu() -> bool:

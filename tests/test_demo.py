@@ -15,16 +15,7 @@ import pytorch_lightning as pl
 
 from wattwise.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is faster than two and spares the shared cores."""
-    import torch as torch_
-
-    before = torch_.get_num_threads()
-    torch_.set_num_threads(1)
-    yield
-    torch_.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,7 @@ from wattwise.zoo import (  # noqa: E402
     split_digits,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is faster than two and spares the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
