@@ -15,22 +15,12 @@ from importlib import resources
 
 import pytest
 
-from wattwise import carbon, config
+from wattwise import carbon
 from wattwise.errors import BadInput, UnknownRegion
 
 DATA = pathlib.Path(next(iter(importlib.util.find_spec("codecarbon").submodule_search_locations)))
 DATA = DATA / "data"
 CODECARBON_VERSION = importlib.metadata.version("codecarbon")
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return config.load(cwd=tmp_path, env={})
-
-
-def settings_from(tmp_path, text):
-    (tmp_path / "wattwise.toml").write_text(text, encoding="utf-8")
-    return config.load(cwd=tmp_path, env={})
 
 
 def energy_mix():
@@ -149,9 +139,8 @@ def test_unknown_region_lists_closest(settings):
         carbon.intensity("aws:us-east-9", settings)
 
 
-def test_custom_intensity_overrides_and_adds(tmp_path):
+def test_custom_intensity_overrides_and_adds(settings_from):
     settings = settings_from(
-        tmp_path,
         '[intensities.lab]\ngco2e_per_kwh = 12.5\nsource = "our PPA"\nyear = 2024\n'
         '[intensities.FRA]\ngco2e_per_kwh = 70\nsource = "RTE eco2mix"\nyear = 2024\n',
     )
@@ -190,9 +179,9 @@ def utc(hour, minute=0, day=1):
         (dt.datetime(2025, 1, 1, 0, 30), dt.datetime(2025, 1, 1, 1, 30), 200, ()),
     ],
 )
-def test_series_time_weighted_mean(tmp_path, start, end, expected, flags):
+def test_series_time_weighted_mean(tmp_path, settings_from, start, end, expected, flags):
     (tmp_path / "grid.csv").write_text(SERIES, encoding="utf-8")
-    settings = settings_from(tmp_path, 'intensity_series = "grid.csv"\nregion = "FRA"\n')
+    settings = settings_from('intensity_series = "grid.csv"\nregion = "FRA"\n')
     found = carbon.intensity("FRA", settings, start=start, end=end)
     assert found.gco2e_per_kwh == pytest.approx(expected)
     assert found.flags == flags
@@ -241,11 +230,11 @@ def test_pue_defaults_per_provider(settings):
     assert "no PUE known for provider 'lab'" in custom.source
 
 
-def test_pue_overrides(tmp_path):
-    single = settings_from(tmp_path, "pue = 1.3\n")
+def test_pue_overrides(settings_from):
+    single = settings_from("pue = 1.3\n")
     assert carbon.pue("aws:p5.48xlarge", single).value == 1.3
     assert carbon.pue("onprem", single).value == 1.3
-    table = settings_from(tmp_path, "pue = { onprem = 1.4, AWS = 1.05 }\n")
+    table = settings_from("pue = { onprem = 1.4, AWS = 1.05 }\n")
     assert carbon.pue("aws:p5.48xlarge", table).value == 1.05
     assert carbon.pue("onprem", table).value == 1.4
     assert carbon.pue("gcp:a2-highgpu-1g", table).value == pytest.approx(1.10)  # built-in

@@ -10,20 +10,10 @@ from importlib import resources
 
 import pytest
 
-from wattwise import config, hardware, pricing
+from wattwise import hardware, pricing
 from wattwise.errors import BadInput
 
 KWH = 3.6e6  # J
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return config.load(cwd=tmp_path, env={})
-
-
-def settings_from(tmp_path, text):
-    (tmp_path / "wattwise.toml").write_text(text, encoding="utf-8")
-    return config.load(cwd=tmp_path, env={})
 
 
 def test_onprem_energy_pue_tariff_and_amortisation(settings):
@@ -50,9 +40,8 @@ def test_onprem_defaults_use_table_price(settings):
     assert "H100 SXM 80 GB" in cost.source
 
 
-def test_onprem_non_usd_tariff(tmp_path):
+def test_onprem_non_usd_tariff(settings_from):
     s = settings_from(
-        tmp_path,
         'tariff_per_kwh = 0.25\ncurrency = "EUR"\nusd_per_currency = 1.2\npue = 1.0\n'
         "hardware_price_usd = 0\n",
     )
@@ -81,9 +70,8 @@ def test_partial_instance_is_charged_k_over_n(settings):
     assert "aws.amazon.com" in cost.source
 
 
-def test_custom_instance_and_case(tmp_path):
+def test_custom_instance_and_case(settings_from):
     s = settings_from(
-        tmp_path,
         '[instances."lab:box"]\ngpus = 8\ngpu = "H100"\nprice_per_hour_usd = 16.0\n'
         'source = "recharge rate"\ndate = "2025-01"\n'
         '[instances.small]\ngpus = 1\ngpu = "L4"\nprice_per_hour_usd = 0.5\n'
@@ -122,9 +110,8 @@ def test_bad_numbers(settings, kwargs, bad):
         pricing.cost(energy_j, duration_s, settings=settings, **kwargs)
 
 
-def break_even_settings(tmp_path, rent_usd):
+def break_even_settings(settings_from, rent_usd):
     return settings_from(
-        tmp_path,
         "tariff_per_kwh = 0.1\npue = 1.0\nhardware_price_usd = 10000\nservice_hours = 17520\n"
         '[gpus."Test 1kW"]\ntdp_w = 1000\nidle_w = 50\nbf16_tflops = 100\nfp32_tflops = 10\n'
         "memory_gib = 10\nmemory_bandwidth_gbs = 100\nprice_usd = 10000\n"
@@ -134,15 +121,15 @@ def break_even_settings(tmp_path, rent_usd):
     )
 
 
-def test_break_even_hand_worked(tmp_path):
-    s = break_even_settings(tmp_path, rent_usd=5.2)
+def test_break_even_hand_worked(settings_from):
+    s = break_even_settings(settings_from, rent_usd=5.2)
     # own: 10000 USD over 17520 h = 2 years -> 5000 USD/yr fixed; 1 kW x 1.0 x 0.1 = 0.1 USD/h
     # rent: 5.2 USD/h / 2 GPUs = 2.6 USD per GPU-hour -> margin 2.5 -> 5000 / 2.5 = 2000 h/yr
     assert pricing.break_even_gpu_hours_per_year("test 1kw", "rent:one", s) == pytest.approx(2000)
 
 
-def test_break_even_never_when_renting_is_cheaper_than_power(tmp_path):
-    s = break_even_settings(tmp_path, rent_usd=0.2)  # 0.1 USD per GPU-hour = own power cost
+def test_break_even_never_when_renting_is_cheaper_than_power(settings_from):
+    s = break_even_settings(settings_from, rent_usd=0.2)  # 0.1 USD per GPU-hour = own power cost
     assert pricing.break_even_gpu_hours_per_year("Test 1kW", "rent:one", s) == math.inf
 
 
