@@ -138,6 +138,8 @@ def test_runs_show_text_and_group_level_options(capsys, ledger_path, two_runs):
     assert finetune in out
     assert "lineage" in out and "3.7 Wh" in out
     assert "Energy per epoch" in out
+    # 1440 J GPU + 360 J CPU; no RAM device: missing, not 0 Wh
+    assert "gpu 0.4, cpu 0.1, ram -" in out
 
 
 def test_runs_rm_and_unknown_run(capsys, ledger_path, two_runs):

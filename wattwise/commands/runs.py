@@ -144,6 +144,10 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
 
     console = _console()
     duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
+    # a kind no device measured is missing ("-"), never a silent 0 Wh (as in `runs --json`)
+    by_kind = ", ".join(
+        f"{k} {_wh(v) if k in rec.measured_kinds else '-'}" for k, v in rec.energy_by_kind_j.items()
+    )
     for label, value in (
         ("run", rec.run_id),
         ("architecture", rec.architecture),
@@ -153,7 +157,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("duration", duration),
         ("epochs", str(rec.epochs)),
         ("energy", f"{_wh(rec.energy_j)} Wh ({rec.method_mix or 'no phases'})"),
-        ("by kind (Wh)", ", ".join(f"{k} {_wh(v)}" for k, v in rec.energy_by_kind_j.items())),
+        ("by kind (Wh)", by_kind),
         ("flags", ", ".join(rec.flags) or "-"),
         ("host / pid", f"{rec.host} / {rec.pid}"),
         ("git commit", rec.git_commit or "-"),
