@@ -57,6 +57,12 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
+def wattwise_run_argv(ledger_path, code):
+    """`python -m wattwise run --ledger LEDGER -- python -c CODE`, for a real process of its own."""
+    wattwise = [sys.executable, "-m", "wattwise", "run", "--ledger", str(ledger_path)]
+    return [*wattwise, "--", sys.executable, "-c", code]
+
+
 def test_runs_json_lists_every_run_with_the_fixed_fields(capsys, ledger_path, two_runs):
     pretrain, finetune = two_runs
     code, out, _ = run_cli(capsys, "runs", "--ledger", str(ledger_path), "--json")
@@ -215,18 +221,7 @@ def test_run_records_a_finished_command(capsys, ledger_path):
 
 def test_run_passes_the_exit_code_through_and_marks_failed(tmp_path, ledger_path):
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wattwise",
-            "run",
-            "--ledger",
-            str(ledger_path),
-            "--",
-            sys.executable,
-            "-c",
-            "import sys; print('child says hi'); sys.exit(3)",
-        ],
+        wattwise_run_argv(ledger_path, "import sys; print('child says hi'); sys.exit(3)"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -260,18 +255,7 @@ def test_run_of_an_unknown_program_is_bad_input(capsys, ledger_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wattwise",
-            "run",
-            "--ledger",
-            str(ledger_path),
-            "--",
-            sys.executable,
-            "-c",
-            "import time; time.sleep(60)",
-        ],
+        wattwise_run_argv(ledger_path, "import time; time.sleep(60)"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
