@@ -359,3 +359,17 @@ def test_replayed_trace_run_predicts_its_own_total(capsys, tmp_path, nvml_fixtur
     # the marks give 90 training steps per epoch: 900 steps = 10 epochs
     data = run_json(capsys, "--run", record.run_id, "--ledger", str(db), "--steps", "900")
     assert data["epochs"] == pytest.approx(10.0)
+
+
+def test_configured_pricing_list_uses_its_first_scenario(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WATTWISE_PRICING", raising=False)
+    (tmp_path / "wattwise.toml").write_text(
+        'pricing = ["aws:p5.48xlarge", "onprem"]\n', encoding="utf-8"
+    )
+    measured = ["--measured-gpu", "H100", "--seconds-per-epoch", "60", "--joules-per-epoch", "1e4"]
+    data = run_json(capsys, *measured, "--epochs", "3", "--gpu", "H100")
+    assert data["pricing"] == "aws:p5.48xlarge"
+    assert data["targets"][0]["pricing"] == "aws:p5.48xlarge"
+    data = run_json(capsys, *measured, "--epochs", "3", "--gpu", "H100", "--pricing", "onprem")
+    assert data["pricing"] == "onprem"

@@ -167,6 +167,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict time, energy, cost and CO2e of a planned run, from a measured one."""
         from wattwise import config, hardware
+        from wattwise.commands.money import first_scenario
         from wattwise.estimate import Budgets, Plan, Profile, estimate, profile_from_run
 
         for flag, value in (
@@ -243,7 +244,7 @@ def register(app: typer.Typer) -> None:
             Plan(epochs=epochs, steps=steps, steps_per_epoch=steps_per_epoch),
             targets,
             region=region or settings.get("region"),
-            pricing=pricing or _first(settings.get("pricing")),
+            pricing=pricing or first_scenario(settings.get("pricing")),
             budgets=Budgets(max_kwh=budget_kwh, max_usd=budget_usd, max_kgco2e=budget_kgco2e),
             settings=settings,
         )
@@ -251,10 +252,3 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result.to_json(), indent=2))
         else:
             _show(result)
-
-
-def _first(pricing: str | list[str] | None) -> str:
-    """The configured pricing scenario (the first one when the configuration lists several)."""
-    if isinstance(pricing, list | tuple):
-        return pricing[0] if pricing else "onprem"
-    return pricing or "onprem"

@@ -45,7 +45,7 @@ def carbon_command(
             typer.echo("\n".join(codes))
         return
     found = carbon.intensity(settings.get("region"), settings)
-    pue = carbon.pue(_first_scenario(settings.get("pricing")), settings)
+    pue = carbon.pue(first_scenario(settings.get("pricing")), settings)
     if as_json:
         _print_json(
             {
@@ -62,7 +62,8 @@ def carbon_command(
     typer.echo(f"PUE:       {pue.value:g} ({pue.source})")
 
 
-def _first_scenario(pricing: str | list[str]) -> str:
+def first_scenario(pricing: str | list[str]) -> str:
+    """The scenario in force: ``settings.get("pricing")``, the first when it lists several."""
     return pricing[0] if isinstance(pricing, list) else pricing
 
 
