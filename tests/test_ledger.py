@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -474,6 +475,19 @@ def test_new_file_is_marked_and_current(book):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+def test_released_first_migration_is_the_frozen_v1_schema():
+    """MIGRATIONS[0] is released: it must stay the v1 DDL the fixture was built from."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    make_fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_fixtures)
+
+    def statements(ddl):
+        return [" ".join(part.split()) for part in ddl.split(";") if part.strip()]
+
+    assert statements(ledger_module.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
+    assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
