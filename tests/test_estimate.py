@@ -162,6 +162,9 @@ def test_two_gpus_share_the_epoch_energy():
     assert same.cost_usd == pytest.approx(
         pricing.cost(240_000.0, 300.0, gpu_name=H100.name, n_gpus=2).total_usd
     )
+    # each A100 keeps the H100's share of its power range: u = (400 - idle) / (TDP - idle)
+    u = (400.0 - H100.idle_w) / (H100.tdp_w - H100.idle_w)
+    assert a100.gpu_power_w == pytest.approx(A100.idle_w + u * (A100.tdp_w - A100.idle_w))
     assert a100.energy_kwh == pytest.approx(2 * a100.gpu_power_w * a100.seconds / 3.6e6)
 
 

@@ -462,11 +462,14 @@ def estimate(
     else:
         busy, busy_range = u, (u, 1.0)
 
+    def target_power_w(target: GpuSpec) -> float:
+        """``P_t = idle_t + u * (TDP_t - idle_t)``: the measured share of the target's range."""
+        return target.idle_w + u * (target.tdp_w - target.idle_w)
+
     def run_totals(target: GpuSpec, ratio: float) -> tuple[float, float]:
         """Seconds and joules of the whole plan on ``target`` at this time ratio."""
-        power_t_w = target.idle_w + u * (target.tdp_w - target.idle_w)
         epoch_s = ratio * m.seconds_per_epoch
-        epoch_j = (power_t_w * m.n_gpus + host_power_w) * epoch_s
+        epoch_j = (target_power_w(target) * m.n_gpus + host_power_w) * epoch_s
         warm_s = n_warm * m.warmup_extra_s * ratio
         warm_j = n_warm * m.warmup_extra_j * epoch_j / m.joules_per_epoch
         return warm_s + n_epochs * epoch_s, warm_j + n_epochs * epoch_j
@@ -501,14 +504,15 @@ def estimate(
         lo_cost, lo_co2e = money_and_carbon(target, scenario, lo_s, lo_j)
         hi_cost, hi_co2e = money_and_carbon(target, scenario, hi_s, hi_j)
         break_even = _break_even(target, scenario, settings)
-        figures = {"kwh": j_to_kwh(energy_j), "usd": cost.total_usd, "kgco2e": co2e}
+        energy_kwh = j_to_kwh(energy_j)
+        figures = {"kwh": energy_kwh, "usd": cost.total_usd, "kgco2e": co2e}
         verdicts = {name: figures[name] <= limit for name, limit in limits.items()}
         results.append(
             TargetEstimate(
                 gpu=target.name,
                 n_gpus=m.n_gpus,
                 seconds=seconds,
-                energy_kwh=j_to_kwh(energy_j),
+                energy_kwh=energy_kwh,
                 cost_usd=cost.total_usd,
                 co2e_kg=co2e,
                 fits_memory=_fits(m, target),
@@ -521,7 +525,7 @@ def estimate(
                     "co2e_kg": [lo_co2e, hi_co2e],
                 },
                 time_ratio=ratio,
-                gpu_power_w=target.idle_w + u * (target.tdp_w - target.idle_w),
+                gpu_power_w=target_power_w(target),
                 uncertainty=widen,
                 memory_gib=target.memory_gib,
                 pricing=scenario,
