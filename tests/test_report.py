@@ -234,6 +234,12 @@ def test_sections_show_growth_lineage_and_provenance(ledger, settings, tmp_path)
     summary = sections["summary"]
     assert summary.count("<tr>") == 1 + 5  # header + every run
     assert 'title="estimated"' in summary  # estimated CPU/RAM cells are labelled
+    # the adaptive run recorded its training samples: the column is there, one cell per row
+    header = re.search(r"<thead>.*?</thead>", summary, re.S).group(0)
+    assert "J per train sample" in header
+    n_columns = len(re.findall(r"<th[\s>]", header))
+    body_rows = re.findall(r"<tr[^>]*>.*?</tr>", summary.split("</thead>")[1], re.S)
+    assert [row.count("<td") for row in body_rows] == [n_columns] * 5
 
 
 def test_run_selection_by_id_and_prefix(ledger, settings, tmp_path) -> None:
@@ -272,6 +278,7 @@ def test_meter_runs_and_repeated_stages(ledger, settings, tmp_path) -> None:
     assert (row["start_s"], row["end_s"]) == (pytest.approx(10.0), pytest.approx(22.0))
     html = result.html_path.read_text()
     assert "No run recorded a final metric" in html
+    assert "J per train sample" not in html  # no run recorded its training samples
 
 
 def test_large_ledger_is_summarised(ledger, settings, tmp_path) -> None:

@@ -155,6 +155,7 @@ def _summary(data: ReportData) -> dict[str, Any]:
     names = [s.name for s in data.scenarios]
     metric_columns = [c for c in runs.columns if c.startswith("metric/")]
     has_lineage = runs["parent_run_id"].map(lambda p: isinstance(p, str)).any()
+    has_samples = runs["j_per_train_sample"].notna().any()
     header = [
         ("run", False),
         ("architecture", False),
@@ -173,7 +174,7 @@ def _summary(data: ReportData) -> dict[str, Any]:
     header += [(f"cost {n} (USD)", True) for n in names]
     header += [(f"CO2e {n} (kg)", True) for n in names]
     header += [(m.removeprefix("metric/"), True) for m in metric_columns]
-    if runs["j_per_train_sample"].notna().any():
+    if has_samples:
         header.append(("J per train sample", True))
     if has_lineage:
         header.append(("cumulative (Wh)", True))
@@ -199,7 +200,7 @@ def _summary(data: ReportData) -> dict[str, Any]:
         cells += [(num(r[cost_column(n)], 3), "") for n in names]
         cells += [(num(r[co2e_column(n)], 3), "") for n in names]
         cells += [(num(r[m], 4), "") for m in metric_columns]
-        if runs["j_per_train_sample"].notna().any():
+        if has_samples:
             cells.append((num(r["j_per_train_sample"], 3), ""))
         if has_lineage:
             cells.append((num(r["cumulative_wh"], 4), ""))
