@@ -9,7 +9,7 @@
    is cheap; the estimate for a real H200 adds the measured NVML cost per read
    (h200-nvml-read-cost.json: ~4 ms of CPU per counter read, ~9 us per instant-power read).
    Target: <= 1% of one core at 10 Hz.
-2. Memory: a FakeClock drives ``Sampler.step`` through one simulated hour at 10 Hz (36,000
+2. Memory: a simulated clock drives ``Sampler.step`` through one simulated hour at 10 Hz (36,000
    ticks) with a boundary every simulated minute and a collect every ten; RSS is compared after
    a warm-up minute and at the end. Target: < 5 MB of growth.
 """
@@ -20,20 +20,15 @@ import argparse
 import gc
 import json
 import pathlib
-import sys
 import threading
 import time
 
 import psutil
 
+from wattwise.sampler import Sampler
+from wattwise.sensors.replay import ReplayNvmlSensor
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fakes import FakeClock  # noqa: E402
-
-from wattwise.sampler import Sampler  # noqa: E402
-from wattwise.sensors.replay import ReplayNvmlSensor  # noqa: E402
-
 NVML = ROOT / "tests" / "fixtures" / "nvml"
 TRACE = NVML / "h200-lightning-fit-50hz.csv"
 
@@ -92,7 +87,11 @@ def cpu_cost(sample_hz: float, seconds: float, boundary_every_s: float | None) -
 
 
 def memory_growth(hours: float = 1.0, sample_hz: float = 10.0) -> dict:
-    clock = FakeClock(0.0)
+    now_s = [0.0]  # a simulated clock: moved by hand, one tick at a time
+
+    def clock() -> float:
+        return now_s[0]
+
     sensor = ReplayNvmlSensor(TRACE, clock=clock)
     sampler = Sampler([sensor], sensor.open(), sample_hz=sample_hz, clock=clock)
     process = psutil.Process()
@@ -102,7 +101,7 @@ def memory_growth(hours: float = 1.0, sample_hz: float = 10.0) -> dict:
     rss0 = None
     phases = 0
     for i in range(1, ticks + 1):
-        clock.advance(1.0 / sample_hz)
+        now_s[0] += 1.0 / sample_hz
         sampler.step()
         if i % per_minute == 0:
             sampler.boundary("epoch")
