@@ -63,13 +63,6 @@ class RunSpec:
         }.get((stage, kind), self.cpu_w if kind == "cpu" else self.ram_w)
         return power * seconds
 
-    def energy_j(self, kind: str | None = None) -> float:
-        kinds = [d.kind for d in self.devices] if kind is None else [kind]
-        if kind == "gpu" and not self.gpu:
-            return 0.0
-        per_epoch = sum(self.stage_energy_j(s, k) for s in ("train", "validate") for k in kinds)
-        return per_epoch * self.epochs
-
     @property
     def duration_s(self) -> float:
         if self.wall_s is not None:
