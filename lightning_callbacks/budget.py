@@ -66,6 +66,7 @@ class _BudgetLogic:
         """How much the run's total energy grew in each training epoch seen (end to end)."""
         self._last_total_j = 0.0
         self._energy_cb: Any = None
+        self._config: Any = None  # the configuration in force, loaded at the first projection
         self._errors: set[str] = set()
 
     @property
@@ -93,6 +94,7 @@ class _BudgetLogic:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_energy_cb"] = None  # found again at setup
+        state["_config"] = None  # loaded again when needed
         return state
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -106,6 +108,7 @@ class _BudgetLogic:
                 f"{len(found)}: use Trainer(callbacks=[EnergyCallback(...), BudgetGuard(...)])"
             )
         self._energy_cb = found[0]
+        self._config = None  # each Trainer call prices with the configuration then in force
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_total_j = self._energy_cb.energy_j  # what a resumed run had already spent
@@ -176,23 +179,31 @@ class _BudgetLogic:
         ).rstrip()
 
     def _figures(self, cb: Any, energy_j: float, duration_s: float) -> dict[str, float]:
-        """The budgeted figures of a run of ``energy_j`` over ``duration_s`` (only those set)."""
+        """The budgeted figures of a run of ``energy_j`` over ``duration_s`` (only those set),
+        priced like the callback's own figures: its region and pricing, else the configuration."""
         figures = {"kwh": j_to_kwh(energy_j)}
-        scenario = cb.pricing or "onprem"
-        if self.max_usd is not None:
-            from wattwise import pricing
+        if self.max_usd is None and self.max_kgco2e is None:
+            return figures
+        from lightning_callbacks.energy import _money_scenario, _priced_gpus
+        from wattwise import carbon, config, pricing
 
-            gpus = [d for d in cb.devices.values() if d.kind == "gpu"]
-            name = (gpus[0].details.get("gpu") or gpus[0].name) if gpus else None
+        settings = self._config = self._config or config.load()
+        region, scenario = _money_scenario(cb.region, cb.pricing, settings)
+        if self.max_usd is not None:
+            gpu_name, n_gpus = _priced_gpus(cb.devices.values())
             cost = pricing.cost(
-                energy_j, duration_s, scenario=scenario, gpu_name=name, n_gpus=max(1, len(gpus))
+                energy_j,
+                duration_s,
+                scenario=scenario,
+                gpu_name=gpu_name,
+                n_gpus=n_gpus,
+                settings=settings,
             )
             figures["usd"] = cost.total_usd
         if self.max_kgco2e is not None:
-            from wattwise import carbon
-
-            intensity = carbon.intensity(cb.region)
-            figures["kgco2e"] = carbon.co2e_kg(energy_j, intensity, carbon.pue(scenario))
+            intensity = carbon.intensity(region, settings)
+            pue = carbon.pue(scenario, settings)
+            figures["kgco2e"] = carbon.co2e_kg(energy_j, intensity, pue)
         return figures
 
 

@@ -584,9 +584,7 @@ class _EnergyLogic:
         from wattwise import carbon, config, pricing
 
         settings = self._config = self._config or config.load()
-        region = self.region or settings.get("region")
-        scenario = self.pricing or settings.get("pricing")
-        scenario = scenario[0] if isinstance(scenario, list) else scenario
+        region, scenario = _money_scenario(self.region, self.pricing, settings)
         out: dict[str, Any] = {
             "cost_usd": None,
             "co2e_kg": None,
@@ -595,15 +593,15 @@ class _EnergyLogic:
             "pricing": scenario,
             "pricing_set": self.pricing is not None or settings.source("pricing") != "default",
         }
-        gpus = [d for d in self.devices.values() if d.kind == "gpu"]
+        gpu_name, n_gpus = _priced_gpus(self.devices.values())
         cost = None
         try:
             cost = pricing.cost(
                 self.energy_j,
                 self.duration_s + self._elapsed_s(),
                 scenario=scenario,
-                gpu_name=(gpus[0].details.get("gpu") or gpus[0].name) if gpus else None,
-                n_gpus=max(1, len(gpus)),
+                gpu_name=gpu_name,
+                n_gpus=n_gpus,
                 settings=settings,
             )
         except UnknownHardware as err:  # a GPU the price table lacks: no cost, training goes on
@@ -759,6 +757,23 @@ def _check_region_pricing(region: str | None, scenario: str | None) -> None:
         from wattwise import pricing
 
         pricing.instance(scenario)
+
+
+def _money_scenario(
+    region: str | None, pricing: str | None, settings: Any
+) -> tuple[str | None, str]:
+    """(region, pricing scenario) in force: the arguments, else the configuration ``settings``
+    (``WATTWISE_REGION`` / ``WATTWISE_PRICING`` / wattwise.toml; the first of a list of
+    scenarios). Shared with BudgetGuard so its budgets price what the callback reports."""
+    scenario = pricing or settings.get("pricing")
+    return region or settings.get("region"), scenario[0] if isinstance(scenario, list) else scenario
+
+
+def _priced_gpus(devices: Iterable[DeviceInfo]) -> tuple[str | None, int]:
+    """(GPU model for the price table, number of GPUs, at least 1) of the measured devices."""
+    gpus = [d for d in devices if d.kind == "gpu"]
+    name = (gpus[0].details.get("gpu") or gpus[0].name) if gpus else None
+    return name, max(1, len(gpus))
 
 
 def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:

@@ -147,23 +147,32 @@ def test_no_stop_when_the_last_epoch_is_reached_anyway():
     assert guard.reason is None
 
 
-def test_usd_budget_on_a_cloud_instance():
-    # one-hour epochs on aws:g6.xlarge (one L4): each epoch costs one hour of the instance.
+@pytest.mark.parametrize("configured", [False, True], ids=["argument", "configuration"])
+def test_usd_budget_on_a_cloud_instance(configured, monkeypatch):
+    # one-hour epochs on aws:g6.xlarge (one L4): each epoch costs one hour of the instance. The
+    # scenario is the callback's, given as its argument or by the configuration in force.
     rate_usd = pricing.instance("aws:g6.xlarge").price_per_hour_usd
     guard = BudgetGuard(max_usd=3.5 * rate_usd)
-    energy = ScriptedEnergy([1e5] * 10, epoch_s=3600.0, pricing="aws:g6.xlarge", gpu="NVIDIA L4")
+    scenario = None if configured else "aws:g6.xlarge"
+    if configured:
+        monkeypatch.setenv("WATTWISE_PRICING", "aws:g6.xlarge")
+    energy = ScriptedEnergy([1e5] * 10, epoch_s=3600.0, pricing=scenario, gpu="NVIDIA L4")
     # after epoch 3 a 4th hour would cost 4 x rate > 3.5 x rate
     assert drive(guard, energy, fake_trainer(10)) == 3
     assert "USD > max" in guard.reason
 
 
-def test_co2e_budget_uses_region_and_pue():
-    # 1 kWh per epoch in France: kg = kWh x PUE x g/kWh / 1000
+@pytest.mark.parametrize("configured", [False, True], ids=["argument", "configuration"])
+def test_co2e_budget_uses_region_and_pue(configured, monkeypatch):
+    # 1 kWh per epoch in France: kg = kWh x PUE x g/kWh / 1000. The region is the callback's,
+    # given as its argument or by the configuration in force (not the world average).
     fra = carbon.intensity("FRA")
     pue = carbon.pue("onprem").value
     per_epoch_kg = 1.0 * pue * fra.gco2e_per_kwh / 1000
     guard = BudgetGuard(max_kgco2e=2.5 * per_epoch_kg)
-    energy = ScriptedEnergy([J_PER_KWH] * 10, region="FRA")
+    if configured:
+        monkeypatch.setenv("WATTWISE_REGION", "FRA")
+    energy = ScriptedEnergy([J_PER_KWH] * 10, region=None if configured else "FRA")
     assert drive(guard, energy, fake_trainer(10)) == 2
     assert "kg CO2e > max" in guard.reason
 
