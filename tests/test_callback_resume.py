@@ -152,6 +152,13 @@ def test_state_dict_round_trip_and_defaults():
     cb.epoch_duration_s = [0.5, 0.5, 0.5]
     cb.energy_by_kind_j = {"gpu": 5.0, "cpu": 1.0, "ram": 0.5}
     cb.duration_s = 2.0
+    # every saved field away from its default, so a field load_state_dict drops shows
+    cb.energy_above_idle_j = 1.5
+    cb.idle_power_w = {"gpu:x": 60.0}
+    cb.flags = {"idle_baseline", "power_only"}
+    cb.methods = {"gpu:x": "counter"}
+    fresh = EnergyCallback().state_dict()
+    assert all(fresh[k] != v for k, v in cb.state_dict().items() if k != "version")
     restored = EnergyCallback()
     restored.load_state_dict(cb.state_dict())
     assert restored.state_dict() == cb.state_dict()
