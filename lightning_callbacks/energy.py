@@ -56,7 +56,6 @@ OWN_METRICS = ("energy/", "power/", "cost/", "carbon/")
 """Prefixes of the metrics the callback logs (not stored again as the run's final metrics)."""
 _RUNTIME_ATTRS = ("_meter", "_ledger", "_config")
 """Live objects (sampler thread, SQLite connection, loaded settings): never pickled or copied."""
-G_PER_KG = 1000.0
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -561,7 +560,7 @@ class _EnergyLogic:
         if money["pricing_set"] and money["cost_usd"] is not None:
             values["cost/usd"] = money["cost_usd"]
         if money["region"] is not None and money["co2e_kg"] is not None:
-            values["carbon/gco2e"] = money["co2e_kg"] * G_PER_KG
+            values["carbon/gco2e"] = money["co2e_kg"] * units.G_PER_KG
         distributed = trainer.world_size > 1
         for name, value in values.items():
             pl_module.log(
@@ -884,9 +883,8 @@ def _format_summary(summary: dict[str, Any]) -> str:
     if summary["cost_usd"] is not None:
         lines.append(f"  cost    {summary['cost_usd']:.4g} USD ({summary['pricing']})")
     if summary["co2e_kg"] is not None:
-        lines.append(
-            f"  carbon  {summary['co2e_kg'] * 1000:.4g} gCO2e ({summary['region'] or 'world'})"
-        )
+        grams = summary["co2e_kg"] * units.G_PER_KG
+        lines.append(f"  carbon  {grams:.4g} gCO2e ({summary['region'] or 'world'})")
     lines.extend(f"  {device}" for device in summary["devices"])
     if summary["flags"]:
         lines.append(f"  flags   {', '.join(summary['flags'])}")
