@@ -4,11 +4,12 @@ energy accounting (GPU when there is one), then writes the ledger and the compar
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from wattwise.commands import print_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
@@ -146,6 +147,6 @@ def register(app: typer.Typer) -> None:
                 progress=hook,
             )
         if as_json:
-            typer.echo(json.dumps(result.to_json(), indent=2))
+            print_json(result.to_json())
             return
         _show(result)

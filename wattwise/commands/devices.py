@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
+from wattwise.commands import print_json
 from wattwise.types import FLAGS, DeviceInfo
 
 
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         found = discover(cpu_mode=cpu_mode)
         found.close()
         if as_json:
-            typer.echo(json.dumps([device_json(d) for d in found.devices], indent=2))
+            print_json([device_json(d) for d in found.devices])
             for note in found.notes:
                 typer.echo(note, err=True)
         else:

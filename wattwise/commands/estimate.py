@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from wattwise.commands import print_json
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -249,6 +249,6 @@ def register(app: typer.Typer) -> None:
             settings=settings,
         )
         if as_json:
-            typer.echo(json.dumps(result.to_json(), indent=2))
+            print_json(result.to_json())
         else:
             _show(result)

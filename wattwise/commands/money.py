@@ -7,11 +7,9 @@ from typing import Any
 
 import typer
 
+from wattwise.commands import print_json
+
 _JSON = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str) -> None:
@@ -40,14 +38,14 @@ def carbon_command(
     if list_regions:
         codes = carbon.known_regions(settings)
         if as_json:
-            _print_json(codes)
+            print_json(codes)
         else:
             typer.echo("\n".join(codes))
         return
     found = carbon.intensity(settings.get("region"), settings)
     pue = carbon.pue(first_scenario(settings.get("pricing")), settings)
     if as_json:
-        _print_json(
+        print_json(
             {
                 **found.to_json(),
                 "region_source": settings.source("region"),
@@ -73,7 +71,7 @@ def config_command(as_json: bool = _JSON) -> None:
 
     settings = config.load()
     if as_json:
-        _print_json(settings.to_json())
+        print_json(settings.to_json())
         return
     typer.echo(f"configuration file: {settings.path or 'none'}")
     rows = [
@@ -89,7 +87,7 @@ def hardware_command(as_json: bool = _JSON) -> None:
 
     specs = hardware.all_gpus(config.load())
     if as_json:
-        _print_json([spec.to_json() for spec in specs])
+        print_json([spec.to_json() for spec in specs])
         return
     columns = ["name", "TDP W", "idle W", "bf16 TF", "fp32 TF", "GiB", "GB/s", "USD"]
     fields = ("tdp_w", "idle_w", "bf16_tflops", "fp32_tflops", "memory_gib")
@@ -104,7 +102,7 @@ def prices_command(as_json: bool = _JSON) -> None:
 
     rows = pricing.instances(config.load())
     if as_json:
-        _print_json([row.to_json() for row in rows])
+        print_json([row.to_json() for row in rows])
         return
     table = [
         [r.name, r.n_gpus, r.gpu, r.price_per_hour_usd, r.price_per_gpu_hour_usd, r.region, r.date]

@@ -9,13 +9,13 @@ validation inside it as stage ``validate``, the rest ``train``), time outside ep
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from wattwise.commands import print_json
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -244,7 +244,7 @@ def register(app: typer.Typer) -> None:
                 "phases": [_phase_json(p) for p in phases],
                 "run_id": run_id,
             }
-            typer.echo(json.dumps(out, indent=2))
+            print_json(out)
             return
         _show(trace, info, phases, total_j)
         if run_id is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Annotated
 
 import typer
+
+from wattwise.commands import print_json
 
 
 def report_command(
@@ -63,7 +64,7 @@ def report_command(
             opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
         )
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
         return
     typer.echo(f"report of {result.n_runs} run{'s' if result.n_runs != 1 else ''}:")
     typer.echo(f"  html:       {result.html_path}")

@@ -7,10 +7,11 @@ import pathlib
 import shutil
 import signal
 import subprocess
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from wattwise.commands import print_json
 from wattwise.errors import BadInput
 from wattwise.units import j_to_wh
 
@@ -48,10 +49,6 @@ def _want_json(flag: bool, ctx: typer.Context) -> bool:
     return flag or bool(ctx.parent is not None and ctx.parent.params.get("json_out"))
 
 
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
-
-
 def _wh(energy_j: float) -> str:
     return f"{j_to_wh(energy_j):.4g}"
 
@@ -76,7 +73,7 @@ def runs_command(
     with _ledger(ledger, ctx) as book:
         records = book.list_runs()
     if json_out:
-        _print_json([rec.to_json() for rec in records])
+        print_json([rec.to_json() for rec in records])
         return
     console = _console()
     if not records:
@@ -123,7 +120,7 @@ def show_command(
     phase_rows = json.loads(phases.to_json(orient="records"))
     snapshot_rows = json.loads(snapshots.to_json(orient="records"))
     if _want_json(json_out, ctx):
-        _print_json(
+        print_json(
             {
                 **rec.to_json(),
                 "phases": phase_rows,
@@ -222,7 +219,7 @@ def rm_command(
         run_id = book.get_run(run).run_id
         book.remove(run_id)
     if _want_json(json_out, ctx):
-        _print_json({"removed": run_id})
+        print_json({"removed": run_id})
     else:
         typer.echo(f"removed run {run_id}")
 
@@ -238,7 +235,7 @@ def merge_command(
     with _ledger(ledger, ctx) as book:
         added, skipped = book.merge(other)
     if _want_json(json_out, ctx):
-        _print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
+        print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
             f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
@@ -299,7 +296,7 @@ def run_command(
         "ledger": str(book.path),
     }
     if json_out:
-        _print_json(summary)
+        print_json(summary)
     else:
         typer.echo(
             f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
