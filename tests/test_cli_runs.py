@@ -217,6 +217,14 @@ def test_run_records_a_finished_command(capsys, ledger_path):
     assert (rec.architecture, rec.status) == ("sleeper", "finished")
     assert rec.energy_j == pytest.approx(summary["energy_j"])
     assert rec.energy_j > 0
+    # `run --json` and `runs --json` agree per kind, a kind nothing measured being null in both
+    recorded = rec.to_json()["energy_by_kind_wh"]
+    assert summary["energy_by_kind_wh"].keys() == recorded.keys()
+    for kind, wh in summary["energy_by_kind_wh"].items():
+        measured = any(d["kind"] == kind for d in rec.devices)
+        assert (wh is None) == (recorded[kind] is None) == (not measured), kind
+        if measured:
+            assert wh == pytest.approx(recorded[kind])
 
 
 def test_run_passes_the_exit_code_through_and_marks_failed(tmp_path, ledger_path):

@@ -290,7 +290,11 @@ def run_command(
         "duration_s": result.duration_s,
         "energy_j": result.energy_j,
         "energy_wh": result.energy_wh,
-        "energy_by_kind_wh": {k: j_to_wh(v) for k, v in result.energy_by_kind_j.items()},
+        # as in `runs --json`: a kind no device measured is null, not 0
+        "energy_by_kind_wh": {
+            k: j_to_wh(v) if any(d.kind == k for d in result.devices) else None
+            for k, v in result.energy_by_kind_j.items()
+        },
         "methods": result.methods,
         "flags": sorted(result.flags),
         "ledger": str(book.path),
