@@ -46,9 +46,10 @@ BASELINES = ("idle",)
 IDLE_BASELINE_S = 1.0
 """How long ``baseline="idle"`` measures before the fit (the GPU has not been used yet)."""
 EPOCH_END_WAIT_S = 1.0
-"""How long an epoch end waits at most for the sampler's next counter read. TODO: 0 would spare
-short epochs the wait, but forced resolution then lost up to 20% of a fit's energy in
-tests/test_callback*.py (run in sequence): the sampler's forced path needs fixing first."""
+"""How long an epoch end waits at most for the sampler's counter read after its boundary (median
+~20 ms). Without it the boundary is forced: phases stay final and their sum stays on the counter,
+but each epoch row can be off by about one counter update (~0.1 s of power). See
+docs/internals.md."""
 CHECKPOINT_STAMP = "wattwise_run_id"
 """Key under which every checkpoint saved with the callback carries the run id (lineage)."""
 STATE_VERSION = 1
@@ -473,9 +474,7 @@ class _EnergyLogic:
         if close_epoch:
             self._mark(trainer, "other")
             self._epoch_start_index = None
-            # Waits for the sampler's counter read after the boundary just marked (median ~20 ms,
-            # at most the counter's ~0.1 s update period). Not waiting (forced resolution from
-            # instant power) lost energy between phases in tests: see EPOCH_END_WAIT_S.
+            # waits for the counter read after the boundary just marked: see EPOCH_END_WAIT_S
             phases = self._pending + list(self._meter.collect(timeout_s=EPOCH_END_WAIT_S))
         else:
             # stop() may return every phase of the meter: count each one once.
