@@ -46,10 +46,10 @@ BASELINES = ("idle",)
 IDLE_BASELINE_S = 1.0
 """How long ``baseline="idle"`` measures before the fit (the GPU has not been used yet)."""
 EPOCH_END_WAIT_S = 1.0
-"""How long an epoch end waits at most for the sampler's counter read after its boundary (median
-~20 ms). Without it the boundary is forced: phases stay final and their sum stays on the counter,
-but each epoch row can be off by about one counter update (~0.1 s of power). See
-docs/internals.md."""
+"""How long an epoch end waits at most for the sampler's counter read after its boundary: median
+80-100 ms with a 0.1 s counter (``python bench/epoch_end_wait.py``). Without it the boundary is
+forced: phases stay final and their sum stays on the counter, but each epoch row can be off by
+about one counter update (~0.1 s of power). See docs/internals.md."""
 CHECKPOINT_STAMP = "wattwise_run_id"
 """Key under which every checkpoint saved with the callback carries the run id (lineage)."""
 STATE_VERSION = 1
