@@ -661,3 +661,39 @@ def test_git_commit_of_the_working_directory(tmp_path, monkeypatch, packed):
     assert ledger_module._procinfo._read_head(tmp_path / ".git") == head  # no git process needed
     with Ledger(tmp_path / "l.db") as book:
         assert book.get_run(book.begin_run(architecture="a")).git_commit == head
+
+
+def test_a_ledger_caught_mid_creation_is_not_called_foreign(tmp_path):
+    """Regression: `wattwise runs` reading a ledger while `wattwise run` was creating it saw the
+    tables but not yet the application id, and refused the file as another application's
+    database (CI, test_run_interrupted_by_ctrl_c)."""
+    path = tmp_path / "creating.db"
+    conn = sqlite3.connect(path, check_same_thread=False)  # the timer thread finishes creating
+    for statement in ledger_module.MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.commit()  # tables there, application id not yet: what a mid-creation reader sees
+
+    def finish_creating() -> None:
+        for step in range(1, SCHEMA_VERSION):
+            conn.executescript(ledger_module.MIGRATIONS[step])
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
+
+    timer = threading.Timer(0.3, finish_creating)
+    timer.start()
+    try:
+        with Ledger(path) as book:
+            assert book.list_runs() == []
+    finally:
+        timer.join()
+        conn.close()
+
+
+def test_a_foreign_database_is_still_refused_after_the_grace(tmp_path):
+    path = tmp_path / "foreign.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(LedgerFormatError, match="another application"):
+        Ledger(path).list_runs()

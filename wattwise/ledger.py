@@ -381,6 +381,10 @@ def _retry(action: Callable[[], T]) -> T:
         delay_s = min(delay_s * 2, 0.5)
 
 
+_CREATION_GRACE_S = 1.0
+"""How long a foreign-looking file is re-read in case a ledger is being created in it."""
+
+
 def _read_only_uri(path: pathlib.Path) -> str:
     """URI that reads ``path`` without writing anything, not even WAL side files.
 
@@ -426,12 +430,20 @@ def _inspect(path: pathlib.Path) -> int | None:
             conn.close()
         return app_id, version, n_objects
 
-    try:
-        app_id, version, n_objects = _retry(query)
-    except sqlite3.DatabaseError as err:
-        raise LedgerFormatError(
-            f"{str(path)!r} is not a readable SQLite database ({err}); expected {expected}"
-        ) from err
+    # A ledger being created by another process shows tables but no application_id yet to a
+    # reader that catches it mid-way (immutable reads take no lock): look again for a moment
+    # before calling it another application's database.
+    deadline = time.monotonic() + _CREATION_GRACE_S
+    while True:
+        try:
+            app_id, version, n_objects = _retry(query)
+        except sqlite3.DatabaseError as err:
+            raise LedgerFormatError(
+                f"{str(path)!r} is not a readable SQLite database ({err}); expected {expected}"
+            ) from err
+        if app_id != 0 or n_objects == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     if app_id == 0 and version == 0 and n_objects == 0:
         return None
     if app_id != APPLICATION_ID:
