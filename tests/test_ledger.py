@@ -674,12 +674,16 @@ def test_a_ledger_caught_mid_creation_is_not_called_foreign(tmp_path):
             conn.execute(statement)
     conn.commit()  # tables there, application id not yet: what a mid-creation reader sees
 
-    def finish_creating() -> None:
+    def finish_creating() -> None:  # in one transaction, as Ledger creates a file
+        conn.isolation_level = None
+        conn.execute("BEGIN IMMEDIATE")
         for step in range(1, SCHEMA_VERSION):
-            conn.executescript(ledger_module.MIGRATIONS[step])
+            for statement in ledger_module.MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.commit()
+        conn.execute("COMMIT")
 
     timer = threading.Timer(0.3, finish_creating)
     timer.start()
