@@ -2,10 +2,13 @@
 
 How it measures: at ``setup`` each process starts a :class:`wattwise.Meter` for what it should
 measure (see *Distributed* below); hooks only mark stage boundaries (``meter.mark(stage)``, a clock
-read); at each training epoch end the finished phases are collected (``meter.collect()``),
-gathered to every rank, added to the totals and written by global rank 0 to the ledger in one
-transaction (``add_phases`` with the epoch index and an architecture snapshot). ``teardown``
-stops the meter, writes the tail and finishes the run.
+read); at each training epoch end the phases are collected without waiting
+(``meter.collect_nowait()``), gathered to every rank, added to the totals and written by global
+rank 0 to the ledger in one transaction (``add_phases`` with the epoch index and an architecture
+snapshot). A phase whose end the energy counter has not passed yet (NVML updates it every
+~0.1 s) is counted and written provisional (flag ``provisional``) and settled in place at the
+next commit, so the training thread never waits for a sensor. ``teardown`` stops the meter,
+writes the tail, settles what is left and finishes the run.
 
 Phases: ``train``, ``validate``, ``test``, ``predict``, ``sanity_check``, ``baseline`` (the idle
 measurement of ``baseline="idle"``) and ``other`` (set-up, data-loader start, checkpoint saving:
@@ -45,11 +48,6 @@ CPU_MODES = ("machine", "process")
 BASELINES = ("idle",)
 IDLE_BASELINE_S = 1.0
 """How long ``baseline="idle"`` measures before the fit (the GPU has not been used yet)."""
-EPOCH_END_WAIT_S = 1.0
-"""How long an epoch end waits at most for the sampler's counter read after its boundary: median
-80-100 ms with a 0.1 s counter (``python bench/epoch_end_wait.py``). Without it the boundary is
-forced: phases stay final and their sum stays on the counter, but each epoch row can be off by
-about one counter update (~0.1 s of power). See docs/internals.md."""
 CHECKPOINT_STAMP = "wattwise_run_id"
 """Key under which every checkpoint saved with the callback carries the run id (lineage)."""
 STATE_VERSION = 1
@@ -80,10 +78,22 @@ class _RankReport:
     """What one process contributes at a commit (pickled for ``all_gather_object``)."""
 
     node_rank: int
-    phases: tuple[PhaseEnergy, ...]
+    phases: tuple[_Entry, ...]
+    """Final phases not counted before, then provisional ones (see ``_Entry``)."""
     devices: tuple[DeviceInfo, ...]
-    epoch_start_index: int | None
-    """Phases with this index or later belong to the training epoch itself."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A phase and where it belongs: its training epoch (None: the tail after the last epoch,
+    or a stand-alone validate/test/predict call), whether it lies inside that epoch's own span
+    (from ``on_train_epoch_start`` on, for the epoch's energy and mean power), and whether its
+    energy is provisional (its end boundary not yet settled by the counter's next update)."""
+
+    phase: PhaseEnergy
+    epoch: int | None
+    in_epoch: bool
+    provisional: bool = False
 
 
 class _EnergyLogic:
@@ -166,6 +176,7 @@ class _EnergyLogic:
         self._reason: str | None = None
         self._warned: set[str] = set()
         self._stamp: str | None = None
+        self._unsettled: list[list[Any]] = []  # provisional phases in the checkpoint loaded
         self._meter = None
         self._config = None
         self._reset_call_state()
@@ -176,13 +187,16 @@ class _EnergyLogic:
         self._label: str | None = None
         self._n_marks = 0
         self._epoch_start_index: int | None = None
+        self._closes: list[tuple[int, int, int | None]] = []  # (end index, epoch, start index)
         self._epoch_start_s: float | None = None
         self._call_start_s: float | None = None
         self._call_end_s: float | None = None
         self._run_open = False
         self._global_zero = True
         self._pending: list[PhaseEnergy] = []  # collected early (idle baseline), not yet counted
-        self._counted: set[tuple[int, str]] = set()  # (phase index, device id) already counted
+        self._counted: set[tuple[int, str]] = set()  # (phase index, device id) counted final
+        # (phase index, merged device id) -> the provisional phase counted for it so far
+        self._provisional: dict[tuple[int, str], _Entry] = {}
         self._history: dict[str, list[tuple[float, float]]] = {}
 
     # ----------------------------------------------------------------- public numbers
@@ -222,6 +236,11 @@ class _EnergyLogic:
             "idle_power_w": dict(self.idle_power_w),
             "flags": sorted(self.flags),
             "methods": dict(self.methods),
+            # counted with their provisional energy: settled from the ledger on resume
+            "provisional": [
+                *self._unsettled,  # restored, not yet settled (the run has not begun again)
+                *(_unsettled_row(e) for e in self._provisional.values()),
+            ],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -236,6 +255,7 @@ class _EnergyLogic:
         self.idle_power_w = {k: float(v) for k, v in state_dict.get("idle_power_w", {}).items()}
         self.flags = set(state_dict.get("flags", []))
         self.methods = dict(state_dict.get("methods", {}))
+        self._unsettled = [list(row) for row in state_dict.get("provisional", [])]
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self.run_id is not None:
@@ -297,10 +317,14 @@ class _EnergyLogic:
         if self._stage == "fit" and self.baseline == "idle":
             self._collect_idle(trainer)
         opened = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
-        run_id, totals = _broadcast(trainer, opened or (self.run_id, None))
+        run_id, totals, settled = _broadcast(trainer, opened or (self.run_id, None, {}))
         self.run_id = run_id
         if totals is not None:
             self.energy_by_kind_j = {kind: float(totals.get(kind, 0.0)) for kind in DEVICE_KINDS}
+        for epoch, delta_j in settled.items():
+            if 0 <= epoch < len(self.epoch_energy_j):
+                self.epoch_energy_j[epoch] += delta_j
+        self._unsettled = []
 
     def _collect_idle(self, trainer: Any) -> None:
         """Idle power per device from the ``baseline`` phase; the phase is counted later."""
@@ -318,14 +342,17 @@ class _EnergyLogic:
 
     def _begin_on_rank_zero(
         self, trainer: Any, pl_module: Any
-    ) -> tuple[str, dict[str, float] | None] | None:
-        """(run id, energy totals to continue from or None); None on other ranks.
+    ) -> tuple[str, dict[str, float] | None, dict[int, float]] | None:
+        """(run id, energy totals to continue from or None, per-epoch corrections); None on other
+        ranks.
 
         A run this callback already has (restored from a checkpoint, or an earlier call) is
         reopened, even a finished one, and its totals are taken from the ledger: they include
         what was measured after the checkpoint was saved (the tail of the interrupted fit). A
         run the ledger does not know (a checkpoint moved to another machine) is recorded anew
-        under the same id, its totals taken from the checkpoint.
+        under the same id, its totals taken from the checkpoint. The epochs of a resumed run
+        whose last phases the checkpoint holds provisional get the difference to the rows the
+        ledger settled afterwards.
         """
         if not self._global_zero:
             return None
@@ -337,7 +364,8 @@ class _EnergyLogic:
                 known = None
             if known is not None:
                 ledger.reopen_run(self.run_id)
-                return self.run_id, dict(known.energy_by_kind_j)
+                settled = self._settled_since_checkpoint(ledger)
+                return self.run_id, dict(known.energy_by_kind_j), settled
         devices = list(self._meter.devices) if self._meter is not None else []
         run_id = ledger.begin_run(
             architecture=self._architecture(pl_module),
@@ -350,7 +378,23 @@ class _EnergyLogic:
             devices=devices,
             versions=_versions(trainer),
         )
-        return run_id, None
+        return run_id, None, {}
+
+    def _settled_since_checkpoint(self, ledger: Any) -> dict[int, float]:
+        """epoch -> settled minus provisional energy of the checkpoint's provisional phases."""
+        if not self._unsettled:
+            return {}
+        rows = ledger.phases(self.run_id)
+        stored = {
+            (r.device_id, r.stage, r.start_s, r.end_s): float(r.energy_j)
+            for r in rows.itertuples(index=False)
+        }
+        out: dict[int, float] = {}
+        for epoch, in_epoch, device_id, stage, start_s, end_s, energy_j in self._unsettled:
+            now_j = stored.get((device_id, stage, start_s, end_s))
+            if now_j is not None and in_epoch and epoch is not None:
+                out[int(epoch)] = out.get(int(epoch), 0.0) + now_j - float(energy_j)
+        return out
 
     def _parent_run_id(self) -> str | None:
         if self.parent is None:
@@ -470,12 +514,15 @@ class _EnergyLogic:
     def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
         if self._meter is None:
             return None
-        start_index = self._epoch_start_index
+        provisional: list[PhaseEnergy] = []
         if close_epoch:
             self._mark(trainer, "other")
+            self._closes.append((self._n_marks, self.epochs_completed, self._epoch_start_index))
             self._epoch_start_index = None
-            # waits for the counter read after the boundary just marked: see EPOCH_END_WAIT_S
-            phases = self._pending + list(self._meter.collect(timeout_s=EPOCH_END_WAIT_S))
+            # No wait for the counter's next update: the phases it has not settled yet come
+            # provisional now and final at the next commit (or at the end of the call).
+            final, provisional = self._meter.collect_nowait()
+            phases = self._pending + list(final)
         else:
             # stop() may return every phase of the meter: count each one once.
             self._call_end_s = time.monotonic()
@@ -484,60 +531,108 @@ class _EnergyLogic:
         self._pending = []
         new = [p for p in phases if (p.index, p.device_id) not in self._counted]
         self._counted.update((p.index, p.device_id) for p in new)
+        entries = [self._entry(p, False) for p in new]
+        entries += [self._entry(p, True) for p in provisional]
         return _RankReport(
             node_rank=int(trainer.node_rank),
-            phases=tuple(new),
+            phases=tuple(entries),
             devices=tuple(self._meter.devices),
-            epoch_start_index=start_index,
         )
+
+    def _entry(self, phase: PhaseEnergy, provisional: bool) -> _Entry:
+        """The training epoch a phase of this call belongs to (see ``_Entry``)."""
+        for end_index, epoch, start_index in self._closes:
+            if phase.index < end_index:
+                inside = start_index is not None and phase.index >= start_index
+                return _Entry(phase, epoch, inside, provisional)
+        return _Entry(phase, None, False, provisional)
 
     def _commit(
         self, trainer: Any, reports: Sequence[_RankReport | None], duration_s: float, tail: bool
     ) -> None:
-        """Add gathered phases to the totals (every rank) and write them (rank 0)."""
-        phases, devices, in_epoch = _merge(reports)
+        """Add gathered phases to the totals (every rank) and write them (rank 0).
+
+        A provisional phase is counted as it is; when its final figures arrive (a later
+        commit), the difference is added, and its ledger row is settled in place."""
+        entries, devices = _merge(reports)
         for device in devices:
             self.devices.setdefault(device.device_id, device)
             self.methods[device.device_id] = device.method
             self.flags.update(device.flags)
-        for phase in phases:
-            self.energy_by_kind_j[phase.kind] = self.energy_by_kind_j.get(phase.kind, 0.0) + (
-                phase.energy_j
-            )
-            self.flags.update(phase.flags)
-            idle_w = self.idle_power_w.get(phase.device_id)
-            if idle_w is not None:
-                self.energy_above_idle_j += max(0.0, phase.energy_j - idle_w * phase.duration_s)
-        epoch = None if tail else self.epochs_completed
+        closing = None if tail else self.epochs_completed
+        closing_j = 0.0
+        in_epoch: list[PhaseEnergy] = []
+        fresh: list[PhaseEnergy] = []
+        settle: list[tuple[int | None, PhaseEnergy]] = []
+        for entry in entries:
+            phase = entry.phase
+            key = (phase.index, phase.device_id)
+            earlier = self._provisional.pop(key, None)
+            before = earlier.phase if earlier is not None else None
+            if entry.provisional:
+                self._provisional[key] = entry
+            delta_j = phase.energy_j - (before.energy_j if before is not None else 0.0)
+            self.energy_by_kind_j[phase.kind] = self.energy_by_kind_j.get(phase.kind, 0.0) + delta_j
+            self.flags.update(phase.flags - {"provisional"})
+            self.energy_above_idle_j += self._above_idle_j(phase) - self._above_idle_j(before)
+            if entry.in_epoch and entry.epoch == closing:
+                closing_j += delta_j
+                in_epoch.append(phase)
+            elif (
+                entry.in_epoch
+                and entry.epoch is not None
+                and entry.epoch < len(self.epoch_energy_j)
+            ):
+                self.epoch_energy_j[entry.epoch] += delta_j
+            if before is None and entry.epoch == closing:
+                fresh.append(phase)
+            else:
+                settle.append((entry.epoch, phase))
         if not tail:
             self.epochs_completed += 1
-            self.epoch_energy_j.append(sum(p.energy_j for p in in_epoch))
+            self.epoch_energy_j.append(closing_j)
             self.epoch_duration_s.append(duration_s)
         pl_module = trainer.lightning_module
         if self._global_zero and self.run_id is not None:
             # guarded on its own: a failed write on rank 0 must not skip the logging below,
             # whose cross-rank reduction every rank has to join
-            self._guard(trainer, "ledger write", self._write, pl_module, phases, devices, epoch)
+            self._guard(
+                trainer, "ledger write", self._write, pl_module, fresh, settle, devices, closing
+            )
         if not tail:
             self._log_metrics(trainer, pl_module, in_epoch, duration_s)
+
+    def _above_idle_j(self, phase: PhaseEnergy | None) -> float:
+        if phase is None:
+            return 0.0
+        idle_w = self.idle_power_w.get(phase.device_id)
+        if idle_w is None:
+            return 0.0
+        return max(0.0, phase.energy_j - idle_w * phase.duration_s)
 
     def _write(
         self,
         pl_module: Any,
         phases: Sequence[PhaseEnergy],
+        settle: Sequence[tuple[int | None, PhaseEnergy]],
         devices: Sequence[DeviceInfo],
         epoch: int | None,
     ) -> None:
-        """One ledger transaction: the phases (of epoch ``epoch``, None for the tail)."""
+        """One ledger transaction: the new phases (of epoch ``epoch``, None for the tail) and
+        the rows of earlier provisional phases settled in place."""
         extra = frozenset(self.flags & {"callback_error"})
-        rows = [replace(p, flags=p.flags | extra) if extra else p for p in phases]
+
+        def stamped(p: PhaseEnergy) -> PhaseEnergy:
+            return replace(p, flags=p.flags | extra) if extra else p
+
         self._open_ledger().add_phases(
             self.run_id,
-            rows,
+            [stamped(p) for p in phases],
             epoch=epoch,
             snapshot=None if epoch is None else _snapshot(pl_module, self._architecture(pl_module)),
             epochs_completed=self.epochs_completed,
             devices=devices,
+            settle=[(e, stamped(p)) for e, p in settle],
         )
 
     # ----------------------------------------------------------------- metrics and money
@@ -807,17 +902,11 @@ def _broadcast(trainer: Any, obj: Any) -> Any:
     return trainer.strategy.broadcast(obj, src=0)
 
 
-def _merge(
-    reports: Sequence[_RankReport | None],
-) -> tuple[list[PhaseEnergy], list[DeviceInfo], list[PhaseEnergy]]:
-    """Phases and devices of every rank, each GPU once (by UUID), host devices named per node.
-
-    Also returns the phases inside the training epoch itself (from its start on).
-    """
-    phases: list[PhaseEnergy] = []
+def _merge(reports: Sequence[_RankReport | None]) -> tuple[list[_Entry], list[DeviceInfo]]:
+    """Phases and devices of every rank, each GPU once (by UUID), host devices named per node."""
+    entries: list[_Entry] = []
     devices: list[DeviceInfo] = []
     gpu_owner: dict[str, int] = {}
-    in_epoch: list[PhaseEnergy] = []
     for rank, report in enumerate(reports):
         if report is None:
             continue
@@ -829,14 +918,16 @@ def _merge(
                 device.device_id, device.kind, report.node_rank
             )
             devices.append(replace(device, device_id=renamed[device.device_id]))
-        for phase in report.phases:
-            device_id = renamed.get(phase.device_id)
-            if device_id is None:
-                continue
-            phases.append(replace(phase, device_id=device_id))
-            if report.epoch_start_index is not None and phase.index >= report.epoch_start_index:
-                in_epoch.append(phases[-1])
-    return phases, devices, in_epoch
+        for entry in report.phases:
+            device_id = renamed.get(entry.phase.device_id)
+            if device_id is not None:
+                entries.append(replace(entry, phase=replace(entry.phase, device_id=device_id)))
+    return entries, devices
+
+
+def _unsettled_row(entry: _Entry) -> list[Any]:
+    p = entry.phase
+    return [entry.epoch, entry.in_epoch, p.device_id, p.name, p.start_s, p.end_s, p.energy_j]
 
 
 def _node_device_id(device_id: str, kind: str, node_rank: int) -> str:

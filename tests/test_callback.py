@@ -306,11 +306,14 @@ def test_csv_logger_gets_the_cumulative_energy_columns(tmp_path, replay):
     assert len(table) == 3
     totals = [float(r["energy/total_wh"]) for r in table]
     assert totals == sorted(totals) and totals[0] > 0  # cumulative
-    # Epoch k's logged total == everything in the ledger up to the end of epoch k.
+    # Epoch k's logged total == everything in the ledger up to the end of epoch k, to within
+    # one counter update (0.1 s x ~120 W): it is logged at the epoch end, before the counter's
+    # next update settles the epoch's last phase (the ledger row is settled later, in place).
     rows = phase_rows(Ledger(tmp_path / "w.db"), cb.run_id)
+    assert not any("provisional" in r["flags"] for r in rows)
     for k, total in enumerate(totals):
         upto = sum(r["energy_j"] for r in rows if not pd_isna(r["epoch"]) and r["epoch"] <= k)
-        assert total == pytest.approx(upto / J_PER_WH, rel=1e-5)
+        assert total == pytest.approx(upto / J_PER_WH, abs=12.0 / J_PER_WH)
         parts = sum(float(table[k][f"energy/{kind}_wh"]) for kind in ("gpu", "cpu", "ram"))
         assert parts == pytest.approx(total, rel=1e-5)
     # mean GPU power of an epoch = its GPU energy / its duration. The replayed H200 draws
@@ -326,7 +329,8 @@ def test_csv_logger_gets_the_cumulative_energy_columns(tmp_path, replay):
         assert duration_s >= 0.3
         mean_w = float(row["power/gpu_w"])
         gpu_j = sum(r["energy_j"] for r in mine)
-        assert mean_w == pytest.approx(gpu_j / duration_s, rel=0.05), k
+        # logged at the epoch end with the provisional figures; the ledger holds them settled
+        assert mean_w == pytest.approx(gpu_j / duration_s, abs=12.0 / duration_s), k
         slack_w = 2 * 12.0 / duration_s
         assert 119.6 - slack_w < mean_w < 119.7 + slack_w, k
     # carbon in grams = kWh x PUE x intensity (FRA); checked against carbon's own numbers

@@ -6,7 +6,7 @@ import pytest
 from test_callback import TinyModel, loader, phase_rows, trainer
 
 from lightning_callbacks import EnergyCallback
-from lightning_callbacks.energy import _merge, _RankReport
+from lightning_callbacks.energy import _Entry, _merge, _RankReport
 from wattwise.ledger import Ledger
 from wattwise.types import DeviceInfo, PhaseEnergy
 
@@ -27,9 +27,13 @@ def phase(device_id: str, kind: str, index: int, energy_j: float) -> PhaseEnergy
 def report(node: int, devices: list[tuple[str, str]], energy_j: float) -> _RankReport:
     return _RankReport(
         node_rank=node,
-        phases=tuple(phase(d, k, i, energy_j) for d, k in devices for i in (0, 1)),
+        # index 0: before the training epoch started; index 1 inside it (the last one provisional)
+        phases=tuple(
+            _Entry(phase(d, k, i, energy_j), 0, i >= 1, provisional=i == 1)
+            for d, k in devices
+            for i in (0, 1)
+        ),
         devices=tuple(device(d, k) for d, k in devices),
-        epoch_start_index=1,
     )
 
 
@@ -41,13 +45,16 @@ def test_merge_counts_a_gpu_once_and_names_host_devices_per_node():
         None,  # a rank that measures nothing
         report(1, [("cpu:machine", "cpu"), ("ram", "ram")], 3.0),  # node 1's host
     ]
-    phases, devices, in_epoch = _merge(reports)
+    entries, devices = _merge(reports)
+    phases = [e.phase for e in entries]
+    in_epoch = [e.phase for e in entries if e.in_epoch]
     ids = [d.device_id for d in devices]
     assert ids == [GPU, "cpu:machine", "ram", GPU2, "cpu:machine@node1", "ram@node1"]
     assert sum(p.energy_j for p in phases) == pytest.approx(2 * (10 * 3 + 7 + 3 * 2))
     assert {p.device_id for p in phases} == set(ids)
-    # only phases from the epoch's first index on count as the epoch's own
+    # where each phase belongs travels with it, renamed or not
     assert all(p.index >= 1 for p in in_epoch)
+    assert [e.provisional for e in entries] == [e.phase.index == 1 for e in entries]
     assert sum(p.energy_j for p in in_epoch) == pytest.approx(10 * 3 + 7 + 3 * 2)
 
 

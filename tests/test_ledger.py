@@ -203,6 +203,31 @@ def test_dataframes_have_the_contract_columns_and_values(book):
     assert snaps["epoch"].tolist() == [0, 1]
 
 
+def test_settle_replaces_a_provisional_row_in_place(book):
+    """An epoch end writes its last phase provisional; the next commit settles that row (same
+    device, stage, start and end) with the final figures instead of adding a second one."""
+    run_id = book.begin_run(architecture="mlp", devices=[GPU, CPU])
+    early = phase("validate", GPU, 90.0, start_s=10.0, end_s=12.0, flags={"provisional"})
+    book.add_phases(run_id, [phase("train", GPU, 1000.0), early], epoch=0, epochs_completed=1)
+    assert book.get_run(run_id).energy_j == pytest.approx(1090.0)
+    final = phase("validate", GPU, 101.5, start_s=10.0, end_s=12.0)
+    missing = phase("validate", CPU, 7.0, start_s=10.0, end_s=12.0)  # never written: added
+    book.add_phases(
+        run_id,
+        [phase("train", GPU, 800.0, start_s=12.0, end_s=20.0)],
+        epoch=1,
+        epochs_completed=2,
+        settle=[(0, final), (0, missing)],
+    )
+    rows = book.phases(run_id)
+    assert len(rows) == 4
+    validate = rows[(rows["stage"] == "validate") & (rows["kind"] == "gpu")].iloc[0]
+    assert validate["energy_j"] == pytest.approx(101.5) and validate["flags"] == ""
+    assert validate["epoch"] == 0 and validate["mean_power_w"] == pytest.approx(50.75)
+    run = book.get_run(run_id)
+    assert run.energy_j == pytest.approx(1000.0 + 101.5 + 7.0 + 800.0) and run.epochs == 2
+
+
 def test_empty_ledger_gives_empty_frames_with_columns(book):
     assert book.list_runs() == []
     assert list(book.runs().columns) == list(RUNS_COLUMNS)

@@ -192,6 +192,51 @@ def test_forced_boundaries_are_final():
     assert total == pytest.approx(sensor.energy_between(0.0, 4.9), abs=110.0 * 0.1)
 
 
+def test_collect_nowait_gives_provisional_phases_then_the_same_ones_final():
+    """The epoch-end path: no wait, nothing forced. Phases whose end boundary the counter has
+    not passed yet come back provisional (flagged), the boundary stays open and the sampler keeps
+    polling fast; a later collect returns the same phases (same index, device, bounds) final,
+    and those match the counter's truth as well as unforced boundaries do."""
+    schedule = [(0.0, 120.0), (1.03, 650.0), (2.22, 300.0), (2.96, 680.0), (4.1, 110.0)]
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(schedule, counter_period_s=0.1, update_period_s=0.1)
+    sampler = make(sensor, clock)
+    (integrator,) = sampler._integrators.values()
+    run_until(sampler, clock, 0.0, [(0.0, "start")])
+    final_all, seen_provisional = [], {}
+    for t in (0.737, 1.474, 2.211, 2.948, 3.685, 4.422):
+        for label, t_s in (("long", t), ("short", t + 0.03)):
+            run_until(sampler, clock, t_s, [(t_s, label)])
+            assert not integrator.resolved(t_s)
+            final, provisional = sampler.collect_nowait()
+            # the phase ending at t_s is provisional; any earlier one settled meanwhile is final
+            assert provisional and provisional[-1].end_s == t_s
+            assert all("provisional" in p.flags for p in provisional)
+            assert not any("provisional" in p.flags for p in final)
+            assert not sampler._all_resolved()  # left open: the next steps poll fast
+            for p in provisional:
+                seen_provisional[p.index] = p
+            final_all += final
+    run_until(sampler, clock, 5.5, [(4.9, "end")])
+    final, provisional = sampler.collect_nowait()
+    final_all += final
+    assert provisional == [] and sampler.collect(timeout_s=0) == []
+    # every phase exactly once, final, tiling the span
+    assert [p.index for p in final_all] == list(range(13))
+    for a, b in itertools.pairwise(final_all):
+        assert a.end_s == b.start_s
+    for p in final_all:
+        truth = sensor.energy_between(p.start_s, p.end_s)
+        # a counter change is pinned to within one fast poll (20 ms) at the highest power
+        assert p.energy_j == pytest.approx(truth, abs=sampler._fast_period_s * 680.0), p.index
+        early = seen_provisional.get(p.index)
+        if early is not None:
+            assert (early.name, early.start_s, early.end_s) == (p.name, p.start_s, p.end_s)
+    assert seen_provisional.keys() == set(range(12))  # all but the last, never collected early
+    total = sum(p.energy_j for p in final_all)
+    assert total == pytest.approx(integrator.cumulative_j(4.9) - sensor.counter_at(0.0), rel=1e-12)
+
+
 def test_memory_is_bounded_over_a_simulated_hour():
     clock = FakeClock(0.0)
     sensor = FakeSensor([(0.0, 100.0), (1800.0, 200.0)], counter_period_s=0.1)

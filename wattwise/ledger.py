@@ -710,13 +710,16 @@ class Ledger:
         snapshot: ArchSnapshot | None = None,
         epochs_completed: int | None = None,
         devices: Sequence[DeviceInfo] = (),
+        settle: Iterable[tuple[int | None, PhaseEnergy]] = (),
     ) -> None:
-        """Commit the phases of one epoch (and its snapshot) in a single transaction."""
+        """Commit the phases of one epoch (and its snapshot) in a single transaction; ``settle``
+        as in :meth:`add_epochs`."""
         self.add_epochs(
             run_id,
             [(epoch, phases, snapshot)],
             epochs_completed=epochs_completed,
             devices=devices,
+            settle=settle,
         )
 
     def add_epochs(
@@ -726,14 +729,18 @@ class Ledger:
         *,
         epochs_completed: int | None = None,
         devices: Sequence[DeviceInfo] = (),
+        settle: Iterable[tuple[int | None, PhaseEnergy]] = (),
     ) -> None:
         """Commit many ``(epoch, phases, snapshot)`` at once, in a single transaction.
 
         For recordings written after the fact (a replayed trace, an import); a live training
-        commits each epoch as it ends with :meth:`add_phases`.
+        commits each epoch as it ends with :meth:`add_phases`. ``settle``: ``(epoch, phase)`` whose
+        row, when one is stored with the same device, stage, start and end (a provisional row
+        written at an epoch end), gets the new figures; otherwise it is added.
         """
         epochs = list(epochs)
-        for _, phases, _ in epochs:
+        settle = list(settle)
+        for _, phases, _ in [*epochs, *((e, [p], None) for e, p in settle)]:
             for p in phases:
                 if not math.isfinite(p.energy_j):
                     raise BadInput(
@@ -748,33 +755,43 @@ class Ledger:
                 run_key = self._touch(conn, run_id, "epochs = ?", (epochs_completed,))
             self._put_devices(conn, run_key, devices)
             device_keys: dict[str, int] = {}
-            for _, phases, _ in epochs:
+            for _, phases, _ in [*epochs, *((e, [p], None) for e, p in settle)]:
                 for p in phases:
                     if p.device_id not in device_keys:
                         device_keys[p.device_id] = self._device_key(
                             conn, run_key, p.device_id, p.kind
                         )
+
+            def row(epoch: int | None, p: PhaseEnergy) -> tuple:
+                return (
+                    epoch,
+                    p.energy_j,
+                    p.mean_power_w,
+                    p.peak_power_w,
+                    p.method,
+                    _flags_text(p.flags),
+                    run_key,
+                    device_keys[p.device_id],
+                    p.name,
+                    p.start_s,
+                    p.end_s,
+                )
+
+            rows = [row(epoch, p) for epoch, phases, _ in epochs for p in phases]
+            for epoch, p in settle:
+                updated = conn.execute(
+                    "UPDATE phases SET epoch = ?, energy_j = ?, mean_power_w = ?, "
+                    "peak_power_w = ?, method = ?, flags = ? WHERE run_key = ? AND "
+                    "device_key = ? AND stage = ? AND start_s = ? AND end_s = ?",
+                    row(epoch, p),
+                ).rowcount
+                if not updated:
+                    rows.append(row(epoch, p))
             conn.executemany(
-                "INSERT INTO phases (run_key, device_key, epoch, stage, start_s, end_s, "
-                "energy_j, mean_power_w, peak_power_w, method, flags) "
+                "INSERT INTO phases (epoch, energy_j, mean_power_w, peak_power_w, method, flags, "
+                "run_key, device_key, stage, start_s, end_s) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_key,
-                        device_keys[p.device_id],
-                        epoch,
-                        p.name,
-                        p.start_s,
-                        p.end_s,
-                        p.energy_j,
-                        p.mean_power_w,
-                        p.peak_power_w,
-                        p.method,
-                        _flags_text(p.flags),
-                    )
-                    for epoch, phases, _ in epochs
-                    for p in phases
-                ],
+                rows,
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO snapshots (run_key, epoch, trainable_params, "

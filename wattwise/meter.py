@@ -196,6 +196,16 @@ class Meter:
         self._phases.extend(phases)
         return phases
 
+    def collect_nowait(self) -> tuple[list[PhaseEnergy], list[PhaseEnergy]]:
+        """``(final, provisional)`` phases without waiting: see :meth:`Sampler.collect_nowait`.
+
+        Provisional phases come back final from a later collect (or from :meth:`stop`)."""
+        if self._sampler is None or self.result is not None:
+            return [], []
+        final, provisional = self._sampler.collect_nowait()
+        self._phases.extend(final)
+        return final, provisional
+
     def history(self) -> dict[str, list[tuple[float, float]]]:
         """device_id -> [(t_s, power_w)], bounded and downsampled."""
         return self._sampler.history() if self._sampler is not None else {}

@@ -35,6 +35,7 @@ FAST_MIN_S = 0.005
 """The shortest wait between ticks while a boundary waits for the counter's next change."""
 RESOLVE_WAIT_S = 2.0
 """A boundary still without a counter anchor after this long is resolved with power instead."""
+PROVISIONAL = frozenset({"provisional"})
 
 
 @dataclass
@@ -184,6 +185,43 @@ class Sampler:
             ready, self._ready = self._ready, []
         return ready
 
+    def collect_nowait(self) -> tuple[list[PhaseEnergy], list[PhaseEnergy]]:
+        """``(final, provisional)`` at once, without waiting and without forcing anything.
+
+        ``final``: the finalized phases not returned before, as :meth:`collect` returns them.
+        ``provisional``: every other phase whose two boundaries are marked, with the energy known
+        now (power carrying on from the last counter anchor) and the flag ``provisional``; the
+        boundaries stay open, fast polling goes on, and a later collect returns the same phases
+        (same ``index`` and ``device_id``) final. The training thread never waits for the
+        counter's next update this way.
+        """
+        with self._lock:
+            self._drain()
+            self._resolve(force=False)
+            ready, self._ready = self._ready, []
+            provisional = self._provisional_phases()
+            if not self._all_resolved():
+                self._wake.set()  # start polling the counter fast now, not at the next tick
+        return ready, provisional
+
+    def _provisional_phases(self) -> list[PhaseEnergy]:
+        energies = [
+            b.energy
+            if b.energy is not None
+            else {
+                dev: (i.cumulative_j(b.t_s), i.method_for()) for dev, i in self._integrators.items()
+            }
+            for b in self._bounds
+        ]
+        out: list[PhaseEnergy] = []
+        for k in range(len(self._bounds) - 1):
+            out.extend(
+                self._make_phases(
+                    self._bounds[k], self._bounds[k + 1], energies[k], energies[k + 1], PROVISIONAL
+                )
+            )
+        return out
+
     def history(self) -> dict[str, list[tuple[float, float]]]:
         """device_id -> [(t_s, power_w)], bounded by ``history_points``."""
         with self._lock:
@@ -292,25 +330,37 @@ class Sampler:
 
     def _build_phase(self, start: _Boundary, end: _Boundary) -> None:
         assert start.energy is not None and end.energy is not None
+        self._ready.extend(self._make_phases(start, end, start.energy, end.energy, frozenset()))
+
+    def _make_phases(
+        self,
+        start: _Boundary,
+        end: _Boundary,
+        e_start: dict[str, tuple[float, Method]],
+        e_end: dict[str, tuple[float, Method]],
+        extra: frozenset[str],
+    ) -> list[PhaseEnergy]:
+        phases = []
         for dev, integrator in self._integrators.items():
-            e0, _ = start.energy[dev]
-            e1, method = end.energy[dev]
+            e0, _ = e_start[dev]
+            e1, method = e_end[dev]
             flags = integrator.flags_between(start.t_s, end.t_s) | start.flags.get(dev, set())
             peak = start.peak_w.get(dev)
             if peak is None:
                 peak = integrator.peak_power_w(start.t_s, end.t_s)
-            self._ready.append(
+            phases.append(
                 integrator.make_phase(
                     start.label,
                     start.index,
                     start.t_s,
                     end.t_s,
                     e1 - e0,
-                    frozenset(flags),
+                    frozenset(flags) | extra,
                     method,
                     peak,
                 )
             )
+        return phases
 
     def _prune(self) -> None:
         latest = max((i.last_t_s for i in self._integrators.values()), default=-math.inf)

@@ -36,6 +36,8 @@ FLAGS: dict[str, str] = {
     "single_epoch": "estimate from one measured epoch: its warm-up is in the rate (too high)",
     "intensity_extrapolated": "grid-intensity series shorter than the run: nearest values used",
     "callback_error": "the Lightning callback failed in a hook (warned): figures may be incomplete",
+    "provisional": "energy as known at the epoch end; the counter's next update did not settle it "
+    "(the process ended first): off by up to one counter update",
 }
 
 
