@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wattwise import config
+from wattwise import config, pricing
 from wattwise.cli import main
 
 
@@ -118,5 +118,20 @@ def test_hardware_json(capsys):
 def test_prices_json(capsys):
     rows = run_json(capsys, "prices")
     p5 = next(r for r in rows if r["name"] == "aws:p5.48xlarge")
-    assert p5["n_gpus"] == 8 and p5["price_per_gpu_hour_usd"] == pytest.approx(98.32 / 8)
+    table = pricing.instance("aws:p5.48xlarge")
+    assert p5["n_gpus"] == table.n_gpus == 8
+    assert p5["price_per_gpu_hour_usd"] == pytest.approx(table.price_per_hour_usd / 8)
     assert all(r["source"] and r["date"] for r in rows)
+
+
+def test_listings_mark_rows_whose_source_is_unverified(capsys):
+    assert main(["hardware"]) == 0
+    out = capsys.readouterr().out
+    assert "* = unverified" in out
+    assert "CPU only *" in out  # an assumed row
+    assert "H100 SXM 80 GB *" not in out and "H100 SXM 80 GB" in out  # a checked row
+    assert main(["prices"]) == 0
+    assert "* = unverified" in capsys.readouterr().out
+    rows = run_json(capsys, "prices")
+    assert any(r["source"].startswith("unverified:") for r in rows)
+    assert not any(r["name"].endswith("*") for r in rows)  # the marker is for humans only

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from _ledger_factory import CPU, GPU, T0, RunSpec, add_run, realistic
 
-from wattwise import config
+from wattwise import config, pricing
 from wattwise.cli import main
 from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
@@ -99,8 +99,10 @@ def test_csv_round_trip_with_hand_checked_values(ledger, settings, tmp_path) -> 
     assert base["gco2e_per_kwh"] == pytest.approx(TEST_G_PER_KWH)
     # on-prem: 6.05 Wh x 1.5 x 0.2 USD/kWh + 30000 USD / 30000 h x 0.01 h = 0.011815 USD
     assert base["cost_usd[onprem]"] == pytest.approx(0.001815 + 0.01)
-    # p5.48xlarge: 0.01 h x 98.32 USD/h x 1/8 GPUs
-    assert base["cost_usd[aws:p5.48xlarge]"] == pytest.approx(0.01 * 98.32 / 8)
+    # p5.48xlarge: 0.01 h x the table's USD/h x 1/8 GPUs
+    p5 = pricing.instance("aws:p5.48xlarge")
+    assert p5.n_gpus == 8
+    assert base["cost_usd[aws:p5.48xlarge]"] == pytest.approx(0.01 * p5.price_per_hour_usd / 8)
     # 6.05 Wh x PUE 1.5 (on-prem) x 100 g/kWh = 0.9075 g
     assert base["co2e_kg[onprem]"] == pytest.approx(0.00605 * 1.5 * 100 / 1000)
     assert base["metric/val_acc"] == pytest.approx(0.94)

@@ -92,8 +92,8 @@ def hardware_command(as_json: bool = _JSON) -> None:
     columns = ["name", "TDP W", "idle W", "bf16 TF", "fp32 TF", "GiB", "GB/s", "USD"]
     fields = ("tdp_w", "idle_w", "bf16_tflops", "fp32_tflops", "memory_gib")
     fields += ("memory_bandwidth_gbs", "price_usd")
-    rows = [[s.name, *(getattr(s, f) for f in fields)] for s in specs]
-    _table(columns, rows, "hardware (sources: wattwise hardware --json)")
+    rows = [[_marked(s.name, s.source), *(getattr(s, f) for f in fields)] for s in specs]
+    _table(columns, rows, f"hardware (sources: wattwise hardware --json; {_UNVERIFIED})")
 
 
 def prices_command(as_json: bool = _JSON) -> None:
@@ -105,11 +105,27 @@ def prices_command(as_json: bool = _JSON) -> None:
         print_json([row.to_json() for row in rows])
         return
     table = [
-        [r.name, r.n_gpus, r.gpu, r.price_per_hour_usd, r.price_per_gpu_hour_usd, r.region, r.date]
+        [
+            _marked(r.name, r.source),
+            r.n_gpus,
+            r.gpu,
+            r.price_per_hour_usd,
+            r.price_per_gpu_hour_usd,
+            r.region,
+            r.date,
+        ]
         for r in rows
     ]
     columns = ["scenario", "gpus", "gpu", "usd_per_hour", "usd_per_gpu_hour", "region", "date"]
-    _table(columns, table, "on-demand prices (sources: wattwise prices --json)")
+    _table(columns, table, f"on-demand prices (sources: wattwise prices --json; {_UNVERIFIED})")
+
+
+_UNVERIFIED = "* = unverified"
+
+
+def _marked(name: str, source: str) -> str:
+    """A row whose source starts with 'unverified:' gets a '*' after its name."""
+    return f"{name} *" if source.lstrip().lower().startswith("unverified:") else name
 
 
 def register(app: typer.Typer) -> None:
