@@ -477,8 +477,8 @@ def test_new_file_is_marked_and_current(book):
         conn.close()
 
 
-def test_released_first_migration_is_the_frozen_v1_schema():
-    """MIGRATIONS[0] is released: it must stay the v1 DDL the fixture was built from."""
+def test_released_migrations_are_the_frozen_fixture_schemas():
+    """MIGRATIONS[0] and [1] are released: they must stay the DDL the fixtures were built from."""
     spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
     make_fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_fixtures)
@@ -487,6 +487,7 @@ def test_released_first_migration_is_the_frozen_v1_schema():
         return [" ".join(part.split()) for part in ddl.split(";") if part.strip()]
 
     assert statements(ledger_module.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
+    assert statements(ledger_module.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
     assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
