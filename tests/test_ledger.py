@@ -511,10 +511,24 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
         assert runs.loc[finetune, "status"] == "finished"
         assert book.cumulative_energy_j(finetune) == pytest.approx(3465.0 + 420.0)
         assert book.get_run(pretrain).reason is None
+        if version >= 2:  # what version 2 added survives the upgrade
+            assert book.get_run(finetune).reason == "max_epochs"
+            assert book.timeline(pretrain)[f"gpu:{GPU_UUID}"] == [
+                (0.0, 300.0),
+                (1.0, 310.0),
+                (2.0, 305.0),
+            ]
+        # Epochs recorded before version 3 have no per-epoch metrics or sample counts.
+        snaps = book.snapshots(pretrain)
+        assert list(snaps["epoch"]) == [0, 1, 2]
+        assert snaps["metrics"].isna().all() and snaps["train_samples"].isna().all()
         # New features work on the upgraded file.
         book.add_timeline(finetune, "gpu:GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", [(0.0, 1.0)])
         run_id = record_fit(book)
         assert book.get_run(run_id).energy_j == pytest.approx(2500.0)
+        book.add_phases(run_id, [], epoch=2, metrics={"val_loss": 0.5}, train_samples=64)
+        snap = book.snapshots(run_id).set_index("epoch").loc[2]
+        assert (snap["metrics"], snap["train_samples"]) == ({"val_loss": 0.5}, 64)
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
