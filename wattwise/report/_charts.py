@@ -347,7 +347,8 @@ def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str])
             ax.plot(
                 group["cumulative_wh"].to_numpy(),
                 group["value"].to_numpy(),
-                marker="o",
+                # a marker per epoch only where there are few: each one is an SVG element
+                marker="o" if len(group) <= 30 else None,
                 markersize=2.5,
                 linewidth=1,
                 color=colors[arch],

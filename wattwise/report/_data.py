@@ -267,7 +267,7 @@ def collect(
     )
     epoch_rows = phases[phases["epoch"].notna()]
     epoch_end_wh = _epoch_end_wh(phases)
-    table["j_per_train_sample"] = _j_per_train_sample(records, epoch_rows, snapshots)
+    table["j_per_train_sample"] = _j_per_train_sample(records, epoch_rows, epoch_end_wh, snapshots)
     val_metric = pick_val_metric(metric, snapshots)
     val_lower = lower_is_better(val_metric) if val_metric else True
     curves = _val_curves(snapshots, val_metric, epoch_end_wh) if val_metric else None
@@ -325,12 +325,32 @@ def pick_val_metric(headline: str | None, snapshots: pd.DataFrame) -> str | None
 def _epoch_end_wh(phases: pd.DataFrame) -> pd.Series:
     """The run's own energy (Wh) from its start to the end of each training epoch, indexed by
     (run_id, epoch): every row recorded up to the epoch's last row, in recording order (the
-    tail of an earlier call of a resumed run included)."""
-    energy_wh = phases["energy_j"].astype(float) / J_PER_WH  # object dtype when empty
-    cumulative = energy_wh.groupby(phases["run_id"], sort=False).cumsum()
-    in_epoch = phases["epoch"].notna()
-    frame = phases.loc[in_epoch, ["run_id", "epoch"]].assign(wh=cumulative[in_epoch])
-    return frame.groupby(["run_id", "epoch"], sort=False)["wh"].last()
+    tail of an earlier call of a resumed run included).
+
+    ``phases`` is the report's phase table: each run's rows together, in recording order (numpy
+    on 600,000 rows takes a fifth of the time of a pandas groupby)."""
+    import numpy as np
+    import pandas as pd
+
+    run = phases["run_id"].to_numpy()
+    epoch = phases["epoch"].to_numpy(dtype=float, na_value=np.nan)
+    wh = np.cumsum(phases["energy_j"].to_numpy(dtype=float)) / J_PER_WH
+    n = len(run)
+    first = np.ones(n, dtype=bool)
+    first[1:] = run[1:] != run[:-1]
+    starts = np.flatnonzero(first)
+    before = np.concatenate(([0.0], wh))[starts]  # the cumulative sum before each run began
+    wh = wh - np.repeat(before, np.diff(np.append(starts, n)))
+    last = np.ones(n, dtype=bool)  # the last row of each run x epoch stretch
+    last[:-1] = first[1:] | (epoch[1:] != epoch[:-1])
+    keep = last & ~np.isnan(epoch)
+    index = pd.MultiIndex.from_arrays(
+        [run[keep], epoch[keep].astype(np.int64)], names=["run_id", "epoch"]
+    )
+    out = pd.Series(wh[keep], index=index, name="wh")
+    if not index.is_unique:  # an epoch's rows split by other rows: its end is its last row
+        out = out.groupby(level=[0, 1], sort=False).last()
+    return out
 
 
 def _val_curves(snapshots: pd.DataFrame, name: str, epoch_end_wh: pd.Series) -> pd.DataFrame:
@@ -569,25 +589,27 @@ def _finite_number(value: Any) -> bool:
 
 
 def _j_per_train_sample(
-    records: Sequence[Any], epoch_rows: pd.DataFrame, snapshots: pd.DataFrame
+    records: Sequence[Any],
+    epoch_rows: pd.DataFrame,
+    epoch_end_wh: pd.Series,
+    snapshots: pd.DataFrame,
 ) -> list[float | None]:
     """Energy of the training epochs' rows per training sample (J_PER_TRAIN_SAMPLE_DEFINITION).
 
-    Samples: the epochs' own counts, which must cover every training epoch; a run whose epochs
-    carry no count at all falls back to what it declared (``_samples_seen``)."""
-    per_epoch = epoch_rows.groupby(["run_id", "epoch"], sort=False)["energy_j"].sum()
-    by_run = per_epoch.groupby(level=0, sort=False)
-    epochs_j, n_epochs = by_run.sum(), by_run.size()
+    Samples: the epochs' own counts, which must cover every training epoch (those with rows,
+    the index of ``epoch_end_wh``); a run whose epochs carry no count at all falls back to what
+    it declared (``_samples_seen``)."""
+    epochs_j = epoch_rows.groupby("run_id", sort=False)["energy_j"].sum().to_dict()
+    n_epochs = epoch_end_wh.groupby(level=0, sort=False).size().to_dict()
     counted = snapshots[snapshots["train_samples"].notna()]
     counts = counted.groupby("run_id", sort=False)["train_samples"].agg(["sum", "size"])
+    count_sum, count_n = counts["sum"].to_dict(), counts["size"].to_dict()
     out: list[float | None] = []
     for record in records:
         rid = record.run_id
         energy_j = epochs_j.get(rid)
-        if rid in counts.index:
-            known = counts.loc[rid]
-            whole = int(known["size"]) == int(n_epochs.get(rid, -1))
-            samples = float(known["sum"]) if whole else None
+        if rid in count_n:
+            samples = float(count_sum[rid]) if count_n[rid] == n_epochs.get(rid) else None
         else:
             samples = _samples_seen(record)
         out.append(energy_j / samples if energy_j is not None and samples else None)
