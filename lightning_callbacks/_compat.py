@@ -8,10 +8,12 @@ with either Trainer. Rank-aware helpers take the trainer so they use the namespa
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning
@@ -65,3 +67,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a Lightning checkpoint on the CPU without materialising its tensors (memory-mapped)."""
     torch = importlib.import_module("torch")
     return torch.load(os.fspath(path), map_location="cpu", weights_only=False, mmap=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _batch_size_finder(namespace: str) -> tuple[Callable[[Any], Any] | None, Callable[[Any], int]]:
+    """``(_extract_batch_size, extract_batch_size)`` of ``<namespace>.utilities.data``."""
+    data = importlib.import_module(f"{namespace}.utilities.data")
+    return getattr(data, "_extract_batch_size", None), data.extract_batch_size
+
+
+def batch_size(trainer: Any, batch: Any) -> int | None:
+    """Samples in ``batch`` as Lightning finds them (the traversal behind ``self.log``'s batch
+    size: the first dimension of the batch's tensors); None when it finds none, or when the
+    tensors disagree (Lightning would warn and take the first; a count must not guess).
+
+    Cheap: it reads tensor shapes only (no device sync). Never raises.
+    """
+    walk, extract = _batch_size_finder(namespace_of(trainer))
+    try:
+        if walk is None:  # a Lightning without the generator: its public function, first size
+            return int(extract(batch))
+        sizes = {size for size in walk(batch) if size is not None}
+    except Exception:  # Lightning's own "could not infer", a recursion error, an odd batch
+        return None
+    return int(sizes.pop()) if len(sizes) == 1 else None

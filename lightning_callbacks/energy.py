@@ -37,7 +37,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from lightning_callbacks._compat import callback_bases, rank_zero_info, read_checkpoint
+from lightning_callbacks._compat import (
+    batch_size,
+    callback_bases,
+    rank_zero_info,
+    read_checkpoint,
+)
 from wattwise import units
 from wattwise.errors import BadInput, UnknownHardware
 from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
@@ -81,6 +86,8 @@ class _RankReport:
     phases: tuple[_Entry, ...]
     """Final phases not counted before, then provisional ones (see ``_Entry``)."""
     devices: tuple[DeviceInfo, ...]
+    train_samples: int | None = None
+    """Training samples this rank processed in the epoch (None: unknown, or not an epoch)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,8 @@ class _EnergyLogic:
         self.epochs_completed = 0
         self.epoch_energy_j: list[float] = []
         self.epoch_duration_s: list[float] = []
+        self.epoch_metrics: list[dict[str, float]] = []
+        self.epoch_train_samples: list[int | None] = []
         self.energy_by_kind_j: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "ram": 0.0}
         self.duration_s = 0.0
         self.energy_above_idle_j = 0.0
@@ -198,6 +207,7 @@ class _EnergyLogic:
         # (phase index, merged device id) -> the provisional phase counted for it so far
         self._provisional: dict[tuple[int, str], _Entry] = {}
         self._history: dict[str, list[tuple[float, float]]] = {}
+        self._epoch_samples: int | None = 0  # this rank's training samples in the epoch
 
     # ----------------------------------------------------------------- public numbers
     @property
@@ -230,6 +240,8 @@ class _EnergyLogic:
             "epochs_completed": self.epochs_completed,
             "epoch_energy_j": list(self.epoch_energy_j),
             "epoch_duration_s": list(self.epoch_duration_s),
+            "epoch_metrics": [dict(m) for m in self.epoch_metrics],
+            "epoch_train_samples": list(self.epoch_train_samples),
             "energy_by_kind_j": dict(self.energy_by_kind_j),
             "duration_s": self.duration_s,
             "energy_above_idle_j": self.energy_above_idle_j,
@@ -248,6 +260,14 @@ class _EnergyLogic:
         self.epochs_completed = int(state_dict.get("epochs_completed", 0))
         self.epoch_energy_j = [float(x) for x in state_dict.get("epoch_energy_j", [])]
         self.epoch_duration_s = [float(x) for x in state_dict.get("epoch_duration_s", [])]
+        # a checkpoint from before these lists: its epochs have no metrics and unknown counts
+        missing = len(self.epoch_energy_j) - len(state_dict.get("epoch_train_samples", []))
+        self.epoch_metrics = [{}] * max(0, missing) + [
+            {str(k): float(v) for k, v in m.items()} for m in state_dict.get("epoch_metrics", [])
+        ]
+        self.epoch_train_samples = [None] * max(0, missing) + [
+            None if n is None else int(n) for n in state_dict.get("epoch_train_samples", [])
+        ]
         by_kind = state_dict.get("energy_by_kind_j", {})
         self.energy_by_kind_j = {k: float(by_kind.get(k, 0.0)) for k in ("gpu", "cpu", "ram")}
         self.duration_s = float(state_dict.get("duration_s", 0.0))
@@ -456,6 +476,7 @@ class _EnergyLogic:
 
     @_guarded
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._epoch_samples = 0
         self._mark(trainer, "other")
         self._epoch_start_index = self._n_marks
         self._epoch_start_s = time.monotonic()
@@ -463,6 +484,24 @@ class _EnergyLogic:
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self._label != "train":  # once per epoch (and after a mid-epoch validation)
             self._guard(trainer, "on_train_batch_start", self._mark, trainer, "train")
+
+    @_guarded
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Count the batch's samples (tensor shapes only: no device sync, no ``.item()``)."""
+        if self._epoch_samples is None:  # already unknown for this epoch
+            return
+        size = batch_size(trainer, batch)
+        if size is None:
+            self._epoch_samples = None
+            self._warn_once(
+                f"wattwise: cannot tell how many samples a training batch of type "
+                f"{type(batch).__name__} holds (no tensor, or tensors whose first dimensions "
+                "differ); the epoch's sample count and J per training sample stay unknown"
+            )
+        else:
+            self._epoch_samples += size
 
     @_guarded
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
@@ -512,8 +551,9 @@ class _EnergyLogic:
         self._guard(trainer, "flush", self._commit, trainer, reports, duration_s, False)
 
     def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
-        if self._meter is None:
-            return None
+        samples = self._epoch_samples if close_epoch else None
+        if self._meter is None:  # measures nothing, but its training samples count
+            return _RankReport(int(trainer.node_rank), (), (), train_samples=samples)
         provisional: list[PhaseEnergy] = []
         if close_epoch:
             self._mark(trainer, "other")
@@ -537,6 +577,7 @@ class _EnergyLogic:
             node_rank=int(trainer.node_rank),
             phases=tuple(entries),
             devices=tuple(self._meter.devices),
+            train_samples=samples,
         )
 
     def _entry(self, phase: PhaseEnergy, provisional: bool) -> _Entry:
@@ -592,6 +633,10 @@ class _EnergyLogic:
             self.epochs_completed += 1
             self.epoch_energy_j.append(closing_j)
             self.epoch_duration_s.append(duration_s)
+            self.epoch_train_samples.append(_sum_train_samples(reports))
+            self.epoch_metrics.append(
+                self._guard(trainer, "metrics", _scalar_metrics, trainer) or {}
+            )
         pl_module = trainer.lightning_module
         if self._global_zero and self.run_id is not None:
             # guarded on its own: a failed write on rank 0 must not skip the logging below,
@@ -618,8 +663,9 @@ class _EnergyLogic:
         devices: Sequence[DeviceInfo],
         epoch: int | None,
     ) -> None:
-        """One ledger transaction: the new phases (of epoch ``epoch``, None for the tail) and
-        the rows of earlier provisional phases settled in place."""
+        """One ledger transaction: the new phases (of epoch ``epoch``, None for the tail), the
+        rows of earlier provisional phases settled in place, and for an epoch its snapshot,
+        metrics and training samples."""
         extra = frozenset(self.flags & {"callback_error"})
 
         def stamped(p: PhaseEnergy) -> PhaseEnergy:
@@ -633,6 +679,9 @@ class _EnergyLogic:
             epochs_completed=self.epochs_completed,
             devices=devices,
             settle=[(e, stamped(p)) for e, p in settle],
+            # the epoch's entries were appended just before this write (_commit)
+            metrics=None if epoch is None else self.epoch_metrics[-1],
+            train_samples=None if epoch is None else self.epoch_train_samples[-1],
         )
 
     # ----------------------------------------------------------------- metrics and money
@@ -743,13 +792,7 @@ class _EnergyLogic:
 
     def _finish_run(self, trainer: Any, status: str, reason: str | None) -> None:
         money = self._money(trainer)
-        for name, value in trainer.callback_metrics.items():
-            if name.startswith(OWN_METRICS):
-                continue
-            try:
-                self.metrics[name] = float(value)
-            except (TypeError, ValueError, RuntimeError):  # non-scalar metric: not stored
-                continue
+        self.metrics.update(_scalar_metrics(trainer))
         self.summary = self._summary(trainer, money)
         if not self._global_zero or self.run_id is None:
             return
@@ -928,6 +971,29 @@ def _merge(reports: Sequence[_RankReport | None]) -> tuple[list[_Entry], list[De
 def _unsettled_row(entry: _Entry) -> list[Any]:
     p = entry.phase
     return [entry.epoch, entry.in_epoch, p.device_id, p.name, p.start_s, p.end_s, p.energy_j]
+
+
+def _sum_train_samples(reports: Sequence[_RankReport | None]) -> int | None:
+    """Training samples of the epoch over every rank; None when any rank's count is unknown."""
+    total = 0
+    for report in reports:
+        if report is None or report.train_samples is None:
+            return None
+        total += report.train_samples
+    return total
+
+
+def _scalar_metrics(trainer: Any) -> dict[str, float]:
+    """``trainer.callback_metrics`` that are scalars, as floats, without the callback's own."""
+    out: dict[str, float] = {}
+    for name, value in trainer.callback_metrics.items():
+        if name.startswith(OWN_METRICS):
+            continue
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError, RuntimeError):  # non-scalar metric: not stored
+            continue
+    return out
 
 
 def _node_device_id(device_id: str, kind: str, node_rank: int) -> str:

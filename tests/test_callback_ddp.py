@@ -85,5 +85,8 @@ def test_ddp_spawn_two_processes_count_the_replayed_gpu_and_the_cpu_once(
     # the replayed H200 idles at ~120 W for the first seconds: counted twice it would be ~240 W
     mean_w = sum(r["energy_j"] for r in gpu_rows) / span_s
     assert 100 < mean_w < 160
+    # training samples are summed over both ranks (rank 1 measures nothing but still trains):
+    # the sampler gives each rank 32 of the 64 samples per epoch
+    assert list(ledger.snapshots(run.run_id)["train_samples"]) == [64, 64]
     # the main process reads the logged totals back from rank 0 (callback_metrics travel back)
     assert float(fit.callback_metrics["energy/total_wh"]) > 0

@@ -74,9 +74,8 @@ def test_during_and_after_a_fit(tmp_path, replay):  # noqa: F811
     # a copy taken after epoch 1 was committed carries its numbers and the run id
     mid = probe.copies["epoch"][0]
     assert mid.run_id == cb.run_id and mid.epochs_completed == 2
-    # (the last epoch's last phase provisional in the copy, settled later in the original: one
-    # counter update, 0.1 s at up to 200 W, apart at most)
-    assert mid.epoch_energy_j[0] == pytest.approx(cb.epoch_energy_j[0])
+    # (phases the counter had not passed yet are provisional in the copy and settled later in
+    # the original: one counter update, 0.1 s at up to 200 W, apart at most)
     assert mid.epoch_energy_j == pytest.approx(cb.epoch_energy_j, abs=0.1 * 200.0)
     assert cb.epochs_completed == 2 and cb.energy_j > mid.energy_j > 0  # the tail came later
 

@@ -155,6 +155,8 @@ def test_state_dict_round_trip_and_defaults():
     cb.epochs_completed = 3
     cb.epoch_energy_j = [1.0, 2.0, 3.0]
     cb.epoch_duration_s = [0.5, 0.5, 0.5]
+    cb.epoch_metrics = [{"val_loss": 0.5}, {}, {"val_loss": 0.4, "val_acc": 0.8}]
+    cb.epoch_train_samples = [64, None, 64]
     cb.energy_by_kind_j = {"gpu": 5.0, "cpu": 1.0, "ram": 0.5}
     cb.duration_s = 2.0
     # every saved field away from its default, so a field load_state_dict drops shows

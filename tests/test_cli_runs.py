@@ -127,6 +127,9 @@ def test_runs_show_json_has_phases_snapshots_and_lineage(capsys, ledger_path, tw
             "total_params": 100,
             "model_class": "MLP",
             "label": "finetune",
+            # recorded through the Ledger API without them: not recorded (null), not {} or 0
+            "metrics": None,
+            "train_samples": None,
         }
     ]
     lineage = shown["lineage"]

@@ -502,8 +502,8 @@ def test_new_file_is_marked_and_current(book):
         conn.close()
 
 
-def test_released_first_migration_is_the_frozen_v1_schema():
-    """MIGRATIONS[0] is released: it must stay the v1 DDL the fixture was built from."""
+def test_released_migrations_are_the_frozen_fixture_schemas():
+    """MIGRATIONS[0] and [1] are released: they must stay the DDL the fixtures were built from."""
     spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
     make_fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_fixtures)
@@ -512,6 +512,7 @@ def test_released_first_migration_is_the_frozen_v1_schema():
         return [" ".join(part.split()) for part in ddl.split(";") if part.strip()]
 
     assert statements(ledger_module.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
+    assert statements(ledger_module.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
     assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
@@ -535,10 +536,24 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
         assert runs.loc[finetune, "status"] == "finished"
         assert book.cumulative_energy_j(finetune) == pytest.approx(3465.0 + 420.0)
         assert book.get_run(pretrain).reason is None
+        if version >= 2:  # what version 2 added survives the upgrade
+            assert book.get_run(finetune).reason == "max_epochs"
+            assert book.timeline(pretrain)[f"gpu:{GPU_UUID}"] == [
+                (0.0, 300.0),
+                (1.0, 310.0),
+                (2.0, 305.0),
+            ]
+        # Epochs recorded before version 3 have no per-epoch metrics or sample counts.
+        snaps = book.snapshots(pretrain)
+        assert list(snaps["epoch"]) == [0, 1, 2]
+        assert snaps["metrics"].isna().all() and snaps["train_samples"].isna().all()
         # New features work on the upgraded file.
         book.add_timeline(finetune, "gpu:GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", [(0.0, 1.0)])
         run_id = record_fit(book)
         assert book.get_run(run_id).energy_j == pytest.approx(2500.0)
+        book.add_phases(run_id, [], epoch=2, metrics={"val_loss": 0.5}, train_samples=64)
+        snap = book.snapshots(run_id).set_index("epoch").loc[2]
+        assert (snap["metrics"], snap["train_samples"]) == ({"val_loss": 0.5}, 64)
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

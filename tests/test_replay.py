@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from fakes import FakeClock
 from wattwise.errors import BadInput, TraceFormatError
 from wattwise.sensors.replay import (
     ReplayNvmlSensor,
+    counter_reference,
     find_marks,
     load_marks,
     load_trace,
@@ -107,6 +109,42 @@ def test_replay_reads_the_row_in_force(nvml_fixtures):
     (cheap,) = sensor.read(51.0, counter=False)
     assert cheap.energy_j is None and cheap.power_w == sample.power_w
     assert not sample.flags
+
+
+def test_a_recorder_stall_replays_as_a_counter_stepping_at_its_period(nvml_fixtures):
+    """The H200 fit trace has no row from 3.0 s to 3.87 s (its recorder's thread was starved):
+    recorded, the counter looks frozen for 0.93 s and then jumps 107 J at once. Replayed, it
+    steps every update period along the line joining the change points around the stall, so a
+    live reader sees what the GPU did, and the rows outside the stall replay unchanged."""
+    clock = FakeClock(0.0)
+    sensor = ReplayNvmlSensor(nvml_fixtures / FIT, clock=clock)
+    sensor.open()
+    trace = sensor.trace
+    t0 = trace.t_s[0]
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(trace.t_s)]
+    gap_s, a, b = max(gaps)
+    assert gap_s > 0.8  # the stall this test is about
+    period = trace.update_period_s()
+    reference = counter_reference(trace.t_s, trace.energy_j)
+    values = []
+    for k in range(int((b - a) / 0.01)):
+        rel = a + 0.01 * k
+        (sample,) = sensor.read(rel - t0, counter=True)
+        values.append((rel, sample.energy_j))
+    changes = [
+        (t, e)
+        for (t, e), (_, before) in ((y, x) for x, y in itertools.pairwise(values))
+        if e != before
+    ]
+    assert len(changes) >= int(gap_s / period) - 2  # it keeps stepping through the stall
+    for t, e in changes:
+        assert e == pytest.approx(reference(t), abs=1.1 * 120.0 * period)  # one step behind at most
+        assert e <= reference(t) + 1e-6
+    assert all(e2 >= e1 for (_, e1), (_, e2) in itertools.pairwise(values))
+    # outside the stall: the recorded row
+    (sample,) = sensor.read(1.0, counter=True)
+    i = max(k for k, t in enumerate(trace.t_s) if t <= t0 + 1.0)
+    assert sample.energy_j == trace.energy_j[i]
 
 
 def test_replay_continues_after_the_trace_ends(nvml_fixtures):

@@ -111,8 +111,9 @@ def test_csv_round_trip_with_hand_checked_values(ledger, settings, tmp_path) -> 
 
     adaptive = table.loc[runs["adaptive"][0]]
     assert (adaptive["params_start"], adaptive["params_end"]) == (1000, 3400)
-    # training stage: (550 + 50 + 5) W x 10 s x 4 epochs over 1200 samples x 4 epochs
-    assert adaptive["j_per_train_sample"] == pytest.approx(605 * 10 * 4 / 4800)
+    # every stage of the training epochs, over 1200 declared samples x 4 epochs:
+    # ((550 + 50 + 5) W x 10 s training + (300 + 50 + 5) W x 2 s validation) x 4 epochs
+    assert adaptive["j_per_train_sample"] == pytest.approx((605 * 10 + 355 * 2) * 4 / 4800)
 
     cpu = table.loc[runs["cpu"][0]]
     assert pd.isna(cpu["gpu_wh"])  # no GPU measured: missing, not a silent 0 Wh

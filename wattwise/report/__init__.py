@@ -9,10 +9,10 @@ runs.csv columns: ``run_id, architecture, status, started_at, parent_run_id, tag
 params_end, epochs, duration_s, gpu_wh, cpu_wh, ram_wh, total_wh, method_mix, estimated_kinds,
 flags, region, gco2e_per_kwh``, then ``cost_usd[<scenario>]`` and ``co2e_kg[<scenario>]`` for each
 pricing scenario, one ``metric/<name>`` column per final metric, ``j_per_train_sample``
-(training-stage energy per sample seen, where the run recorded ``train_samples`` or
-``train_samples_per_epoch`` in its settings or metrics), ``wh_to_best_val`` (empty: the ledger
-keeps final metrics only, not per-epoch ones) and ``cumulative_wh`` (own energy plus every
-ancestor's).
+(energy of every stage of the training epochs per training sample they processed; empty when any
+epoch's count is unknown), ``wh_to_best_val`` (the run's energy up to the end of the epoch with
+the best per-epoch validation metric: the headline metric if it is one, else ``val_loss``) and
+``cumulative_wh`` (own energy plus every ancestor's). docs/internals.md defines both precisely.
 """
 
 from __future__ import annotations

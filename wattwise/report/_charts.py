@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from wattwise.report._data import STAGE_ORDER, co2e_column, cost_column, pareto_mask
+from wattwise.report._data import (
+    STAGE_ORDER,
+    best_epochs,
+    co2e_column,
+    cost_column,
+    pareto_mask,
+)
 from wattwise.units import J_PER_WH
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -320,6 +326,48 @@ def params_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, st
         ax.set_ylabel("trainable parameters")
         _legend(ax)
         return _svg(fig, "params")
+
+
+def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) -> str | None:
+    """The per-epoch validation metric against the run's cumulative energy at each epoch end,
+    one line per run, its best epoch ringed."""
+    if not run_ids or data.val_curves is None or data.val_metric is None:
+        return None
+    curves = data.val_curves[data.val_curves["run_id"].isin(run_ids)]
+    if curves.empty:
+        return None
+    best = best_epochs(curves, lower=data.val_metric_lower_is_better)
+    architecture = dict(zip(data.runs["run_id"], data.runs["architecture"], strict=True))
+    with _style():
+        fig, axes = _grid(1, row_in=3.0)
+        ax = axes[0, 0]
+        for rid, group in curves.groupby("run_id", sort=False):
+            group = group.sort_values("epoch")
+            arch = architecture[rid]
+            ax.plot(
+                group["cumulative_wh"].to_numpy(),
+                group["value"].to_numpy(),
+                # a marker per epoch only where there are few: each one is an SVG element
+                marker="o" if len(group) <= 30 else None,
+                markersize=2.5,
+                linewidth=1,
+                color=colors[arch],
+                label=f"{arch} · {rid[:8]}",
+            )
+            ax.plot(
+                [best.loc[rid, "cumulative_wh"]],
+                [best.loc[rid, "value"]],
+                marker="o",
+                markersize=8,
+                markerfacecolor="none",
+                color="black",
+                linewidth=0,
+            )
+        ax.set_xlabel("cumulative energy at epoch end (Wh, device total before PUE)")
+        better = "lower is better" if data.val_metric_lower_is_better else "higher is better"
+        ax.set_ylabel(f"{data.val_metric} ({better})")
+        _legend(ax, fontsize=7)
+        return _svg(fig, "val")
 
 
 def lineage(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) -> str | None:

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise.report import _charts
 from wattwise.report._data import (
+    FALLBACK_VAL_METRIC,
+    J_PER_TRAIN_SAMPLE_DEFINITION,
     KINDS,
+    best_epochs,
     co2e_column,
     cost_column,
     pareto_mask,
@@ -64,8 +67,10 @@ def render(data: ReportData, ledger: Any) -> str:
     growing = _growing_runs(data)
     lineage_rows = _lineage_rows(data, ledger)
     series = {rid: _charts.timeline_series(data, ledger, rid) for rid in timeline_runs}
+    val_runs = _val_runs(data)
     charts = {
         "pareto": _charts.pareto(data, colors),
+        "val": _charts.val_energy(data, val_runs, colors),
         "epochs": _charts.epoch_energy(data, shown_architectures),
         "timelines": _charts.timelines(data, timeline_runs, series),
         "cost": _charts.cost_and_carbon(data, shown_architectures, colors),
@@ -84,6 +89,11 @@ def render(data: ReportData, ledger: Any) -> str:
         shown_architectures=shown_architectures,
         metric=data.metric.removeprefix("metric/") if data.metric else None,
         metric_better="lower" if data.metric_lower_is_better else "higher",
+        val_metric=data.val_metric,
+        val_better="lower" if data.val_metric_lower_is_better else "higher",
+        val_runs=len(val_runs),
+        val_runs_total=_n_val_runs(data),
+        derived=_derived(data),
         summary=_summary(data),
         architecture_rows=_architecture_rows(data, architectures),
         timeline_runs=[_short(data, rid) for rid in timeline_runs],
@@ -156,6 +166,7 @@ def _summary(data: ReportData) -> dict[str, Any]:
     metric_columns = [c for c in runs.columns if c.startswith("metric/")]
     has_lineage = runs["parent_run_id"].map(lambda p: isinstance(p, str)).any()
     has_samples = runs["j_per_train_sample"].notna().any()
+    has_best = runs["wh_to_best_val"].notna().any()
     header = [
         ("run", False),
         ("architecture", False),
@@ -176,6 +187,8 @@ def _summary(data: ReportData) -> dict[str, Any]:
     header += [(m.removeprefix("metric/"), True) for m in metric_columns]
     if has_samples:
         header.append(("J per train sample", True))
+    if has_best:
+        header.append((f"Wh to best {data.val_metric}", True))
     if has_lineage:
         header.append(("cumulative (Wh)", True))
     header.append(("flags", False))
@@ -202,6 +215,8 @@ def _summary(data: ReportData) -> dict[str, Any]:
         cells += [(num(r[m], 4), "") for m in metric_columns]
         if has_samples:
             cells.append((num(r["j_per_train_sample"], 3), ""))
+        if has_best:
+            cells.append((num(r["wh_to_best_val"], 4), ""))
         if has_lineage:
             cells.append((num(r["cumulative_wh"], 4), ""))
         cells.append((r["flags"], ""))
@@ -248,6 +263,52 @@ def _timeline_runs(data: ReportData) -> list[str]:
     chosen = chosen[:MAX_RUN_CHARTS]
     order = {rid: i for i, rid in enumerate(runs["run_id"])}
     return sorted(chosen, key=order.__getitem__)
+
+
+def _n_val_runs(data: ReportData) -> int:
+    return 0 if data.val_curves is None else int(data.val_curves["run_id"].nunique())
+
+
+def _val_runs(data: ReportData) -> list[str]:
+    """Runs drawn in the validation-metric chart: every run with per-epoch values when there are
+    few; else the best run of each architecture, then the best of the others, MAX_RUN_CHARTS
+    in all (the CSV keeps every run's wh_to_best_val)."""
+    curves = data.val_curves
+    if curves is None or curves.empty:
+        return []
+    best = best_epochs(curves, lower=data.val_metric_lower_is_better)
+    architecture = dict(zip(data.runs["run_id"], data.runs["architecture"], strict=True))
+    ranked = best.sort_values("value", ascending=data.val_metric_lower_is_better, kind="stable")
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for rid in ranked.index:
+        if architecture[rid] not in seen:
+            seen.add(architecture[rid])
+            chosen.append(rid)
+    chosen += [rid for rid in ranked.index if rid not in chosen]
+    chosen = chosen[:MAX_RUN_CHARTS]
+    order = {rid: i for i, rid in enumerate(data.runs["run_id"])}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def _derived(data: ReportData) -> list[tuple[str, str]]:
+    """How the derived per-run columns are worked out, for the provenance section."""
+    if data.val_metric is None:
+        best = "empty: no run recorded a per-epoch validation metric"
+    else:
+        better = "lowest" if data.val_metric_lower_is_better else "highest"
+        best = (
+            f"the run's own energy (Wh, device total before PUE) from its start to the end of "
+            f"the training epoch with the {better} per-epoch {data.val_metric} (the earliest such "
+            "epoch on a tie), counting every row recorded by then. The metric is the report's "
+            f"headline metric when that is a per-epoch validation metric, else "
+            f"{FALLBACK_VAL_METRIC}; an epoch without validation repeats the last validation's "
+            "values (Lightning keeps them)"
+        )
+    return [
+        ("j_per_train_sample", J_PER_TRAIN_SAMPLE_DEFINITION),
+        (f"wh_to_best_val ({data.val_metric or 'no metric'})", best),
+    ]
 
 
 def _growing_runs(data: ReportData) -> list[dict[str, Any]]:

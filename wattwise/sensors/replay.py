@@ -9,8 +9,10 @@ a list of ``[label, t_s]`` in time order, and optional ``fit_start``, ``fit_end`
 
 :class:`ReplayNvmlSensor`: time 0 of the trace is when the sensor opens. ``read(t)`` returns the
 row in force at ``t - t_open``; after the last row its power continues and the counter keeps
-growing at that power (flag ``replay_ended``). The device's UUID is derived from the trace's
-bytes, so every process replaying the same file sees the same GPU.
+growing at that power (flag ``replay_ended``). Inside a recorder stall (rows missing for more
+than two counter update periods) the counter steps every update period along the line joining
+the change points around the stall, as the real counter did. The device's UUID is derived from
+the trace's bytes, so every process replaying the same file sees the same GPU.
 """
 
 from __future__ import annotations
@@ -250,6 +252,14 @@ def counter_reference(t_s: Sequence[float], energy_j: Sequence[float]) -> Callab
     return at
 
 
+def _last_change_index(energy_j: Sequence[float]) -> list[int]:
+    """For each row, the index of the row where its counter value first appeared."""
+    out = [0] * len(energy_j)
+    for i in range(1, len(energy_j)):
+        out[i] = i if energy_j[i] != energy_j[i - 1] else out[i - 1]
+    return out
+
+
 def replay_uuid(trace: Trace) -> str:
     """A GPU UUID derived from the trace's bytes: the same file gives the same GPU everywhere."""
     return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, trace.digest)}"
@@ -287,6 +297,9 @@ class ReplayNvmlSensor(Sensor):
         self.trace: Trace | None = None
         self.info: DeviceInfo | None = None
         self.t_open_s = 0.0
+        self._period_s = 0.1
+        self._reference: Callable[[float], float] = lambda t: 0.0
+        self._last_change: list[int] = []
 
     def open(self) -> list[DeviceInfo]:
         trace = load_trace(self.path)
@@ -294,8 +307,31 @@ class ReplayNvmlSensor(Sensor):
         gpu = load_marks(marks_path).gpu if marks_path is not None else None
         self.trace = trace
         self.info = replay_device(trace, gpu)
+        self._period_s = trace.update_period_s()
+        self._reference = counter_reference(trace.t_s, trace.energy_j)
+        self._last_change = _last_change_index(trace.energy_j)
         self.t_open_s = self.clock()
         return [self.info]
+
+    def _stalled_counter_j(self, i: int, rel: float) -> float | None:
+        """The counter at ``rel`` inside a recorder stall (no row for more than two update
+        periods after row ``i``), else None.
+
+        A recorder that missed rows for a while (its thread starved) shows the counter frozen
+        and then jumping by many updates at once; replayed as recorded, a live reader catching
+        the jump would place all of it at once. The real counter stepped every update period
+        all along: replay it stepping along the line that joins the change points around the
+        stall (the reference the accuracy checks use), so the stall reads like the GPU did.
+        """
+        trace = self.trace
+        assert trace is not None
+        if i + 1 >= len(trace.t_s) or trace.t_s[i + 1] - trace.t_s[i] <= 2 * self._period_s:
+            return None
+        t_change = trace.t_s[self._last_change[i]]
+        steps = math.floor((rel - t_change) / self._period_s)
+        if steps < 1:
+            return None
+        return max(trace.energy_j[i], self._reference(t_change + steps * self._period_s))
 
     def read(self, t_s: float, *, counter: bool) -> Sequence[Sample]:
         trace, info = self.trace, self.info
@@ -305,6 +341,9 @@ class ReplayNvmlSensor(Sensor):
         i = max(bisect_right(trace.t_s, rel) - 1, 0)
         power = trace.best_power_w[i]
         energy = trace.energy_j[i]
+        stalled = self._stalled_counter_j(i, rel)
+        if stalled is not None:
+            energy = stalled
         flags: frozenset[str] = frozenset()
         if rel > trace.t_s[-1]:
             energy += power * (rel - trace.t_s[-1])
