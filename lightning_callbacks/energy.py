@@ -88,6 +88,10 @@ class _RankReport:
     devices: tuple[DeviceInfo, ...]
     train_samples: int | None = None
     """Training samples this rank processed in the epoch (None: unknown, or not an epoch)."""
+    warnings: tuple[str, ...] = ()
+    """Warnings this rank raised since its last report (rank 0 logs those it has not itself)."""
+    flags: frozenset[str] = frozenset()
+    """This rank's ``callback_error`` (a hook failed here), for every rank's flags."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ class _EnergyLogic:
         self.summary: dict[str, Any] = {}
         self._reason: str | None = None
         self._warned: set[str] = set()
+        self._outbox: list[str] = []  # a non-zero rank's warnings, sent with its next report
         self._stamp: str | None = None
         self._unsettled: list[list[Any]] = []  # provisional phases in the checkpoint loaded
         self._meter = None
@@ -552,8 +557,13 @@ class _EnergyLogic:
 
     def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
         samples = self._epoch_samples if close_epoch else None
+        own = {
+            "warnings": tuple(self._outbox),
+            "flags": frozenset(self.flags & {"callback_error"}),
+        }
+        self._outbox = []
         if self._meter is None:  # measures nothing, but its training samples count
-            return _RankReport(int(trainer.node_rank), (), (), train_samples=samples)
+            return _RankReport(int(trainer.node_rank), (), (), train_samples=samples, **own)
         provisional: list[PhaseEnergy] = []
         if close_epoch:
             self._mark(trainer, "other")
@@ -578,6 +588,7 @@ class _EnergyLogic:
             phases=tuple(entries),
             devices=tuple(self._meter.devices),
             train_samples=samples,
+            **own,
         )
 
     def _entry(self, phase: PhaseEnergy, provisional: bool) -> _Entry:
@@ -596,6 +607,14 @@ class _EnergyLogic:
         A provisional phase is counted as it is; when its final figures arrive (a later
         commit), the difference is added, and its ledger row is settled in place."""
         entries, devices = _merge(reports)
+        for rank, report in enumerate(reports):
+            if report is None:
+                continue
+            self.flags.update(report.flags)
+            for message in report.warnings:  # only other ranks send any
+                if self._global_zero and message not in self._warned:
+                    self._warned.add(message)
+                    log.warning("rank %d: %s", rank, message)
         for device in devices:
             self.devices.setdefault(device.device_id, device)
             self.methods[device.device_id] = device.method
@@ -846,9 +865,15 @@ class _EnergyLogic:
         log.debug("wattwise hook failure in %s", where, exc_info=err)
 
     def _warn_once(self, message: str) -> None:
-        if self._global_zero and message not in self._warned:
-            self._warned.add(message)
+        """Log ``message`` once on global rank 0; another rank sends it with its next report,
+        so a fault on any rank reaches the log and the run's flags."""
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        if self._global_zero:
             log.warning(message)
+        else:
+            self._outbox.append(message)
 
 
 class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]

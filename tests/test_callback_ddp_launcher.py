@@ -244,3 +244,19 @@ def test_ddp_launcher_two_nodes_replaying_one_gpu_count_it_once(tmp_path, nvml_f
     check_rows_per_phase(rows, {f"{d}@node1" for d in hosts})  # node 1's host, its own phases
     # counted once, from global rank 0's sensor
     check_one_gpu_counted_once(rows, trace_path, ranks[0]["replay_opens"][0]["t_open_s"])
+
+
+def test_ddp_launcher_a_fault_on_rank_1_reaches_rank_0s_log_and_the_run(tmp_path, nvml_fixtures):
+    """A guarded failure inside the callback on rank 1 (which writes nothing and logs nothing
+    itself) travels with rank 1's epoch report: rank 0 logs it once, naming the rank, and the
+    run is flagged ``callback_error``; training finishes on both ranks."""
+    trace_path = nvml_fixtures / TRACE
+    ledger, ranks = run_fit(tmp_path, trace_path, "--epochs", "2", "--fault-rank", "1")
+    (run,) = ledger.list_runs()
+    assert run.status == "finished" and run.epochs == 2
+    assert "callback_error" in run.flags
+    assert all("callback_error" in ranks[r]["flags"] for r in (0, 1))
+    log = (tmp_path / "node0.log").read_text()
+    assert (
+        log.count("rank 1: wattwise: metrics failed (RuntimeError: injected fault on rank 1)") == 1
+    )

@@ -5,7 +5,7 @@ this file again (``sys.argv``) with ``LOCAL_RANK`` / ``NODE_RANK`` / ``WORLD_SIZ
 cannot run inside pytest: the tests run this script in a subprocess.
 
     python tests/scripts/ddp_fit.py LEDGER OUT_DIR [--epochs N] [--budget-kwh X] [--step-s S]
-        [--num-nodes N --devices N]
+        [--num-nodes N --devices N] [--fault-rank R]
 
 Set ``WATTWISE_REPLAY_NVML`` (the GPU every rank sees), ``MASTER_ADDR`` and ``MASTER_PORT`` in the
 environment. Each process writes ``OUT_DIR/rank<global rank>.json`` after the fit: its ranks, the
@@ -79,6 +79,21 @@ def record_measurements() -> tuple[list[list[str]], list[dict]]:
     return meters, opened
 
 
+def inject_fault(trainer: pl.Trainer, rank: int) -> None:
+    """Make the callback's per-epoch metrics read fail on global rank ``rank`` only (a fault the
+    callback guards: training must go on, and the run must say so)."""
+    import lightning_callbacks.energy as energy
+
+    real = energy._scalar_metrics
+
+    def failing(t):
+        if t.global_rank == rank:
+            raise RuntimeError(f"injected fault on rank {rank}")
+        return real(t)
+
+    energy._scalar_metrics = failing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("ledger")
@@ -88,6 +103,7 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.0)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--fault-rank", type=int, default=None)
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # two ranks on a 2-core machine
@@ -111,6 +127,8 @@ def main() -> None:
         enable_checkpointing=False,
         callbacks=callbacks,
     )
+    if args.fault_rank is not None:
+        inject_fault(trainer, args.fault_rank)
     started_s = time.monotonic()
     trainer.fit(TinyModel(args.step_s), loader(32), loader(16))
     ended_s = time.monotonic()
