@@ -316,6 +316,43 @@ def test_bad_input_writes_nothing(ledger, settings, tmp_path) -> None:
     assert list(out.iterdir()) == []  # no CSV written beside a page that cannot be
 
 
+def test_phases_csv_written_by_forked_children_is_the_same_file(
+    ledger, settings, tmp_path, monkeypatch
+) -> None:
+    """Large ledgers get phases.csv written by forked children, one slice each, joined in order:
+    byte for byte what the single process writes, no part file left; a child that fails makes
+    the parent write the file itself."""
+    import os
+
+    import wattwise.report as report
+    from wattwise.report import _data
+
+    for name in "abcdef":
+        add_run(ledger, RunSpec(name))
+    single = build_report(ledger, out_dir=tmp_path / "single", settings=settings)
+    monkeypatch.setattr(report, "FORK_MIN_ROWS", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    forked = build_report(ledger, out_dir=tmp_path / "forked", settings=settings)
+    assert forked.phases_csv.read_bytes() == single.phases_csv.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "forked").iterdir()) == [
+        "phases.csv",
+        "report.html",
+        "runs.csv",
+    ]
+    real = _data.csv_text
+    parent = os.getpid()
+
+    def failing_in_children(frame, *, header=True):
+        if os.getpid() != parent:
+            raise RuntimeError("a child that fails")
+        return real(frame, header=header)
+
+    monkeypatch.setattr(_data, "csv_text", failing_in_children)
+    again = build_report(ledger, out_dir=tmp_path / "again", settings=settings)
+    assert again.phases_csv.read_bytes() == single.phases_csv.read_bytes()
+    assert len(list((tmp_path / "again").iterdir())) == 3
+
+
 def test_cli_json_and_exit_codes(ledger, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # default outputs under ./reports, no stray config file
     for var in ("WATTWISE_REGION", "WATTWISE_PRICING", "WATTWISE_LEDGER"):
