@@ -135,7 +135,9 @@ def main() -> None:
         "--fixtures", type=pathlib.Path, default=pathlib.Path("tests/fixtures/nvml")
     )
     args = parser.parse_args()
-    cross = [e for name in PAIRS for e in cross_gpu(args.fixtures / name)]
+    # the first pair, plus every pair bench/record_pair.py joined into the fixtures
+    pairs = [*PAIRS, *sorted(p.name for p in args.fixtures.glob("*-pair.json"))]
+    cross = [e for name in pairs for e in cross_gpu(args.fixtures / name)]
     whole = [e for t, m in WHOLE_RUNS for e in whole_run(args.fixtures / t, args.fixtures / m)]
     print(
         f"worst |error|: cross-GPU {max(map(abs, cross)):.1f} % (target 10 %), whole run from "
