@@ -153,6 +153,18 @@ def test_collect_resolves_with_what_it_has():
     assert a.energy_j == 0.0
 
 
+def epoch_end_bench():
+    """An NVML-like counter (0.1 s steps) under changing power, sampled from a first boundary at
+    0 s (the epoch-end tests place pairs of boundaries 30 ms apart on it)."""
+    schedule = [(0.0, 120.0), (1.03, 650.0), (2.22, 300.0), (2.96, 680.0), (4.1, 110.0)]
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(schedule, counter_period_s=0.1, update_period_s=0.1)
+    sampler = make(sensor, clock)
+    (integrator,) = sampler._integrators.values()
+    run_until(sampler, clock, 0.0, [(0.0, "start")])
+    return clock, sensor, sampler, integrator
+
+
 def test_forced_boundaries_are_final():
     """Regression guard for the epoch-end collect (docs/internals.md's TODO on forced
     boundaries): collect() right after a boundary cannot wait for the counter's next change, so
@@ -160,12 +172,7 @@ def test_forced_boundaries_are_final():
     is provisional (here ~14% off on 0.7 s phases, far more on 30 ms ones) but final: no phase is
     returned twice or changed, the next phase starts from the same value, so the phases still
     add up to the counter over the whole span."""
-    schedule = [(0.0, 120.0), (1.03, 650.0), (2.22, 300.0), (2.96, 680.0), (4.1, 110.0)]
-    clock = FakeClock(0.0)
-    sensor = FakeSensor(schedule, counter_period_s=0.1, update_period_s=0.1)
-    sampler = make(sensor, clock)
-    (integrator,) = sampler._integrators.values()
-    run_until(sampler, clock, 0.0, [(0.0, "start")])
+    clock, sensor, sampler, integrator = epoch_end_bench()
     collected = []
     # each boundary pair 30 ms apart: the second lies where the counter has not moved yet
     for t in (0.737, 1.474, 2.211, 2.948, 3.685, 4.422):
@@ -197,12 +204,7 @@ def test_collect_nowait_gives_provisional_phases_then_the_same_ones_final():
     not passed yet come back provisional (flagged), the boundary stays open and the sampler keeps
     polling fast; a later collect returns the same phases (same index, device, bounds) final,
     and those match the counter's truth as well as unforced boundaries do."""
-    schedule = [(0.0, 120.0), (1.03, 650.0), (2.22, 300.0), (2.96, 680.0), (4.1, 110.0)]
-    clock = FakeClock(0.0)
-    sensor = FakeSensor(schedule, counter_period_s=0.1, update_period_s=0.1)
-    sampler = make(sensor, clock)
-    (integrator,) = sampler._integrators.values()
-    run_until(sampler, clock, 0.0, [(0.0, "start")])
+    clock, sensor, sampler, integrator = epoch_end_bench()
     final_all, seen_provisional = [], {}
     for t in (0.737, 1.474, 2.211, 2.948, 3.685, 4.422):
         for label, t_s in (("long", t), ("short", t + 0.03)):
