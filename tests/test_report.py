@@ -323,6 +323,7 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
     byte for byte what the single process writes, no part file left; a child that fails makes
     the parent write the file itself."""
     import os
+    import threading
 
     import wattwise.report as report
     from wattwise.report import _data
@@ -332,7 +333,20 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
     single = build_report(ledger, out_dir=tmp_path / "single", settings=settings)
     monkeypatch.setattr(report, "FORK_MIN_ROWS", 1)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    forks = []
+    real_fork = os.fork
+
+    def counting_fork():
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting_fork)
     forked = build_report(ledger, out_dir=tmp_path / "forked", settings=settings)
+    # three writers where forking is safe; with another thread alive (a daemon left by an
+    # earlier test) the parent writes the file itself
+    assert len(forks) == (3 if threading.active_count() == 1 else 0)
     assert forked.phases_csv.read_bytes() == single.phases_csv.read_bytes()
     assert sorted(p.name for p in (tmp_path / "forked").iterdir()) == [
         "phases.csv",
