@@ -5,7 +5,7 @@ logging) holds the training thread, on a tiny CPU fit with the H200 trace replay
 Side by side in one run: the shipped path (``collect_nowait``: the phases the counter has not
 settled yet are counted provisional and settled at the next commit) and the earlier one, which
 waited up to 1 s for the counter's next update after the boundary (emulated by swapping in a
-blocking collect).
+blocking collect). Also the callback's per-step hook time (what it costs between epoch ends).
 
     python bench/epoch_end_wait.py [--epochs 15]
 """
@@ -98,6 +98,29 @@ def main() -> None:
             f"max {ms[-1]:.1f} ms; {statistics.median(shares):.1%} of the fit"
         )
     print(f"epoch-end time, shipped / earlier: {medians['nowait'] / medians['wait']:.3f}")
+    print(f"per-step hooks (on_train_batch_start + on_train_batch_end): {step_hooks_us():.1f} us")
+
+
+def step_hooks_us(rounds: int = 5, n: int = 20_000) -> float:
+    """Median time of the callback's two per-step hooks on a (64, 256) + labels batch: all it
+    does on the training thread between epoch ends (a label check, the batch's sample count)."""
+    import timeit
+
+    import pytorch_lightning as pl
+    import torch
+
+    from lightning_callbacks import EnergyCallback
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    batch = (torch.randn(64, 256), torch.randint(0, 10, (64,)))
+    cb = EnergyCallback()
+    cb._label, cb._epoch_samples = "train", 0
+
+    def step() -> None:
+        cb.on_train_batch_start(trainer, None, batch, 0)
+        cb.on_train_batch_end(trainer, None, None, batch, 0)
+
+    return statistics.median(timeit.repeat(step, number=n, repeat=rounds)) / n * 1e6
 
 
 if __name__ == "__main__":
