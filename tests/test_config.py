@@ -148,6 +148,22 @@ def test_instance_row_missing_field(tmp_path):
         config.load(cwd=tmp_path, env={})
 
 
+def test_gpu_row_needs_every_number_of_the_spec_table_but_fp16(tmp_path):
+    from wattwise import hardware
+
+    numbers = {name: 10.0 for name in hardware.NUMERIC_FIELDS}
+    numbers["tdp_w"] = 100.0  # above idle_w
+    for missing in hardware.NUMERIC_FIELDS:
+        row = "".join(f"{k} = {v}\n" for k, v in numbers.items() if k != missing)
+        write(tmp_path / "wattwise.toml", f'[gpus.card]\n{row}source = "s"\ndate = "2025-01"\n')
+        if missing == "fp16_tflops":  # optional: the spec takes the bf16 rate
+            card = hardware.lookup("card", config.load(cwd=tmp_path, env={}))
+            assert card.fp16_tflops == card.bf16_tflops
+            continue
+        with pytest.raises(ConfigError, match=rf"gpus\.card lacks '{missing}'"):
+            config.load(cwd=tmp_path, env={})
+
+
 def test_unknown_field_inside_a_row(tmp_path):
     write(
         tmp_path / "wattwise.toml",

@@ -376,6 +376,31 @@ def test_onprem_break_even_is_against_the_cheapest_rental(tmp_path):
     assert t.break_even_instance == min(per_gpu_hour, key=per_gpu_hour.get)
 
 
+def test_a_custom_instance_on_an_unknown_gpu_is_passed_over(tmp_path):
+    from wattwise import config
+
+    # pricing.instances_for_gpu skips a row whose GPU the hardware table does not know: the
+    # estimate prices the H100 as without it instead of failing on that row
+    settings = config.load(env={}, cwd=tmp_path).with_overrides(
+        instances={
+            "lab:mystery": {
+                "gpus": 1,
+                "gpu": "Mystery 9000",
+                "price_per_hour_usd": 0.01,
+                "source": "test",
+                "date": "2025-01",
+            }
+        }
+    )
+    (t,) = estimate(h100_profile(), Plan(epochs=1), [H100], settings=settings).targets
+    (plain,) = estimate(h100_profile(), Plan(epochs=1), [H100]).targets
+    assert t.break_even_instance == plain.break_even_instance != "lab:mystery"
+    (t,) = estimate(
+        h100_profile(), Plan(epochs=1), [H100], pricing="lab:mystery", settings=settings
+    ).targets
+    assert t.pricing == "onprem"
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [

@@ -283,7 +283,7 @@ def _parse_time(text: str, where: str) -> dt.datetime:
         raise BadInput(
             f"{where}: bad timestamp {text!r}; accepted: ISO 8601, e.g. 2025-01-31T13:00:00Z"
         ) from err
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return _aware(moment)
 
 
 def _series_points(path: str) -> tuple[tuple[dt.datetime, float], ...]:

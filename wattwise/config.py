@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wattwise.errors import ConfigError
+from wattwise.hardware import NUMERIC_FIELDS
 from wattwise.units import HOURS_PER_YEAR
 
 ENV_VARS: dict[str, str] = {
@@ -168,18 +169,8 @@ def _aliases(value: Any, key: str, where: str) -> list[str]:
     return value
 
 
-_GPU_NUMBERS = {
-    name: _number(0.0)
-    for name in (
-        "tdp_w",
-        "idle_w",
-        "bf16_tflops",
-        "fp32_tflops",
-        "memory_gib",
-        "memory_bandwidth_gbs",
-        "price_usd",
-    )
-}
+# A [gpus] row needs every number of the hardware table but fp16_tflops (default: bf16_tflops).
+_GPU_NUMBERS = {name: _number(0.0) for name in NUMERIC_FIELDS if name != "fp16_tflops"}
 
 KEYS: dict[str, Key] = {
     "region": Key(

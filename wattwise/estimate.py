@@ -372,12 +372,6 @@ def time_ratio(profile: Profile, target: GpuSpec, busy: float, compute_share: fl
     return (1 - busy) + busy * (compute_share * compute + (1 - compute_share) * memory)
 
 
-def _same_gpu(a: str, b: str, settings: Any) -> bool:
-    from wattwise import hardware
-
-    return hardware.lookup(a, settings).name == hardware.lookup(b, settings).name
-
-
 def _scenario_for(target: GpuSpec, pricing: str, n_gpus: int, settings: Any) -> str:
     """The pricing scenario that can run on ``target``: ``pricing`` itself when it is on-prem or an
     instance with that GPU, else the same provider's cheapest instance with that GPU and enough of
@@ -388,16 +382,13 @@ def _scenario_for(target: GpuSpec, pricing: str, n_gpus: int, settings: Any) -> 
     if ":" not in pricing:
         return pricing
     asked = pricing_mod.instance(pricing, settings)
-    if _same_gpu(asked.gpu, target.name, settings) and asked.n_gpus >= n_gpus:
+    on_target = [
+        row for row in pricing_mod.instances_for_gpu(target.name, settings) if row.n_gpus >= n_gpus
+    ]
+    if asked in on_target:
         return asked.name
     provider = carbon.provider_of(asked.name)
-    rows = [
-        row
-        for row in pricing_mod.instances(settings)
-        if row.provider.lower() == provider
-        and row.n_gpus >= n_gpus
-        and _same_gpu(row.gpu, target.name, settings)
-    ]
+    rows = [row for row in on_target if row.provider.lower() == provider]
     return min(rows, key=lambda r: r.price_per_hour_usd).name if rows else "onprem"
 
 
@@ -409,14 +400,10 @@ def _break_even(target: GpuSpec, scenario: str, settings: Any) -> tuple[float, s
     if ":" in scenario:
         name = scenario
     else:
-        rows = [
-            row
-            for row in pricing_mod.instances(settings)
-            if _same_gpu(row.gpu, target.name, settings)
-        ]
+        rows = pricing_mod.instances_for_gpu(target.name, settings)  # cheapest per GPU-hour first
         if not rows:
             return None
-        name = min(rows, key=lambda r: r.price_per_gpu_hour_usd).name
+        name = rows[0].name
     return pricing_mod.break_even_gpu_hours_per_year(target.name, name, settings), name
 
 
