@@ -119,7 +119,6 @@ class Sampler:
         self._sensor_devices: list[set[str]] = [set() for _ in self._sensors]
         self._incoming: collections.deque[tuple[str, float]] = collections.deque()
         self._bounds: list[_Boundary] = []  # from the start of the open phase on
-        self._n_bounds = 0
         self._ready: list[PhaseEnergy] = []
         self._warned: set[tuple[str, str]] = set()
         self._last_counter_s = -math.inf
@@ -304,10 +303,11 @@ class Sampler:
     def _drain(self) -> None:
         while self._incoming:
             label, t_s = self._incoming.popleft()
-            if self._bounds:
+            index = 0
+            if self._bounds:  # never empty once a boundary came: _resolve keeps the open one
                 t_s = max(t_s, self._bounds[-1].t_s)
-            self._bounds.append(_Boundary(label, t_s, self._n_bounds))
-            self._n_bounds += 1
+                index = self._bounds[-1].index + 1
+            self._bounds.append(_Boundary(label, t_s, index))
 
     def _all_resolved(self) -> bool:
         return all(b.energy is not None for b in self._bounds)
