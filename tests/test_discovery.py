@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.fake_pynvml import UUIDS, FakeNvml
-from tests.test_sensor_rapl import zone
+from tests.test_sensor_rapl import deny_energy_uj, zone
 from wattwise.errors import BadInput
 from wattwise.sensors import rapl
 from wattwise.sensors.discovery import discover
@@ -119,14 +119,7 @@ def test_rapl_dram_replaces_the_ram_estimate(powercap: pathlib.Path) -> None:
 def test_rapl_permission_denied_falls_back(
     powercap: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = pathlib.Path.read_text
-
-    def read_text(self: pathlib.Path, *args, **kwargs) -> str:
-        if self.name == "energy_uj":
-            raise PermissionError(13, "Permission denied", str(self))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    deny_energy_uj(monkeypatch)
     found = discover(gpus="none", cpu_mode="process")
     assert ids(found) == ["cpu:process", "ram"]
     assert any("RAPL unavailable" in n and "CVE-2020-8694" in n for n in found.notes)
