@@ -16,13 +16,7 @@ from wattwise.sensors.discovery import discover
 TRACE = pathlib.Path(__file__).parent / "fixtures" / "nvml" / "h200-lightning-fit-50hz.csv"
 
 
-@pytest.fixture(autouse=True)
-def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    """No NVML library, no RAPL, no replay: what this CI machine has, whatever runs the tests."""
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(driver_loaded=False))
-    monkeypatch.setattr(rapl, "POWERCAP_ROOT", str(tmp_path / "no-powercap"))
-    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+pytestmark = pytest.mark.usefixtures("bare_machine")  # see conftest.py
 
 
 @pytest.fixture
