@@ -194,6 +194,8 @@ def test_discovered_replay_gpu_matches_its_recorded_counter(monkeypatch, nvml_fi
     trace = load_trace(path)
     origin = sensor.t_open_s - trace.t_s[0]
     reference = counter_reference(trace.t_s, trace.energy_j)
+    # two phases, or the loop below would check nothing
+    assert [p.name for p in meter.result.phases] == ["run", "second"]
     for phase in meter.result.phases:
         expected = reference(phase.end_s - origin) - reference(phase.start_s - origin)
         assert phase.energy_j == pytest.approx(expected, rel=0.05), phase.name
