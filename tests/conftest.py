@@ -17,6 +17,21 @@ def nvml_fixtures() -> pathlib.Path:
 
 
 @pytest.fixture
+def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    """No NVML library, no RAPL, no replay: what this CI machine has, whatever runs the tests
+    (discovery and ``wattwise devices`` tests start from it)."""
+    import sys
+
+    from tests.fake_pynvml import FakeNvml
+    from wattwise.sensors import rapl
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(driver_loaded=False))
+    monkeypatch.setattr(rapl, "POWERCAP_ROOT", str(tmp_path / "no-powercap"))
+    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.fixture
 def settings(tmp_path):
     """The defaults: settings loaded in an empty directory, with no environment."""
     from wattwise import config

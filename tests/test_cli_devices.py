@@ -10,18 +10,12 @@ import pytest
 
 from tests.fake_pynvml import UUIDS, FakeNvml
 from wattwise.cli import main
-from wattwise.sensors import rapl
 from wattwise.types import DEVICE_KINDS, METHODS
 
 TRACE = pathlib.Path(__file__).parent / "fixtures" / "nvml" / "h200-lightning-fit-50hz.csv"
 
 
-@pytest.fixture(autouse=True)
-def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(driver_loaded=False))
-    monkeypatch.setattr(rapl, "POWERCAP_ROOT", str(tmp_path / "no-powercap"))
-    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+pytestmark = pytest.mark.usefixtures("bare_machine")  # see conftest.py
 
 
 def devices_json(capsys: pytest.CaptureFixture, *args: str) -> tuple[list[dict], str]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.fake_pynvml import UUIDS, FakeNvml
-from tests.test_sensor_rapl import zone
+from tests.test_sensor_rapl import deny_energy_uj, zone
 from wattwise.errors import BadInput
 from wattwise.sensors import rapl
 from wattwise.sensors.discovery import discover
@@ -16,13 +16,7 @@ from wattwise.sensors.discovery import discover
 TRACE = pathlib.Path(__file__).parent / "fixtures" / "nvml" / "h200-lightning-fit-50hz.csv"
 
 
-@pytest.fixture(autouse=True)
-def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    """No NVML library, no RAPL, no replay: what this CI machine has, whatever runs the tests."""
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(driver_loaded=False))
-    monkeypatch.setattr(rapl, "POWERCAP_ROOT", str(tmp_path / "no-powercap"))
-    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+pytestmark = pytest.mark.usefixtures("bare_machine")  # see conftest.py
 
 
 @pytest.fixture
@@ -119,14 +113,7 @@ def test_rapl_dram_replaces_the_ram_estimate(powercap: pathlib.Path) -> None:
 def test_rapl_permission_denied_falls_back(
     powercap: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = pathlib.Path.read_text
-
-    def read_text(self: pathlib.Path, *args, **kwargs) -> str:
-        if self.name == "energy_uj":
-            raise PermissionError(13, "Permission denied", str(self))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    deny_energy_uj(monkeypatch)
     found = discover(gpus="none", cpu_mode="process")
     assert ids(found) == ["cpu:process", "ram"]
     assert any("RAPL unavailable" in n and "CVE-2020-8694" in n for n in found.notes)

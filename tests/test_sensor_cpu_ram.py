@@ -220,6 +220,26 @@ def test_ram_process_mode_sums_the_tree(me: FakeProc) -> None:
     assert sensor.read(1.0, counter=False)[0].power_w == pytest.approx(3 * 0.3725)
 
 
+def test_a_child_that_ends_mid_read_is_left_out(times: list[CpuTimes], me: FakeProc) -> None:
+    """Both process-mode sensors walk the tree through one helper: a child that exits (or denies
+    access) between children() and its reading is skipped, not an error."""
+
+    class Gone(FakeProc):
+        def cpu_times(self) -> ProcTimes:
+            raise psutil.NoSuchProcess(self.pid)
+
+        def memory_info(self) -> types.SimpleNamespace:
+            raise psutil.AccessDenied(self.pid)
+
+    me.kids = [FakeProc(4243, cpu_s=1.0, rss=GIB), Gone(4244, cpu_s=9.0, rss=9 * GIB)]
+    ram = RamEstimateSensor(mode="process")
+    ram.open()
+    assert ram.read(1.0, counter=False)[0].power_w == pytest.approx(3 * 0.3725)
+    cpu = CpuEstimateSensor(mode="process", tdp_w=100.0)
+    cpu.open()
+    assert cpu._last_tree == {4242: pytest.approx(10.0), 4243: pytest.approx(1.0)}
+
+
 def test_ram_bad_mode() -> None:
     with pytest.raises(BadInput, match="'everything'"):
         RamEstimateSensor(mode="everything")

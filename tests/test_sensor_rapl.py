@@ -26,6 +26,19 @@ def set_energy(path: pathlib.Path, energy_uj: int) -> None:
     (path / "energy_uj").write_text(f"{energy_uj}\n")
 
 
+def deny_energy_uj(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads of every ``energy_uj`` fail as on a kernel with CVE-2020-8694's fix (tests run as
+    root, so chmod 000 would not stop them)."""
+    original = pathlib.Path.read_text
+
+    def read_text(self: pathlib.Path, *args, **kwargs) -> str:
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+
+
 @pytest.fixture
 def two_sockets(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
     return {
@@ -94,15 +107,7 @@ def test_amd_rapl_tree(tmp_path: pathlib.Path) -> None:
 def test_permission_denied_names_file_and_fix(
     tmp_path: pathlib.Path, two_sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tests run as root, so chmod 000 would not stop them: deny reads of energy_uj instead."""
-    original = pathlib.Path.read_text
-
-    def read_text(self: pathlib.Path, *args, **kwargs) -> str:
-        if self.name == "energy_uj":
-            raise PermissionError(13, "Permission denied", str(self))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    deny_energy_uj(monkeypatch)
     with pytest.raises(SensorPermissionError) as info:
         RaplSensor(root=tmp_path).open()
     message = str(info.value)

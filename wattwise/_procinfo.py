@@ -15,8 +15,11 @@ import pathlib
 import platform
 import socket
 import subprocess
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _GIT_TIMEOUT_S = 2.0
 _BOOT_ID_PATH = pathlib.Path("/proc/sys/kernel/random/boot_id")
@@ -46,6 +49,21 @@ def process_start_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def tree_figures(read: Callable[[Any], T]) -> dict[int, T]:
+    """``read(process)`` for this process and each live descendant, by pid; a process that ends
+    or denies access meanwhile is left out (the CPU and RAM estimates' process mode)."""
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            out[proc.pid] = read(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
 
 
 def process_alive(pid: int, start_time: float | None) -> bool:

@@ -119,7 +119,6 @@ class Sampler:
         self._sensor_devices: list[set[str]] = [set() for _ in self._sensors]
         self._incoming: collections.deque[tuple[str, float]] = collections.deque()
         self._bounds: list[_Boundary] = []  # from the start of the open phase on
-        self._n_bounds = 0
         self._ready: list[PhaseEnergy] = []
         self._warned: set[tuple[str, str]] = set()
         self._last_counter_s = -math.inf
@@ -206,12 +205,7 @@ class Sampler:
 
     def _provisional_phases(self) -> list[PhaseEnergy]:
         energies = [
-            b.energy
-            if b.energy is not None
-            else {
-                dev: (i.cumulative_j(b.t_s), i.method_for()) for dev, i in self._integrators.items()
-            }
-            for b in self._bounds
+            b.energy if b.energy is not None else self._energy_at(b.t_s) for b in self._bounds
         ]
         out: list[PhaseEnergy] = []
         for k in range(len(self._bounds) - 1):
@@ -304,16 +298,25 @@ class Sampler:
     def _drain(self) -> None:
         while self._incoming:
             label, t_s = self._incoming.popleft()
-            if self._bounds:
+            index = 0
+            if self._bounds:  # never empty once a boundary came: _resolve keeps the open one
                 t_s = max(t_s, self._bounds[-1].t_s)
-            self._bounds.append(_Boundary(label, t_s, self._n_bounds))
-            self._n_bounds += 1
+                index = self._bounds[-1].index + 1
+            self._bounds.append(_Boundary(label, t_s, index))
 
     def _all_resolved(self) -> bool:
         return all(b.energy is not None for b in self._bounds)
 
+    def _latest_t_s(self) -> float:
+        """Time of the newest sample fed to any device (-inf before any)."""
+        return max((i.last_t_s for i in self._integrators.values()), default=-math.inf)
+
+    def _energy_at(self, t_s: float) -> dict[str, tuple[float, Method]]:
+        """Each device's cumulative energy at ``t_s`` as known now, and the method behind it."""
+        return {dev: (i.cumulative_j(t_s), i.method_for()) for dev, i in self._integrators.items()}
+
     def _resolve(self, *, force: bool) -> None:
-        latest = max((i.last_t_s for i in self._integrators.values()), default=-math.inf)
+        latest = self._latest_t_s()
         for b in self._bounds:
             if b.energy is not None:
                 continue
@@ -322,15 +325,11 @@ class Sampler:
                 force or waited_out or all(i.resolved(b.t_s) for i in self._integrators.values())
             ):
                 break  # later boundaries wait for this one
-            b.energy = {
-                dev: (i.cumulative_j(b.t_s), i.method_for()) for dev, i in self._integrators.items()
-            }
+            b.energy = self._energy_at(b.t_s)
         while len(self._bounds) >= 2 and self._bounds[1].energy is not None:
-            self._build_phase(self._bounds.pop(0), self._bounds[0])
-
-    def _build_phase(self, start: _Boundary, end: _Boundary) -> None:
-        assert start.energy is not None and end.energy is not None
-        self._ready.extend(self._make_phases(start, end, start.energy, end.energy, frozenset()))
+            start, end = self._bounds.pop(0), self._bounds[0]
+            assert start.energy is not None and end.energy is not None
+            self._ready.extend(self._make_phases(start, end, start.energy, end.energy, frozenset()))
 
     def _make_phases(
         self,
@@ -363,8 +362,7 @@ class Sampler:
         return phases
 
     def _prune(self) -> None:
-        latest = max((i.last_t_s for i in self._integrators.values()), default=-math.inf)
-        before = latest - KEEP_RECENT_S
+        before = self._latest_t_s() - KEEP_RECENT_S
         pending = [b.t_s for b in self._bounds if b.energy is None]
         if pending:
             before = min(before, pending[0])

@@ -28,11 +28,12 @@ import csv
 import functools
 import importlib.util
 import logging
-import os
 import pathlib
 import re
 from collections.abc import Sequence
+from typing import Any
 
+from wattwise._procinfo import tree_figures
 from wattwise.errors import BadInput, SensorNotSupported
 from wattwise.sensors._cpuinfo import logical_cpus, model_name, read_cpuinfo, socket_count
 from wattwise.sensors.base import Sensor
@@ -178,16 +179,12 @@ class CpuEstimateSensor(Sensor):
 
     def _tree_cpu_s(self) -> dict[int, float]:
         """CPU seconds (user + system) of this process and each live descendant, by pid."""
-        psutil = self._psutil
-        me = psutil.Process(os.getpid())
-        out = {}
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            out[proc.pid] = t.user + t.system
-        return out
+
+        def cpu_s(proc: Any) -> float:
+            t = proc.cpu_times()
+            return t.user + t.system
+
+        return tree_figures(cpu_s)
 
     def read(self, t_s: float, *, counter: bool) -> Sequence[Sample]:
         try:

@@ -11,9 +11,9 @@ counted once per process, so this leans high). Method ``estimate``, flag ``estim
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
+from wattwise._procinfo import tree_figures
 from wattwise.errors import BadInput, SensorNotSupported
 from wattwise.sensors.base import Sensor
 from wattwise.types import DeviceInfo, Sample
@@ -64,14 +64,7 @@ class RamEstimateSensor(Sensor):
         if self.mode == "machine":
             vm = psutil.virtual_memory()
             return vm.total - vm.available
-        me = psutil.Process(os.getpid())
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
+        return sum(tree_figures(lambda proc: proc.memory_info().rss).values())
 
     def read(self, t_s: float, *, counter: bool) -> Sequence[Sample]:
         try:
