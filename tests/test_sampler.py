@@ -239,6 +239,34 @@ def test_collect_nowait_gives_provisional_phases_then_the_same_ones_final():
     assert total == pytest.approx(integrator.cumulative_j(4.9) - sensor.counter_at(0.0), rel=1e-12)
 
 
+def test_a_reading_counts_toward_the_phase_it_was_taken_in():
+    """Peak power and flags go to the phase the reading's time falls in, not to whichever phase
+    is newest when it is fed: a boundary can be marked while the sensors are being read (or
+    by a collect between the read and the feed)."""
+    from wattwise.types import Sample
+
+    clock = FakeClock(0.0)
+    sensor = FakeSensor(100.0)
+    sampler = make(sensor, clock)
+    (device,) = sampler._devices
+    run_until(sampler, clock, 0.85, [(0.0, "a")])  # ticks up to 0.8
+    clock.advance(1.0 - clock())
+    sampler.boundary("b")  # at 1.0
+    clock.advance(0.5)
+    sampler.boundary("end")  # at 1.5
+    with sampler._lock:
+        sampler._drain()
+        # read at 0.9 (inside "a"), fed only now, after "b" and "end" were marked
+        sampler._feed(Sample(device.device_id, 0.9, None, 900.0, flags=frozenset({"shared_gpu"})))
+        # read at 1.2, inside "b"
+        sampler._feed(Sample(device.device_id, 1.2, None, 500.0))
+    run_until(sampler, clock, 2.0)
+    a, b = sampler.collect(timeout_s=0)
+    assert (a.name, b.name) == ("a", "b")
+    assert a.peak_power_w == 900.0 and "shared_gpu" in a.flags
+    assert b.peak_power_w == 500.0 and "shared_gpu" not in b.flags
+
+
 def test_memory_is_bounded_over_a_simulated_hour():
     clock = FakeClock(0.0)
     sensor = FakeSensor([(0.0, 100.0), (1800.0, 200.0)], counter_period_s=0.1)

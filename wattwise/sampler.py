@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import weakref
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -266,6 +267,7 @@ class Sampler:
         if counter:
             self._last_counter_s = now
         with self._cond:
+            self._drain()  # boundaries marked during the reads: their readings go after them
             for sample in readings:
                 self._feed(sample)
             self._resolve(force=False)
@@ -286,12 +288,15 @@ class Sampler:
         if integrator.reset_count != resets:
             flags.add("counter_reset")
             self._warn(sample.device_id, "counter_reset", f"{sample.device_id}: counter went back")
-        if self._bounds:
-            current = self._bounds[-1]
-            current.flags.setdefault(sample.device_id, set()).update(flags)
+        # the phase the reading was taken in (by its time: a boundary may have been marked
+        # while the sensors were read), if it is still open
+        i = bisect_right([b.t_s for b in self._bounds], sample.t_s) - 1
+        if i >= 0:
+            phase = self._bounds[i]
+            phase.flags.setdefault(sample.device_id, set()).update(flags)
             if sample.power_w is not None:
-                peak = current.peak_w.get(sample.device_id, -math.inf)
-                current.peak_w[sample.device_id] = max(peak, sample.power_w)
+                peak = phase.peak_w.get(sample.device_id, -math.inf)
+                phase.peak_w[sample.device_id] = max(peak, sample.power_w)
         if sample.power_w is not None:
             self._history[sample.device_id].add(sample.t_s, sample.power_w)
 
