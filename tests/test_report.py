@@ -233,6 +233,8 @@ def test_sections_show_growth_lineage_and_provenance(ledger, settings, tmp_path)
     assert "10 Hz: 4 runs" in provenance and "5 Hz: 1 run" in provenance
     assert "codecarbon" in provenance  # intensity data source and version
     assert "Uptime Institute" in sections["cost"] or "PUE" in sections["cost"]
+    # the scenario's row: the configured PUE and where it came from ("PUE" alone is a heading)
+    assert f'<td>onprem</td><td class="num">{num(PUE)}</td><td>configuration' in sections["cost"]
     assert "val_acc" in sections["pareto"]
     summary = sections["summary"]
     assert summary.count("<tr>") == 1 + 5  # header + every run
