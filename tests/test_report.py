@@ -323,7 +323,7 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
 ) -> None:
     """Large ledgers get phases.csv written by forked children, one slice each, joined in order:
     byte for byte what the single process writes, no part file left; a child that fails makes
-    the parent write the file itself."""
+    the parent write the file itself, and so does another thread being alive."""
     import os
     import threading
 
@@ -367,6 +367,13 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
     again = build_report(ledger, out_dir=tmp_path / "again", settings=settings)
     assert again.phases_csv.read_bytes() == single.phases_csv.read_bytes()
     assert len(list((tmp_path / "again").iterdir())) == 3
+    # another thread alive: no fork at all, whatever this test process's threads are
+    monkeypatch.setattr(_data, "csv_text", real)
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    forks.clear()
+    guarded = build_report(ledger, out_dir=tmp_path / "guarded", settings=settings)
+    assert forks == []
+    assert guarded.phases_csv.read_bytes() == single.phases_csv.read_bytes()
 
 
 def test_cli_json_and_exit_codes(ledger, tmp_path, capsys, monkeypatch) -> None:
