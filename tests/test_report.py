@@ -233,6 +233,8 @@ def test_sections_show_growth_lineage_and_provenance(ledger, settings, tmp_path)
     assert "10 Hz: 4 runs" in provenance and "5 Hz: 1 run" in provenance
     assert "codecarbon" in provenance  # intensity data source and version
     assert "Uptime Institute" in sections["cost"] or "PUE" in sections["cost"]
+    # the scenario's row: the configured PUE and where it came from ("PUE" alone is a heading)
+    assert f'<td>onprem</td><td class="num">{num(PUE)}</td><td>configuration' in sections["cost"]
     assert "val_acc" in sections["pareto"]
     summary = sections["summary"]
     assert summary.count("<tr>") == 1 + 5  # header + every run
@@ -321,7 +323,7 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
 ) -> None:
     """Large ledgers get phases.csv written by forked children, one slice each, joined in order:
     byte for byte what the single process writes, no part file left; a child that fails makes
-    the parent write the file itself."""
+    the parent write the file itself, and so does another thread being alive."""
     import os
     import threading
 
@@ -365,6 +367,13 @@ def test_phases_csv_written_by_forked_children_is_the_same_file(
     again = build_report(ledger, out_dir=tmp_path / "again", settings=settings)
     assert again.phases_csv.read_bytes() == single.phases_csv.read_bytes()
     assert len(list((tmp_path / "again").iterdir())) == 3
+    # another thread alive: no fork at all, whatever this test process's threads are
+    monkeypatch.setattr(_data, "csv_text", real)
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    forks.clear()
+    guarded = build_report(ledger, out_dir=tmp_path / "guarded", settings=settings)
+    assert forks == []
+    assert guarded.phases_csv.read_bytes() == single.phases_csv.read_bytes()
 
 
 def test_cli_json_and_exit_codes(ledger, tmp_path, capsys, monkeypatch) -> None:
