@@ -201,7 +201,7 @@ class _EnergyLogic:
         self._label: str | None = None
         self._n_marks = 0
         self._epoch_start_index: int | None = None
-        self._closes: list[tuple[int, int, int | None]] = []  # (end index, epoch, start index)
+        self._closes: list[tuple[int, int, int]] = []  # (end index, epoch, start index)
         self._epoch_start_s: float | None = None
         self._call_start_s: float | None = None
         self._call_end_s: float | None = None
@@ -595,8 +595,7 @@ class _EnergyLogic:
         """The training epoch a phase of this call belongs to (see ``_Entry``)."""
         for end_index, epoch, start_index in self._closes:
             if phase.index < end_index:
-                inside = start_index is not None and phase.index >= start_index
-                return _Entry(phase, epoch, inside, provisional)
+                return _Entry(phase, epoch, phase.index >= start_index, provisional)
         return _Entry(phase, None, False, provisional)
 
     def _commit(
@@ -638,11 +637,7 @@ class _EnergyLogic:
             if entry.in_epoch and entry.epoch == closing:
                 closing_j += delta_j
                 in_epoch.append(phase)
-            elif (
-                entry.in_epoch
-                and entry.epoch is not None
-                and entry.epoch < len(self.epoch_energy_j)
-            ):
+            elif entry.in_epoch and entry.epoch < len(self.epoch_energy_j):  # in_epoch: an epoch
                 self.epoch_energy_j[entry.epoch] += delta_j
             if before is None and entry.epoch == closing:
                 fresh.append(phase)
