@@ -201,14 +201,14 @@ class _EnergyLogic:
         self._label: str | None = None
         self._n_marks = 0
         self._epoch_start_index: int | None = None
-        self._closes: list[tuple[int, int, int | None]] = []  # (end index, epoch, start index)
+        self._closes: list[tuple[int, int, int]] = []  # (end index, epoch, start index)
         self._epoch_start_s: float | None = None
         self._call_start_s: float | None = None
         self._call_end_s: float | None = None
         self._run_open = False
         self._global_zero = True
         self._pending: list[PhaseEnergy] = []  # collected early (idle baseline), not yet counted
-        self._counted: set[tuple[int, str]] = set()  # (phase index, device id) counted final
+        self._n_counted = 0  # final phases of the meter counted: the first of its stop().phases
         # (phase index, merged device id) -> the provisional phase counted for it so far
         self._provisional: dict[tuple[int, str], _Entry] = {}
         self._history: dict[str, list[tuple[float, float]]] = {}
@@ -574,14 +574,14 @@ class _EnergyLogic:
             final, provisional = self._meter.collect_nowait()
             phases = self._pending + list(final)
         else:
-            # stop() may return every phase of the meter: count each one once.
+            # stop() returns every phase of the meter, those it returned before first (the
+            # pending ones among them): count the rest.
             self._call_end_s = time.monotonic()
-            phases = self._pending + list(self._meter.stop().phases)
+            phases = list(self._meter.stop().phases[self._n_counted :])
             self._history = self._meter.history()
         self._pending = []
-        new = [p for p in phases if (p.index, p.device_id) not in self._counted]
-        self._counted.update((p.index, p.device_id) for p in new)
-        entries = [self._entry(p, False) for p in new]
+        self._n_counted += len(phases)
+        entries = [self._entry(p, False) for p in phases]
         entries += [self._entry(p, True) for p in provisional]
         return _RankReport(
             node_rank=int(trainer.node_rank),
@@ -595,8 +595,7 @@ class _EnergyLogic:
         """The training epoch a phase of this call belongs to (see ``_Entry``)."""
         for end_index, epoch, start_index in self._closes:
             if phase.index < end_index:
-                inside = start_index is not None and phase.index >= start_index
-                return _Entry(phase, epoch, inside, provisional)
+                return _Entry(phase, epoch, phase.index >= start_index, provisional)
         return _Entry(phase, None, False, provisional)
 
     def _commit(
@@ -638,11 +637,7 @@ class _EnergyLogic:
             if entry.in_epoch and entry.epoch == closing:
                 closing_j += delta_j
                 in_epoch.append(phase)
-            elif (
-                entry.in_epoch
-                and entry.epoch is not None
-                and entry.epoch < len(self.epoch_energy_j)
-            ):
+            elif entry.in_epoch and entry.epoch < len(self.epoch_energy_j):  # in_epoch: an epoch
                 self.epoch_energy_j[entry.epoch] += delta_j
             if before is None and entry.epoch == closing:
                 fresh.append(phase)

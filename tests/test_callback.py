@@ -506,6 +506,24 @@ def test_idle_baseline_reports_energy_above_idle(tmp_path, replay):
 
 
 @pytest.mark.slow
+def test_idle_baseline_of_a_fit_that_fails_in_its_first_epoch_is_counted_once(tmp_path, replay):
+    """The baseline phases are collected before the first epoch; with no epoch committed they
+    are counted at teardown, from the meter's stop(), once (not also as pending ones)."""
+    cb = EnergyCallback(ledger=tmp_path / "w.db", baseline="idle")
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [cb], max_epochs=2).fit(TinyModel(fail_at_epoch=0), loader(), loader(32))
+    ledger = Ledger(tmp_path / "w.db")
+    run = ledger.get_run(cb.run_id)
+    rows = phase_rows(ledger, cb.run_id)
+    assert run.status == "failed" and run.epochs == 0 and cb.epochs_completed == 0
+    baseline = [r for r in rows if r["stage"] == "baseline"]
+    assert baseline and len(baseline) == len({r["device_id"] for r in baseline})
+    assert_tiled(rows)
+    assert cb.energy_j == pytest.approx(sum(r["energy_j"] for r in rows), rel=1e-9)
+    assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+
+
+@pytest.mark.slow
 def test_works_with_the_lightning_namespace(tmp_path, replay):
     import lightning.pytorch as lightning
 
