@@ -9,19 +9,31 @@
     first k epochs predict the 8-epoch total, wattwise's way (warm-up split off, paid once:
     warm-up extra + 8 x steady epoch) side by side with carbontracker's (mean of the first k
     epochs x 8). Target: <= 5 %.
+(c) Public pairs, time only: Lambda's published PyTorch training throughputs (tests/fixtures/public,
+    fp16 AMP, one GPU, the same software on every card of a table). Each GPU of a pair of the same
+    architecture predicts the other's time per sample for each of the table's workloads, with
+    the busy share b = 0.99 (their benchmarks saturate the GPU: their monitor logs read 98-99 %
+    utilisation) and its +-0.1; prints the errors and whether the band holds. Lambda publishes
+    no energy, so these pairs check the time model and its band, not the power model.
+(d) The same GPU on different machines (the same public tables): how far apart the same card's
+    throughputs are; a spread no GPU spec can predict.
 
-    python bench/estimate_accuracy.py [--fixtures tests/fixtures/nvml]
+    python bench/estimate_accuracy.py [--fixtures tests/fixtures/nvml] \\
+        [--public tests/fixtures/public]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import json
 import pathlib
+import re
 import statistics
 
 from wattwise import hardware
-from wattwise.estimate import Plan, Profile, estimate, steady_state
+from wattwise.estimate import Plan, Profile, estimate, steady_state, time_band
 from wattwise.integrate import integrate_phases
 from wattwise.sensors.replay import load_marks, load_trace
 from wattwise.types import DeviceInfo
@@ -29,6 +41,19 @@ from wattwise.units import kwh_to_j
 
 PAIRS = ("h100-h200-mlp-width2048.json",)
 WHOLE_RUNS = (("h200-mlp6144-8epochs-20hz.csv", "h200-mlp6144-8epochs-marks.json"),)
+
+LAMBDA_V1 = "lambda-pytorch-train-throughput-fp16.csv"
+LAMBDA_V2 = "lambda-pytorch-train-throughput-v2-fp16.csv"
+LAMBDA_ROWS = {  # Lambda's row name -> the spec row it is (one GPU, Lambda's own machines)
+    "A100 80GB PCIe": "A100 PCIe 80 GB",
+    "A100 80GB SXM4": "A100 SXM 80 GB",
+    "H100 80GB PCIe Gen5": "H100 PCIe 80 GB",
+    "H100 80GB SXM5": "H100 SXM 80 GB",
+    "RTX 3090": "RTX 3090",
+    "RTX 4090": "RTX 4090",
+}
+LAMBDA_BUSY = 0.99
+LAMBDA_BUSY_RANGE = (0.89, 1.0)
 
 
 def error_pct(predicted: float, actual: float) -> float:
@@ -129,20 +154,114 @@ def whole_run(trace_path: pathlib.Path, marks_path: pathlib.Path) -> list[float]
     return errors
 
 
+def read_throughputs(path: pathlib.Path) -> dict[str, dict[str, float]]:
+    """``{row name: {workload: samples per second}}`` of the one-GPU rows; a 0 or negative cell
+    (not run) is left out."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    skip = {"", "name_gpu", "num_gpu", "watt", "price"}
+    out = {}
+    for row in rows:
+        name = row.get("name_gpu") or row[""]
+        # one GPU per run only: "num_gpu" in v1, "_1x_"-style host names with "_H100" in v2
+        if float(row.get("num_gpu") or 1) != 1 or re.search(r"_\dxH100_", name):
+            continue
+        out[name] = {k: float(v) for k, v in row.items() if k not in skip and float(v) > 0}
+    return out
+
+
+def lambda_pairs(public: pathlib.Path) -> list[tuple[str, str, str, dict, dict]]:
+    """(label, measured spec, target spec, measured throughputs, target throughputs) for every
+    ordered pair of the same architecture in the public tables."""
+    v1 = read_throughputs(public / LAMBDA_V1)
+    tables = [("v1", {LAMBDA_ROWS[n]: v1[n] for n in LAMBDA_ROWS})]
+    v2 = read_throughputs(public / LAMBDA_V2)
+    v2_rows = {}
+    for part, spec in (("PCIe", "H100 PCIe 80 GB"), ("SXM5", "H100 SXM 80 GB")):
+        hosts = [t for n, t in v2.items() if f"_{part}_" in n]
+        common = set.intersection(*(set(t) for t in hosts))
+        v2_rows[spec] = {w: statistics.median(t[w] for t in hosts) for w in sorted(common)}
+    tables.append(("v2 (median over hosts)", v2_rows))
+    pairs = []
+    for label, rows in tables:
+        for a, b in itertools.permutations(rows, 2):
+            if hardware.lookup(a).architecture == hardware.lookup(b).architecture:
+                pairs.append((label, a, b, rows[a], rows[b]))
+    return pairs
+
+
+def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
+    """Errors of the predicted time per sample, and whether the band held, per workload; grouped
+    into pairs of two data-centre parts and pairs with a consumer (GeForce RTX) card."""
+    print(
+        f"(c) public pairs, time only ({LAMBDA_V1}, {LAMBDA_V2}; b = {LAMBDA_BUSY}, "
+        f"band b in {list(LAMBDA_BUSY_RANGE)})"
+    )
+    results: dict[str, list[tuple[float, bool]]] = {"data-centre": [], "with a GeForce card": []}
+    for label, a, b, thr_a, thr_b in lambda_pairs(public):
+        spec_a, spec_b = hardware.lookup(a), hardware.lookup(b)
+        band = time_band(spec_a, spec_b, busy=LAMBDA_BUSY, busy_range=LAMBDA_BUSY_RANGE)
+        cells, pair = [], []
+        for workload in sorted(set(thr_a) & set(thr_b)):
+            actual = thr_a[workload] / thr_b[workload]  # target seconds / measured seconds
+            err = error_pct(band.ratio, actual)
+            holds = band.low <= actual <= band.high
+            pair.append((err, holds))
+            cells.append(f"{workload} {err:+.0f}{'' if holds else '!'}")
+        errs = [abs(e) for e, _ in pair]
+        print(
+            f"    {label}: {a} -> {b} (ratio {band.ratio:.3f}, band {band.low:.2f}-"
+            f"{band.high:.2f}): median |error| {statistics.median(errs):.1f} %, worst "
+            f"{max(errs):.1f} %, band holds {sum(h for _, h in pair)}/{len(pair)}"
+        )
+        print("      " + ", ".join(cells) + "   (%; ! = outside the band)")
+        geforce = a.startswith("RTX") or b.startswith("RTX")
+        results["with a GeForce card" if geforce else "data-centre"] += pair
+    return results
+
+
+def host_spread(public: pathlib.Path) -> None:
+    print("(d) the same GPU on different machines (max / min throughput - 1, per workload)")
+    v1 = read_throughputs(public / LAMBDA_V1)
+    v2 = read_throughputs(public / LAMBDA_V2)
+    groups = {
+        "v1 H100 SXM5 (Lambda, Dell, SMC, 1CC)": [t for n, t in v1.items() if "SXM5" in n],
+        "v1 H100 PCIe (Lambda, LambdaCloud)": [t for n, t in v1.items() if "H100 80GB PCIe" in n],
+        "v2 H100 SXM5 (16 one-GPU runs on 13 hosts)": [t for n, t in v2.items() if "SXM5" in n],
+    }
+    for label, rows in groups.items():
+        common = sorted(set.intersection(*(set(t) for t in rows)))
+        spreads = {w: max(t[w] for t in rows) / min(t[w] for t in rows) - 1 for w in common}
+        cells = ", ".join(f"{w} {100 * v:.0f}" for w, v in spreads.items())
+        print(f"    {label}: {cells} (%); median {100 * statistics.median(spreads.values()):.1f} %")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--fixtures", type=pathlib.Path, default=pathlib.Path("tests/fixtures/nvml")
+    )
+    parser.add_argument(
+        "--public", type=pathlib.Path, default=pathlib.Path("tests/fixtures/public")
     )
     args = parser.parse_args()
     # the first pair, plus every pair bench/record_pair.py joined into the fixtures
     pairs = [*PAIRS, *sorted(p.name for p in args.fixtures.glob("*-pair.json"))]
     cross = [e for name in pairs for e in cross_gpu(args.fixtures / name)]
     whole = [e for t, m in WHOLE_RUNS for e in whole_run(args.fixtures / t, args.fixtures / m)]
+    public = public_pairs(args.public)
+    host_spread(args.public)
     print(
         f"worst |error|: cross-GPU {max(map(abs, cross)):.1f} % (target 10 %), whole run from "
         f"2+ epochs {max(map(abs, whole)):.1f} % (target 5 %)"
     )
+    for group, results in public.items():
+        errs = sorted(abs(e) for e, _ in results)
+        print(
+            f"public same-architecture pairs ({group}), time: median |error| "
+            f"{statistics.median(errs):.1f} %, {sum(e <= 10 for e in errs)}/{len(errs)} within "
+            f"10 %, band holds {sum(h for _, h in results)}/{len(results)}"
+        )
 
 
 if __name__ == "__main__":

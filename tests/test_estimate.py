@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import pathlib
+import re
+import statistics
 
 import pytest
 
 from wattwise import carbon, hardware, pricing
+from wattwise import estimate as estimate_module
 from wattwise.errors import BadInput
 from wattwise.estimate import (
     Budgets,
@@ -14,6 +19,7 @@ from wattwise.estimate import (
     Profile,
     estimate,
     steady_state,
+    time_band,
     time_ratio,
     utilised_fraction,
 )
@@ -115,16 +121,28 @@ def test_utilised_fraction_and_time_ratio_by_hand():
     assert utilised_fraction(a, 225.0) == pytest.approx(0.5)
     assert utilised_fraction(a, 20.0) == 0.0
     assert utilised_fraction(a, 500.0) == 1.0
-    profile = Profile(gpu=a, seconds_per_epoch=10.0, joules_per_epoch=2250.0)
     # busy 0.5, compute share 0.5: 0.5 + 0.5 * (0.5 * 100/400 + 0.5 * 1000/2000) = 0.6875
-    assert time_ratio(profile, b, 0.5, 0.5) == pytest.approx(0.6875)
+    assert time_ratio(a, b, 0.5, 0.5) == pytest.approx(0.6875)
     # all compute-bound and busy: 100/400; all memory-bound: 1000/2000; all waiting: 1
-    assert time_ratio(profile, b, 1.0, 1.0) == pytest.approx(0.25)
-    assert time_ratio(profile, b, 1.0, 0.0) == pytest.approx(0.5)
-    assert time_ratio(profile, b, 0.0, 0.7) == pytest.approx(1.0)
+    assert time_ratio(a, b, 1.0, 1.0) == pytest.approx(0.25)
+    assert time_ratio(a, b, 1.0, 0.0) == pytest.approx(0.5)
+    assert time_ratio(a, b, 0.0, 0.7) == pytest.approx(1.0)
     # an fp32 workload scales with the fp32 rates (10 vs 10: no change in the compute part)
-    fp32 = Profile(gpu=a, seconds_per_epoch=10.0, joules_per_epoch=2250.0, precision="fp32")
-    assert time_ratio(fp32, b, 1.0, 1.0) == pytest.approx(1.0)
+    assert time_ratio(a, b, 1.0, 1.0, "fp32") == pytest.approx(1.0)
+
+
+def test_time_band_by_hand():
+    a = make_spec("A", bf16_tflops=100.0, memory_bandwidth_gbs=1000.0)
+    b = make_spec("B", bf16_tflops=400.0, memory_bandwidth_gbs=2000.0)  # same architecture "X"
+    band = time_band(a, b, busy=0.8, busy_range=(0.7, 0.9), spread=0.05)
+    # point: 0.2 + 0.8 * (0.5 * 0.25 + 0.5 * 0.5) = 0.5
+    assert band.ratio == pytest.approx(0.5)
+    # extremes: b = 0.9, c = 1 gives 0.1 + 0.9 * 0.25 = 0.325; b = 0.7, c = 0 gives 0.3 + 0.35
+    # widened by same-architecture uncertainty + the spread
+    widen = estimate_module.SAME_ARCHITECTURE_UNCERTAINTY + 0.05
+    assert band.uncertainty == pytest.approx(widen)
+    assert band.low == pytest.approx(0.325 / (1 + widen))
+    assert band.high == pytest.approx(0.65 * (1 + widen))
 
 
 # --- estimate() ------------------------------------------------------------------------------
@@ -421,3 +439,55 @@ def test_a_custom_instance_on_an_unknown_gpu_is_passed_over(tmp_path):
 def test_impossible_inputs_are_bad_input(make, match):
     with pytest.raises(BadInput, match=match):
         make()
+
+
+# --- calibration against public measurements ---------------------------------------------------
+
+PUBLIC = pathlib.Path(__file__).parent / "fixtures" / "public"
+
+
+def _one_gpu_throughputs(name: str) -> dict[str, dict[str, float]]:
+    """Lambda's table: ``{row: {workload: samples/s}}``, one-GPU rows, cells that ran (> 0)."""
+    with (PUBLIC / name).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for row in rows:
+        row_name = row.pop("name_gpu", None) or row.pop("")
+        if float(row.pop("num_gpu", 1)) != 1 or re.search(r"_\dxH100_", row_name):
+            continue
+        for column in ("watt", "price"):  # the card's rated power and price, not measurements
+            row.pop(column, None)
+        out[row_name] = {k: float(v) for k, v in row.items() if float(v) > 0}
+    return out
+
+
+def _public_datacentre_pairs():
+    v1 = _one_gpu_throughputs("lambda-pytorch-train-throughput-fp16.csv")
+    yield "A100 PCIe 80 GB", "A100 SXM 80 GB", v1["A100 80GB PCIe"], v1["A100 80GB SXM4"]
+    yield "H100 PCIe 80 GB", "H100 SXM 80 GB", v1["H100 80GB PCIe Gen5"], v1["H100 80GB SXM5"]
+    v2 = _one_gpu_throughputs("lambda-pytorch-train-throughput-v2-fp16.csv")
+    pcie = [t for n, t in v2.items() if "_PCIe_" in n]
+    sxm = [t for n, t in v2.items() if "_SXM5_" in n]
+    assert len(pcie) == 1 and len(sxm) == 16, "the v2 table's one-GPU rows changed"
+    median_sxm = {w: statistics.median(t[w] for t in sxm) for w in pcie[0]}
+    yield "H100 PCIe 80 GB", "H100 SXM 80 GB", pcie[0], median_sxm
+
+
+def test_time_band_holds_on_public_same_family_pairs():
+    """Lambda's published training throughputs (one GPU, fp16 AMP, GPU-saturating batches) for two
+    data-centre parts of one family: each side predicts the other's time per sample for every
+    workload. The band must hold every measurement and the point estimate stay within 10 % for
+    most of them (bench/estimate_accuracy.py prints the errors)."""
+    errors = []
+    for a, b, thr_a, thr_b in _public_datacentre_pairs():
+        for m, t, thr_m, thr_t in ((a, b, thr_a, thr_b), (b, a, thr_b, thr_a)):
+            band = time_band(
+                hardware.lookup(m), hardware.lookup(t), busy=0.99, busy_range=(0.89, 1.0)
+            )
+            for workload in thr_m.keys() & thr_t.keys():
+                actual = thr_m[workload] / thr_t[workload]  # target seconds / measured seconds
+                assert band.low <= actual <= band.high, (m, t, workload, actual, band)
+                errors.append(abs(band.ratio / actual - 1))
+    assert len(errors) == 56
+    assert statistics.median(errors) <= 0.05
+    assert sum(e <= 0.10 for e in errors) >= 0.9 * len(errors)
