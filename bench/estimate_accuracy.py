@@ -200,7 +200,9 @@ def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
     results: dict[str, list[tuple[float, bool]]] = {"data-centre": [], "with a GeForce card": []}
     for label, a, b, thr_a, thr_b in lambda_pairs(public):
         spec_a, spec_b = hardware.lookup(a), hardware.lookup(b)
-        band = time_band(spec_a, spec_b, busy=LAMBDA_BUSY, busy_range=LAMBDA_BUSY_RANGE)
+        band = time_band(
+            spec_a, spec_b, busy=LAMBDA_BUSY, busy_range=LAMBDA_BUSY_RANGE, precision="fp16"
+        )
         cells, pair = [], []
         for workload in sorted(set(thr_a) & set(thr_b)):
             actual = thr_a[workload] / thr_b[workload]  # target seconds / measured seconds

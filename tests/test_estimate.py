@@ -18,6 +18,7 @@ from wattwise.estimate import (
     Plan,
     Profile,
     estimate,
+    precision_of,
     steady_state,
     time_band,
     time_ratio,
@@ -129,6 +130,42 @@ def test_utilised_fraction_and_time_ratio_by_hand():
     assert time_ratio(a, b, 0.0, 0.7) == pytest.approx(1.0)
     # an fp32 workload scales with the fp32 rates (10 vs 10: no change in the compute part)
     assert time_ratio(a, b, 1.0, 1.0, "fp32") == pytest.approx(1.0)
+
+
+def test_fp16_work_scales_with_fp16_rates():
+    """A V100 has fp16 tensor cores (125 TFLOP/s) but no bf16 units (the table gives it its
+    fp32 rate, 15.7, as bf16 rate): a 16-mixed run must scale with 125, a bf16 one with 15.7."""
+    v100, a100 = hardware.lookup("V100 16GB"), hardware.lookup("A100")
+    assert time_ratio(v100, a100, 1.0, 1.0, "fp16") == pytest.approx(
+        v100.fp16_tflops / a100.fp16_tflops
+    )
+    assert time_ratio(v100, a100, 1.0, 1.0, "bf16") == pytest.approx(
+        v100.bf16_tflops / a100.bf16_tflops
+    )
+    assert v100.fp16_tflops > 5 * v100.bf16_tflops  # the two really differ for this part
+
+
+@pytest.mark.parametrize(
+    ("lightning", "expected"),
+    [
+        ("16-mixed", "fp16"),
+        ("16-true", "fp16"),
+        (16, "fp16"),
+        ("bf16-mixed", "bf16"),
+        ("bf16-true", "bf16"),
+        ("transformer-engine", "bf16"),
+        ("32-true", "fp32"),
+        ("64-true", "fp32"),
+        (32, "fp32"),
+    ],
+)
+def test_precision_of_lightning_settings(lightning, expected):
+    assert precision_of(lightning) == expected
+
+
+def test_profile_rejects_unknown_precision():
+    with pytest.raises(BadInput, match=r"'fp8'.*bf16, fp16, fp32"):
+        Profile(gpu=H100, seconds_per_epoch=1.0, joules_per_epoch=1.0, precision="fp8")
 
 
 def test_time_band_by_hand():
@@ -482,7 +519,11 @@ def test_time_band_holds_on_public_same_family_pairs():
     for a, b, thr_a, thr_b in _public_datacentre_pairs():
         for m, t, thr_m, thr_t in ((a, b, thr_a, thr_b), (b, a, thr_b, thr_a)):
             band = time_band(
-                hardware.lookup(m), hardware.lookup(t), busy=0.99, busy_range=(0.89, 1.0)
+                hardware.lookup(m),
+                hardware.lookup(t),
+                busy=0.99,
+                busy_range=(0.89, 1.0),
+                precision="fp16",  # Lambda's runs are fp16 AMP
             )
             for workload in thr_m.keys() & thr_t.keys():
                 actual = thr_m[workload] / thr_t[workload]  # target seconds / measured seconds

@@ -78,6 +78,7 @@ SAME_VENDOR_UNCERTAINTY = 0.35
 OTHER_VENDOR_UNCERTAINTY = 0.50
 
 BUDGET_NAMES = ("kwh", "usd", "kgco2e")
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def _positive(name: str, value: float | None, accepted: str = "a number > 0") -> None:
@@ -171,7 +172,8 @@ class Profile:
     warmup_epochs: int = 0
     spread: float = 0.0
     """Relative spread of the steady epochs (see :class:`SteadyState`)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """The number format the work ran in: which TFLOP/s column scales the compute part."""
     run_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -189,8 +191,10 @@ class Profile:
             raise BadInput(
                 f"utilisation={self.utilisation!r} is not accepted: give a fraction in (0, 1]"
             )
-        if self.precision not in ("bf16", "fp32"):
-            raise BadInput(f"precision={self.precision!r} is not accepted: give bf16 or fp32")
+        if self.precision not in PRECISIONS:
+            raise BadInput(
+                f"precision={self.precision!r} is not accepted: give one of {', '.join(PRECISIONS)}"
+            )
         if min(self.warmup_extra_s, self.warmup_extra_j, self.spread) < 0:
             raise BadInput("warm-up extras and spread must be 0 or more")
 
@@ -335,10 +339,10 @@ class EstimateResult:
 
 
 def _tflops(spec: GpuSpec, precision: str) -> float | None:
-    # A part without bf16 units (V100, T4's fp16 aside) runs bf16 work at about its fp32 rate.
-    if precision == "bf16" and spec.bf16_tflops:
-        return spec.bf16_tflops
-    return spec.fp32_tflops or None
+    # The spec table gives a part without bf16 units (V100, T4) its fp32 rate as bf16 rate;
+    # fp16 work there runs on its fp16 tensor cores (V100: 125 against 15.7 TFLOP/s).
+    rate = {"bf16": spec.bf16_tflops, "fp16": spec.fp16_tflops}.get(precision)
+    return rate or spec.fp32_tflops or None
 
 
 def _ratio(measured: float | None, target: float | None) -> float | None:
@@ -606,6 +610,18 @@ def estimate(
     )
 
 
+def precision_of(lightning_precision: object) -> Literal["bf16", "fp16", "fp32"]:
+    """The rate column a Lightning ``Trainer(precision=...)`` runs at: ``bf16-mixed`` and
+    ``bf16-true`` (and Transformer Engine's mixed fp8/bf16) scale with bf16 rates, ``16-mixed`` and
+    ``16-true`` with fp16 rates, everything else (``32-true``, ``64-true``) with fp32 rates."""
+    text = str(lightning_precision).lower()
+    if "bf16" in text or "transformer-engine" in text:
+        return "bf16"
+    if text.startswith("16"):
+        return "fp16"
+    return "fp32"
+
+
 def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Profile:
     """The steady-state profile of a ledger run's completed training epochs.
 
@@ -613,8 +629,8 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
     time such as checkpoint saving) on every device; its duration spans its phases. Warm-up is
     split off with :func:`steady_state`. The measured GPU is the run's first GPU (a replayed
     trace's recorded GPU; the CPU-only row when it has none). From the run's settings, when
-    recorded there: ``peak_mem_gib``, ``steps_per_epoch`` and the Lightning ``precision`` (16-bit
-    precisions scale with bf16 rates, others with fp32).
+    recorded there: ``peak_mem_gib``, ``steps_per_epoch`` and the Lightning ``precision``
+    (:func:`precision_of`).
     """
     from wattwise import hardware
 
@@ -641,7 +657,7 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
     name = ((gpus[0].get("details") or {}).get("gpu") or gpus[0]["name"]) if gpus else "CPU"
     spec = hardware.lookup(name, settings)
     run_settings = record.settings or {}
-    precision = "bf16" if "16" in str(run_settings.get("precision", "bf16")) else "fp32"
+    precision = precision_of(run_settings.get("precision", "bf16"))
     return Profile(
         gpu=spec,
         seconds_per_epoch=steady.seconds_per_epoch,
