@@ -156,6 +156,30 @@ def test_marks_outside_the_trace_are_refused(capsys, nvml_fixtures, tmp_path):
     assert "'train_epoch_end' at 99.0 s" in err and "outside the trace" in err
 
 
+@pytest.mark.parametrize(
+    ("marks_text", "message"),
+    [
+        ('{"marks": []}', "no marks"),
+        ('{"marks": [["x", 2.0]], "fit_start": 3.0, "fit_end": 2.5}', "3.0-2.5 s"),
+        ('{"marks": [["x", 2.0]], "fit_start": 1.0, "fit_end": 500.0}', "1.0-500.0 s"),
+    ],
+)
+def test_ledger_refuses_a_fit_span_outside_the_trace(
+    capsys, nvml_fixtures, tmp_path, marks_text, message
+):
+    """Regression: with --ledger, an empty marks list crashed with IndexError (exit 1), and a
+    fit_start/fit_end outside the trace or reversed was recorded as a finished run with
+    extrapolated or negative energy."""
+    marks = tmp_path / "marks.json"
+    marks.write_text(marks_text)
+    db = tmp_path / "w.db"
+    args = ["replay", str(nvml_fixtures / FIT), "--marks", str(marks), "--ledger", str(db)]
+    assert main([*args, "--gpu", "H200"]) == 2
+    err = capsys.readouterr().err
+    assert str(marks) in err and message in err and "Traceback" not in err
+    assert not db.exists()
+
+
 def test_ledger_stages_nest_like_the_hooks(tmp_path):
     from wattwise.commands.replay import ledger_epochs
     from wattwise.sensors.replay import Marks

@@ -198,6 +198,16 @@ def test_invalid_toml(tmp_path):
     assert str(toml.resolve()) in str(err.value)
 
 
+def test_config_file_that_is_not_utf8(tmp_path):
+    """Regression: a wattwise.toml saved in another encoding raised UnicodeDecodeError (exit 1,
+    traceback) instead of a ConfigError naming the file."""
+    toml = tmp_path / "wattwise.toml"
+    toml.write_bytes(b'region = "FRA" # \xe9t\xe9\n')  # Latin-1
+    with pytest.raises(ConfigError, match="UTF-8") as err:
+        config.load(cwd=tmp_path, env={})
+    assert str(toml.resolve()) in str(err.value)
+
+
 def test_overrides_are_checked_too(tmp_path):
     settings = config.load(cwd=tmp_path, env={})
     with pytest.raises(ConfigError, match="'tariff_per_kwh'"):

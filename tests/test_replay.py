@@ -60,6 +60,10 @@ BAD_TRACES = [
     ("t_s,energy_mJ,power_mW\n0,1,1\n", "at least 2 data rows"),
     ("t_s,energy_mJ,power_mW\n0,1,1\n1,1\n", "row 3 has 2 fields"),
     ("", "missing column"),
+    # regression: negative power or counter readings were integrated into negative energy
+    ("t_s,energy_mJ,power_mW\n0,1,1\n1,1,-5000\n", "row 3, column 'power_mW': '-5000'"),
+    ("t_s,energy_mJ,power_mW\n0,-1,1\n1,1,1\n", "row 2, column 'energy_mJ': '-1'"),
+    ("t_s,energy_mJ,power_mW,instant_mW\n0,1,1,1\n1,1,1,-1\n", "column 'instant_mW'"),
 ]
 BAD_MARKS = [
     ("{", "not a JSON marks file"),

@@ -318,6 +318,24 @@ def test_bad_input_writes_nothing(ledger, settings, tmp_path) -> None:
     assert list(out.iterdir()) == []  # no CSV written beside a page that cannot be
 
 
+def test_output_path_that_is_a_folder_is_bad_input(ledger, settings, tmp_path) -> None:
+    """Regression: --html naming an existing folder (or --csv the same path as --html) failed in
+    os.replace with IsADirectoryError: exit 1, a traceback and a stray .tmp file."""
+    add_run(ledger, RunSpec("a"))
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    out = tmp_path / "out"
+    with pytest.raises(BadInput, match=r"existing.*is a folder"):
+        build_report(ledger, html_path=folder, csv_dir=out, settings=settings)
+    assert list(folder.iterdir()) == []
+    assert not out.exists()
+    same = tmp_path / "r.html"
+    with pytest.raises(BadInput, match=r"r\.html.*is a folder"):
+        build_report(ledger, html_path=same, csv_dir=same, settings=settings)
+    assert not same.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_phases_csv_written_by_forked_children_is_the_same_file(
     ledger, settings, tmp_path, monkeypatch
 ) -> None:

@@ -349,6 +349,10 @@ def _read(path: pathlib.Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}; accepted: a TOML file") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({err}); accepted: a TOML file in UTF-8"
+        ) from err
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the configuration file: {err}") from err
 

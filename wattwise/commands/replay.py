@@ -112,9 +112,21 @@ def _record(
 
     if marks is None:
         raise BadInput("--ledger needs --marks: the epochs come from the marks file")
+    if not marks.marks and (marks.fit_start_s is None or marks.fit_end_s is None):
+        raise BadInput(
+            f"{marks.path}: no marks and no fit_start/fit_end; accepted with --ledger: a marks "
+            "file whose marks (or fit_start and fit_end) give the fit's span"
+        )
     info = dataclasses.replace(info, name=gpu, details={**info.details, "gpu": gpu})
     start_s = marks.fit_start_s if marks.fit_start_s is not None else marks.marks[0][1]
     end_s = marks.fit_end_s if marks.fit_end_s is not None else marks.marks[-1][1]
+    first, last = trace.t_s[0], trace.t_s[-1]
+    if not first <= start_s < end_s <= last:
+        raise BadInput(
+            f"{marks.path}: the fit spans {start_s}-{end_s} s (fit_start-fit_end, else the first "
+            f"and last mark); accepted: a start before the end, both inside the trace "
+            f"{trace.path} ({first}-{last} s)"
+        )
     boundaries, epochs, completed = ledger_epochs(marks, start_s, end_s)
     samples = trace.samples(info.device_id)
     phases = integrate_phases(samples, [info], boundaries, end_s, method)

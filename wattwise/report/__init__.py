@@ -123,6 +123,16 @@ def _bad_path(path: pathlib.Path, err: OSError) -> Exception:
 def _make_folders(paths: Sequence[pathlib.Path]) -> None:
     """Every folder first, and every file through a temporary one renamed at the end, so a bad
     path leaves nothing half-written behind."""
+    from wattwise.errors import BadInput
+
+    folders = {path.parent.absolute() for path in paths}
+    for path in paths:
+        full = path.absolute()
+        if path.is_dir() or any(full == f or full in f.parents for f in folders):
+            raise BadInput(
+                f"cannot write {str(path)!r}: it is a folder; accepted: a file path for --html "
+                "and a different folder for --csv"
+            )
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

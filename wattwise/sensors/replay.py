@@ -39,6 +39,7 @@ from wattwise.units import mj_to_j, mw_to_w
 
 REQUIRED_COLUMNS = ("t_s", "energy_mJ", "power_mW")
 OPTIONAL_COLUMNS = ("instant_mW", "gpu_util_pct")
+NON_NEGATIVE_COLUMNS = ("energy_mJ", "power_mW", "instant_mW")
 _UUID_NAMESPACE = uuid.UUID("6f1c1b9e-58a4-4f0e-9a43-7d2f3c1e5a10")
 
 
@@ -141,7 +142,13 @@ def load_trace(path: str | os.PathLike) -> Trace:
                 f"{path}: row {row_no} has {len(row)} fields, the header has {len(header)}"
             )
         for c in wanted:
-            columns[c].append(_number(row[index[c]], path, row_no, c))
+            number = _number(row[index[c]], path, row_no, c)
+            if number < 0 and c in NON_NEGATIVE_COLUMNS:
+                raise TraceFormatError(
+                    f"{path}: row {row_no}, column {c!r}: {row[index[c]]!r} is negative "
+                    "(accepted: energy and power readings >= 0)"
+                )
+            columns[c].append(number)
         t = columns["t_s"]
         if len(t) > 1 and t[-1] <= t[-2]:
             raise TraceFormatError(
