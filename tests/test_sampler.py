@@ -267,6 +267,19 @@ def test_a_reading_counts_toward_the_phase_it_was_taken_in():
     assert b.peak_power_w == 500.0 and "shared_gpu" not in b.flags
 
 
+def test_peak_from_averaged_readings_is_raised_to_the_counter_mean():
+    """Counter energy above what averaged power readings show (Hopper's 1 s average lags a rise):
+    the stored peak is the mean, the best lower bound on the true peak."""
+    from wattwise.integrate import DeviceIntegrator
+
+    (info,) = FakeSensor(100.0).open()
+    phase = DeviceIntegrator(info).make_phase(
+        "train", 0, 0.0, 2.0, 500.0, frozenset(), "counter", 150.0
+    )
+    assert phase.mean_power_w == pytest.approx(250.0)
+    assert phase.peak_power_w == pytest.approx(250.0)
+
+
 def test_memory_is_bounded_over_a_simulated_hour():
     clock = FakeClock(0.0)
     sensor = FakeSensor([(0.0, 100.0), (1800.0, 200.0)], counter_period_s=0.1)

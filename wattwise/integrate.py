@@ -295,8 +295,15 @@ class DeviceIntegrator:
         method: Method,
         peak_power_w: float | None,
     ) -> PhaseEnergy:
-        """A PhaseEnergy from figures worked out elsewhere (the sampler's running ones)."""
+        """A PhaseEnergy from figures worked out elsewhere (the sampler's running ones).
+
+        The peak is never below the mean: where the readings are averages (Hopper's 1 s power)
+        or sparse, the counter's mean power is the best lower bound on the true peak.
+        """
         duration_s = t1 - t0
+        mean_power_w = energy_j / duration_s if duration_s > 0 else self.power_at(t0)
+        if peak_power_w is not None and mean_power_w is not None:
+            peak_power_w = max(peak_power_w, mean_power_w)
         return PhaseEnergy(
             name=name,
             index=index,
@@ -306,7 +313,7 @@ class DeviceIntegrator:
             end_s=t1,
             energy_j=energy_j,
             method=method,
-            mean_power_w=energy_j / duration_s if duration_s > 0 else self.power_at(t0),
+            mean_power_w=mean_power_w,
             peak_power_w=peak_power_w,
             flags=flags,
         )
