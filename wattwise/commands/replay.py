@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,7 +175,6 @@ def _phase_json(phase: PhaseEnergy) -> dict[str, Any]:
 
 
 def _show(trace: Trace, info: DeviceInfo, phases: Sequence[PhaseEnergy], total_j: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{trace.path.name}: {info.name}, {len(trace.t_s)} rows")
@@ -196,7 +195,7 @@ def _show(trace: Trace, info: DeviceInfo, phases: Sequence[PhaseEnergy], total_j
         )
     method = phases[0].method if phases else "-"
     table.add_row("", "total", "", "", "", f"{total_j:,.1f}", "", f"method: {method}")
-    Console().print(table)
+    print_table(console(), table)
 
 
 def register(app: typer.Typer) -> None:
