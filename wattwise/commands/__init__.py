@@ -48,9 +48,10 @@ def print_table(out: Console, table: Table) -> None:
     rich squeezes a table wider than the console by shrinking every column, down to nothing
     (columns vanish, numbers end in '…'). Here instead: a table that fits is printed as it is;
     one that does not gets widths of our own, where each column keeps at least its longest
-    word (all of a ``no_wrap`` column's text; a folding column at least ``FOLD_MIN_WIDTH``
-    or its ``min_width``) and the room left goes to the columns that wrap; when even those
-    floors do not fit, the rows are printed one block each (see :func:`_print_expanded`).
+    word (all of a ``no_wrap`` column's text; a folding column at least its header's longest
+    word, ``FOLD_MIN_WIDTH`` or its ``min_width``), the table loses its outer border, and the
+    room left goes to the columns that wrap; when even those floors do not fit, the rows are
+    printed one block each (see :func:`_print_expanded`).
     """
     from rich.measure import Measurement
 
@@ -65,10 +66,12 @@ def print_table(out: Console, table: Table) -> None:
         ceiling = max(1, *(size.maximum for size in sizes))
         floor = ceiling if column.no_wrap else max(1, *(size.minimum for size in sizes))
         if column.overflow == "fold" and not column.no_wrap:
-            floor = min(floor, FOLD_MIN_WIDTH)
+            header = Measurement.get(out, wide, column.header).minimum
+            floor = min(floor, max(header, FOLD_MIN_WIDTH))
         floor = min(max(floor, column.min_width or 0), ceiling)
         floors.append(floor)
         ceilings.append(ceiling)
+    table.show_edge = table.pad_edge = False  # two cells more for the columns on each side
     widths = list(floors)
     for column, width in zip(table.columns, widths, strict=True):
         column.width = width
