@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 
@@ -273,6 +275,30 @@ def test_bad_measured_input_exits_2(capsys, args, expected):
     err = fail(capsys, *args)
     for text in expected:
         assert text in err
+
+
+@pytest.mark.parametrize(
+    ("plan", "flag", "unit"),
+    [
+        (["--epochs", "1e308"], "--epochs", "epochs"),
+        (["--steps", "1e308", "--steps-per-epoch", "10"], "--steps", "steps"),
+    ],
+)
+def test_plan_whose_totals_overflow_exits_2_naming_the_flag(capsys, plan, flag, unit):
+    """Regression: --epochs 1e308 reached the pricing as energy inf ("bad energy_j inf")."""
+    measured = ["--measured-gpu", "H100", "--seconds-per-epoch", "1", "--joules-per-epoch", "100"]
+    err = fail(capsys, *measured, *plan, "--gpu", "H100,L4")
+    assert f"{flag})" in err and "1e+308" in err and "accepted" in err
+    assert "energy_j" not in err and len(err.strip().splitlines()) == 1
+    # the largest plan the message suggests is accepted, with finite figures
+    most = re.search(rf"at most about (\S+) {unit}", err)
+    assert most is not None, err
+    plan = [plan[0], most.group(1), *plan[2:]]
+    data = run_json(capsys, *measured, *plan, "--gpu", "H100,L4")
+    for target in data["targets"]:
+        figures = [target["seconds"], target["energy_kwh"], target["cost_usd"], target["co2e_kg"]]
+        figures += [v for pair in target["band"].values() for v in pair]
+        assert all(math.isfinite(v) and v > 0 for v in figures)
 
 
 def test_unknown_run_exits_2(capsys, ledger_run):

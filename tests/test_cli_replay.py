@@ -213,3 +213,39 @@ def test_ledger_stages_nest_like_the_hooks(tmp_path):
     ]
     assert epochs == [None, None, None, 0, 0, 0, 1, None, None]
     assert completed == 2
+
+
+def test_ledger_warns_of_a_gpu_the_spec_table_lacks(capsys, nvml_fixtures, tmp_path, monkeypatch):
+    """Regression: `--gpu Nope` was recorded silently and `estimate --run` failed on it later."""
+    from wattwise import config
+
+    monkeypatch.chdir(tmp_path)
+    for var in config.ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    db = tmp_path / "w.db"
+    args = ["replay", str(nvml_fixtures / MLP), "--marks", str(nvml_fixtures / MLP_MARKS)]
+    args += ["--ledger", str(db), "--json"]
+
+    assert main([*args, "--gpu", "H10"]) == 0  # still recorded: a spec row may come later
+    out, err = capsys.readouterr()
+    run_id = json.loads(out)["run_id"]
+    assert "warning" in err and "'H10'" in err and "H100 SXM 80 GB" in err  # the closest name
+    assert "[gpus]" in err and "configuration file" in err
+    assert len(err.strip().splitlines()) == 1
+    estimate = ["estimate", "--run", run_id, "--ledger", str(db), "--epochs", "3", "--json"]
+    assert main(estimate) == 2
+    assert "'H10'" in capsys.readouterr().err
+
+    # with a spec row in the configuration file the name is known: no warning, and it estimates
+    (tmp_path / "wattwise.toml").write_text(
+        "[gpus.H10]\ntdp_w = 300\nidle_w = 30\nbf16_tflops = 200\nfp32_tflops = 20\n"
+        'memory_gib = 40\nmemory_bandwidth_gbs = 1000\nprice_usd = 9000\nsource = "lab"\n'
+        'date = "2025-03"\n',
+        encoding="utf-8",
+    )
+    assert main(estimate) == 0
+    capsys.readouterr()
+    assert main([*args, "--gpu", "H10"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*args, "--gpu", "NVIDIA H200"]) == 0  # a built-in row: no warning either
+    assert capsys.readouterr().err == ""

@@ -37,6 +37,54 @@ def test_bad_flags_exit_2_before_anything_is_written(tmp_path, capsys, args, nam
     assert not ledger.exists() and not out.exists()
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training fails the test: an output check must come before it (it took a minute before)."""
+    from wattwise.zoo import demo
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before the output folder was checked")
+
+    monkeypatch.setattr(demo, "_train_all", train)
+
+
+def _unwritable_outs(tmp_path):
+    """An existing file given as --out, and (unless root, who may write anywhere) a folder to
+    create under a read-only one."""
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    outs = [a_file, a_file / "sub"]
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        outs.append(locked / "out")
+    return outs
+
+
+def test_unwritable_out_exits_2_before_training(tmp_path, capsys, no_training):
+    for out in _unwritable_outs(tmp_path):
+        ledger = tmp_path / "demo.db"
+        code = main(["demo", "--quick", "--ledger", str(ledger), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert str(out) in err and "--out" in err and "accepted" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not ledger.exists()
+
+
+def test_run_demo_checks_its_output_folder_before_training(tmp_path, no_training):
+    from wattwise.errors import BadInput
+    from wattwise.zoo.demo import run_demo
+
+    for out in _unwritable_outs(tmp_path):
+        with pytest.raises(BadInput, match=re.escape(str(out))):
+            run_demo(epochs=1, ledger=tmp_path / "demo.db", out_dir=out)
+    writable = tmp_path / "new" / "out"
+    with pytest.raises(AssertionError, match="trained before"):  # a good folder gets that far
+        run_demo(epochs=1, ledger=tmp_path / "demo.db", out_dir=writable)
+    assert writable.is_dir() and not any(writable.iterdir())  # the check leaves nothing behind
+
+
 def test_bad_flags_do_not_import_torch(tmp_path):
     code = (
         "import sys\n"

@@ -460,6 +460,24 @@ def _fits(profile: Profile, target: GpuSpec) -> bool | None:
     return profile.peak_mem_gib * (1 + MEMORY_HEADROOM) <= target.memory_gib
 
 
+_SAFE_TOTAL = 1e300
+"""Seconds or joules well inside float range: the largest plan the overflow message suggests."""
+
+
+def _refuse_overflow(plan: Plan, n_epochs: float, gpu: str, max_epochs: float) -> None:
+    """BadInput for a plan so large that its total time or energy on ``gpu`` is not a finite
+    number (``max_epochs``: about the largest that stays well inside float range)."""
+    if plan.epochs is not None:
+        given, most = f"epochs={plan.epochs:g} (--epochs)", f"{max_epochs:.1g} epochs"
+    else:
+        given = f"steps={plan.steps:g} (--steps)"
+        most = f"{max_epochs * (plan.steps / n_epochs):.1g} steps"
+    raise BadInput(
+        f"{given} is too large: the planned time or energy on {gpu} overflows (is not a finite "
+        f"number); accepted: a plan whose totals are finite numbers, here at most about {most}"
+    )
+
+
 def estimate(
     profile: Profile,
     plan: Plan,
@@ -500,13 +518,14 @@ def estimate(
         """``P_t = idle_t + u * (TDP_t - idle_t)``: the measured share of the target's range."""
         return target.idle_w + u * (target.tdp_w - target.idle_w)
 
-    def run_totals(target: GpuSpec, ratio: float) -> tuple[float, float]:
-        """Seconds and joules of the whole plan on ``target`` at this time ratio."""
+    def run_totals(target: GpuSpec, ratio: float, epochs: float = n_epochs) -> tuple[float, float]:
+        """Seconds and joules of the whole plan (``epochs`` of it) on ``target`` at this time
+        ratio."""
         epoch_s = ratio * m.seconds_per_epoch
         epoch_j = (target_power_w(target) * m.n_gpus + host_power_w) * epoch_s
         warm_s = n_warm * m.warmup_extra_s * ratio
         warm_j = n_warm * m.warmup_extra_j * epoch_j / m.joules_per_epoch
-        return warm_s + n_epochs * epoch_s, warm_j + n_epochs * epoch_j
+        return warm_s + epochs * epoch_s, warm_j + epochs * epoch_j
 
     def money_and_carbon(
         target: GpuSpec, scenario: str, seconds: float, energy_j: float
@@ -533,11 +552,14 @@ def estimate(
         )
         ratio = scaling.ratio
         seconds, energy_j = run_totals(target, ratio)
-        scenario = _scenario_for(target, pricing, m.n_gpus, settings)
-        cost, co2e = money_and_carbon(target, scenario, seconds, energy_j)
         # the plan's seconds and joules are both proportional to the time ratio
         lo_s, lo_j = run_totals(target, scaling.low)
         hi_s, hi_j = run_totals(target, scaling.high)
+        if not all(map(math.isfinite, (seconds, energy_j, lo_s, lo_j, hi_s, hi_j))):
+            one_epoch = max(run_totals(target, max(ratio, scaling.high), epochs=1.0))
+            _refuse_overflow(plan, n_epochs, target.name, _SAFE_TOTAL / one_epoch)
+        scenario = _scenario_for(target, pricing, m.n_gpus, settings)
+        cost, co2e = money_and_carbon(target, scenario, seconds, energy_j)
         lo_cost, lo_co2e = money_and_carbon(target, scenario, lo_s, lo_j)
         hi_cost, hi_co2e = money_and_carbon(target, scenario, hi_s, hi_j)
         break_even = _break_even(target, scenario, settings)

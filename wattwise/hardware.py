@@ -133,12 +133,18 @@ def lookup(name: str, settings: Settings | None = None) -> GpuSpec:
         if key in {normalise(n) for n in (spec.name, *spec.aliases)}:
             return spec
     names = [spec.name for spec in rows]
-    candidates = {normalise(n): spec.name for spec in rows for n in (spec.name, *spec.aliases)}
-    closest = dict.fromkeys(
-        candidates[k] for k in difflib.get_close_matches(key, candidates, n=8, cutoff=0.5)
-    )
-    hint = f"closest: {', '.join(closest)}; " if closest else ""
+    near = closest(name, settings)
+    hint = f"closest: {', '.join(near)}; " if near else ""
     raise UnknownHardware(
         f"unknown hardware {name!r}: {hint}known: {', '.join(names)} "
         "(add your own under [gpus] in wattwise.toml)"
     )
+
+
+def closest(name: str, settings: Settings | None = None, n: int = 8) -> list[str]:
+    """Up to ``n`` table names closest to ``name`` (by name or alias), best first; may be
+    empty."""
+    rows = all_gpus(settings)
+    candidates = {normalise(a): spec.name for spec in rows for a in (spec.name, *spec.aliases)}
+    matches = difflib.get_close_matches(normalise(name), candidates, n=n, cutoff=0.5)
+    return list(dict.fromkeys(candidates[k] for k in matches))

@@ -1,13 +1,120 @@
-"""Sub-command modules of the ``wattwise`` CLI; each exposes ``register(app)``."""
+"""Sub-command modules of the ``wattwise`` CLI; each exposes ``register(app)``.
+
+Every command prints through :func:`console` and every table through :func:`print_table`, so
+that no output is ever cut: piped into another program (stdout not a terminal, no ``COLUMNS``)
+nothing is wrapped at all; in a terminal too narrow for a table its text columns wrap at word
+boundaries (identifiers, numbers and method names stay whole), and when even that cannot fit,
+each row is printed as a block of ``column value`` lines instead (like psql's expanded display).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+    from rich.table import Table
+
+# the width of a console that never wraps (output piped into another program)
+UNLIMITED_WIDTH = 1_000_000
+# a folding column (overflow="fold": long words break anywhere, losing nothing) is never
+# squeezed narrower than this
+FOLD_MIN_WIDTH = 10
 
 
 def print_json(value: Any) -> None:
     """What every ``--json`` option prints: ``value`` as indented JSON on stdout."""
     typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def console(stderr: bool = False) -> Console:
+    """The rich console of a command: the terminal's width on a terminal (or ``COLUMNS`` when
+    set), else no width limit, so that piped output is never wrapped, cut or ellipsised."""
+    from rich.console import Console
+
+    found = Console(stderr=stderr)
+    if found.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
+        return found
+    return Console(stderr=stderr, width=UNLIMITED_WIDTH)
+
+
+def print_table(out: Console, table: Table) -> None:
+    """Print ``table`` on ``out`` without dropping, cutting or ellipsising any cell.
+
+    rich squeezes a table wider than the console by shrinking every column, down to nothing
+    (columns vanish, numbers end in '…'). Here instead: a table that fits is printed as it is;
+    one that does not gets widths of our own, where each column keeps at least its longest
+    word (all of a ``no_wrap`` column's text; a folding column at least its header's longest
+    word, ``FOLD_MIN_WIDTH`` or its ``min_width``), the table loses its outer border, and the
+    room left goes to the columns that wrap; when even those floors do not fit, the rows are
+    printed one block each (see :func:`_print_expanded`).
+    """
+    from rich.measure import Measurement
+
+    wide = out.options.update_width(UNLIMITED_WIDTH)
+    if Measurement.get(out, wide, table).maximum <= out.width:
+        out.print(table)
+        return
+    floors: list[int] = []
+    ceilings: list[int] = []
+    for column in table.columns:
+        sizes = [Measurement.get(out, wide, cell) for cell in (column.header, *column.cells)]
+        ceiling = max(1, *(size.maximum for size in sizes))
+        floor = ceiling if column.no_wrap else max(1, *(size.minimum for size in sizes))
+        if column.overflow == "fold" and not column.no_wrap:
+            header = Measurement.get(out, wide, column.header).minimum
+            floor = min(floor, max(header, FOLD_MIN_WIDTH))
+        floor = min(max(floor, column.min_width or 0), ceiling)
+        floors.append(floor)
+        ceilings.append(ceiling)
+    table.show_edge = table.pad_edge = False  # two cells more for the columns on each side
+    widths = list(floors)
+    for column, width in zip(table.columns, widths, strict=True):
+        column.width = width
+    spare = out.width - Measurement.get(out, wide, table).maximum
+    if spare < 0:
+        _print_expanded(out, table)
+        return
+
+    # first make whole the columns that need least to be whole (a header of two short words),
+    # then widen the rest one cell at a time, the one that lacks the most first
+    def lacks() -> list[tuple[int, int]]:
+        return [(ceilings[i] - widths[i], i) for i in range(len(widths))]
+
+    for lack, index in sorted(lacks()):
+        if 0 < lack <= spare:
+            widths[index] += lack
+            spare -= lack
+    for _ in range(spare):
+        lack, index = max(lacks())
+        if lack <= 0:
+            break
+        widths[index] += 1
+    for column, width in zip(table.columns, widths, strict=True):
+        column.width = width
+    out.print(table)
+
+
+def _print_expanded(out: Console, table: Table) -> None:
+    """Each row of ``table`` as a block of ``header  value`` lines, a blank line between rows:
+    the layout for a terminal too narrow for the table's columns side by side."""
+    from rich.table import Table
+
+    if table.title:
+        out.print(table.title, style="table.title", highlight=False)
+    cells = [list(column.cells) for column in table.columns]
+    for row in range(table.row_count):
+        block = Table.grid(padding=(0, 2))
+        block.add_column(style="bold", overflow="fold")
+        block.add_column(overflow="fold")
+        for column, column_cells in zip(table.columns, cells, strict=True):
+            block.add_row(column.header, column_cells[row])
+        if row:
+            out.print()
+        out.print(block)
+    if table.caption:
+        out.print(table.caption, style="table.caption", highlight=False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
@@ -53,7 +53,6 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _show(result: DemoResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     epochs = sorted({run.epochs for run in result.runs})
@@ -81,11 +80,11 @@ def _show(result: DemoResult) -> None:
             _fmt(None if run.co2e_kg is None else run.co2e_kg * 1000, ".3g"),
             params,
         )
-    console = Console()
-    console.print(table)
-    console.print(f"ledger: {result.ledger_path}")
-    console.print(f"report: {result.html_path}")
-    console.print(f"csv:    {result.runs_csv}, {result.phases_csv}")
+    out = console()
+    print_table(out, table)
+    out.print(f"ledger: {result.ledger_path}")
+    out.print(f"report: {result.html_path}")
+    out.print(f"csv:    {result.runs_csv}, {result.phases_csv}")
 
 
 def register(app: typer.Typer) -> None:
@@ -130,7 +129,7 @@ def register(app: typer.Typer) -> None:
         from wattwise.zoo.settings import check_settings
 
         n_epochs = epochs if epochs is not None else QUICK_EPOCHS if quick else FULL_EPOCHS
-        check_settings(n_epochs, region, pricing)  # before the heavy imports below
+        check_settings(n_epochs, region, pricing, out)  # before the heavy imports below
 
         from wattwise.zoo.demo import run_demo
 

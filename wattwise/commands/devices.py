@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 from wattwise.types import FLAGS, DeviceInfo
 
 
@@ -25,7 +25,6 @@ def device_json(info: DeviceInfo) -> dict[str, Any]:
 
 
 def _show(devices: list[DeviceInfo], notes: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Devices wattwise measures")
@@ -36,16 +35,16 @@ def _show(devices: list[DeviceInfo], notes: list[str]) -> None:
     table.add_column("flags", min_width=9)
     for d in devices:
         table.add_row(d.kind, d.name, d.method, d.device_id, ", ".join(sorted(d.flags)))
-    console = Console()
+    out = console()
     if devices:
-        console.print(table)
+        print_table(out, table)
     else:
-        console.print("No device can be measured here.")
+        out.print("No device can be measured here.")
     for note in notes:
-        console.print(f"- {note}", highlight=False, markup=False)
+        out.print(f"- {note}", highlight=False, markup=False)
     flags = sorted({flag for d in devices for flag in d.flags})
     for flag in flags:
-        console.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False, markup=False)
+        out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

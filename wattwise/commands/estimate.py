@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,6 @@ def _band(value: str, lo: str, hi: str) -> str:
 
 
 def _show(result: EstimateResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def yes_no(value: bool | None) -> str:
@@ -69,36 +68,36 @@ def _show(result: EstimateResult) -> None:
             _band(*(f"{v:.3g}" for v in (t.co2e_kg, *b["co2e_kg"]))),
         ]
         table.add_row(*row)
-    console = Console()
-    console.print(table)
+    out = console()
+    print_table(out, table)
     if result.budgets:
         limits = ", ".join(f"{name} {limit:g}" for name, limit in result.budgets.items())
-        console.print(f"budgets ({limits}):")
+        out.print(f"budgets ({limits}):")
         for t in result.targets:
             over = [name for name, ok in t.verdicts.items() if not ok]
             verdict = f"[red]over: {', '.join(over)}[/red]" if over else "within"
-            console.print(f"  {t.gpu}: {verdict}")
+            out.print(f"  {t.gpu}: {verdict}")
     for label, name in (
         ("cheapest", result.cheapest),
         ("fastest", result.fastest),
         ("greenest", result.greenest),
     ):
-        console.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+        out.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
     for t in result.targets:
         hours = t.break_even_gpu_hours_per_year
         if t.pricing != result.pricing:
-            console.print(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})")
+            out.print(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})")
         if hours is None:
             continue
         if math.isinf(hours):
-            console.print(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper")
+            out.print(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper")
         else:
-            console.print(
+            out.print(
                 f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
                 f"{hours:,.0f} GPU-hours a year"
             )
     if result.flags:
-        console.print(f"flags: {', '.join(result.flags)}")
+        out.print(f"flags: {', '.join(result.flags)}")
 
 
 def register(app: typer.Typer) -> None:

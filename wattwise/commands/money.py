@@ -7,13 +7,12 @@ from typing import Any
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 
 _JSON = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -21,7 +20,7 @@ def _table(columns: list[str], rows: list[list[Any]], title: str) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(table)
+    print_table(console(), table)
 
 
 def carbon_command(

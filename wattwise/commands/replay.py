@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,6 +160,26 @@ def _record(
     return run_id
 
 
+def _warn_unknown_gpu(gpu: str) -> None:
+    """A recorded run whose GPU the spec table lacks is kept (a spec row may be added later),
+    but ``wattwise estimate --run`` cannot use it until then: say so on stderr now."""
+    from wattwise import config, hardware
+    from wattwise.errors import UnknownHardware
+
+    settings = config.load()
+    try:
+        hardware.lookup(gpu, settings)
+    except UnknownHardware:
+        near = hardware.closest(gpu, settings, n=3)
+        typer.echo(
+            f"wattwise: warning: GPU {gpu!r} is not in the spec table "
+            f"(closest: {', '.join(near) if near else 'none'}), so `wattwise estimate --run` "
+            "cannot use this run until it is: check the name (see `wattwise hardware`) or add "
+            "a spec row under [gpus] in the configuration file (wattwise.toml)",
+            err=True,
+        )
+
+
 def _phase_json(phase: PhaseEnergy) -> dict[str, Any]:
     return {
         "name": phase.name,
@@ -175,7 +195,6 @@ def _phase_json(phase: PhaseEnergy) -> dict[str, Any]:
 
 
 def _show(trace: Trace, info: DeviceInfo, phases: Sequence[PhaseEnergy], total_j: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{trace.path.name}: {info.name}, {len(trace.t_s)} rows")
@@ -196,7 +215,7 @@ def _show(trace: Trace, info: DeviceInfo, phases: Sequence[PhaseEnergy], total_j
         )
     method = phases[0].method if phases else "-"
     table.add_row("", "total", "", "", "", f"{total_j:,.1f}", "", f"method: {method}")
-    Console().print(table)
+    print_table(console(), table)
 
 
 def register(app: typer.Typer) -> None:
@@ -244,6 +263,7 @@ def register(app: typer.Typer) -> None:
                     "(give the recording GPU's model, e.g. --gpu H200)"
                 )
             run_id = _record(ledger, trace, info, marks, method, architecture, gpu)
+            _warn_unknown_gpu(gpu)
         if json_out:
             out = {
                 "trace": str(trace_path),

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from wattwise.commands import print_json
+from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
 from wattwise.units import j_to_wh
 
@@ -53,12 +53,6 @@ def _wh(energy_j: float) -> str:
     return f"{j_to_wh(energy_j):.4g}"
 
 
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
 @runs_app.callback()
 def runs_command(
     ctx: typer.Context,
@@ -75,13 +69,19 @@ def runs_command(
     if json_out:
         print_json([rec.to_json() for rec in records])
         return
-    console = _console()
+    out = console()
     if not records:
-        console.print(f"No runs in {book.path}.", highlight=False)
+        out.print(f"No runs in {book.path}.", highlight=False)
         return
     table = Table(title=str(book.path))
+    # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
+    # names stay whole (see print_table)
     for name in ("id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"):
-        table.add_column(name, no_wrap=name != "method mix")
+        table.add_column(
+            name,
+            no_wrap=name in ("id", "epochs", "Wh"),
+            overflow="fold" if name == "architecture" else "ellipsis",
+        )
     for rec in records:
         table.add_row(
             rec.run_id[:_ID_PREFIX],
@@ -92,7 +92,7 @@ def runs_command(
             _wh(rec.energy_j),
             rec.method_mix,
         )
-    console.print(table)
+    print_table(out, table)
 
 
 @runs_app.command("show")
@@ -139,7 +139,7 @@ def show_command(
 def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
     from rich.table import Table
 
-    console = _console()
+    out = console()
     duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
     # a kind no device measured is missing ("-"), never a silent 0 Wh (as in `runs --json`)
     by_kind = ", ".join(
@@ -162,15 +162,15 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("region / pricing", f"{rec.region or '-'} / {rec.pricing or '-'}"),
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
     ):
-        console.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+        out.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
     if lineage:
-        console.print(
+        out.print(
             f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
             f"{len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
             highlight=False,
         )
         for item in lineage:
-            console.print(
+            out.print(
                 f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
                 f"{item['own_energy_wh']:.4g} Wh",
                 highlight=False,
@@ -178,7 +178,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
     if phase_rows:
         table = Table(title="Energy per epoch x stage x device")
         for name in ("epoch", "stage", "device", "s", "Wh", "mean W", "peak W", "method", "flags"):
-            table.add_column(name)
+            table.add_column(name, overflow="fold" if name == "device" else "ellipsis")
         for row in phase_rows:
             table.add_row(
                 "-" if row["epoch"] is None else str(row["epoch"]),
@@ -191,7 +191,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
                 row["method"],
                 row["flags"],
             )
-        console.print(table)
+        print_table(out, table)
     if snapshot_rows:
         table = Table(title="Model size per epoch")
         for name in ("epoch", "trainable", "total", "class", "label"):
@@ -204,7 +204,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
                 str(row["model_class"]),
                 str(row["label"]),
             )
-        console.print(table)
+        print_table(out, table)
 
 
 @runs_app.command("rm")

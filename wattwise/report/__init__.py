@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.ledger import Ledger
 
-__all__ = ["ReportResult", "build_report"]
+__all__ = ["ReportResult", "build_report", "check_output"]
 
 
 @dataclass(frozen=True)
@@ -107,20 +107,41 @@ FORK_MIN_ROWS = 50_000
 """Below this many phase rows phases.csv is written in-process (a fork costs more)."""
 
 
+def check_output(out_dir: str | os.PathLike[str], *, flag: str = "--out") -> None:
+    """BadInput unless the report's files can be written under ``out_dir`` (the folder is
+    created when missing, and a file written and removed there), by the rules ``build_report``
+    applies: for callers that must know before a long job (``wattwise demo`` before training).
+    ``flag`` is the option the message names."""
+    from wattwise.errors import BadInput
+
+    out = pathlib.Path(out_dir)
+    paths = (out / "runs.csv", out / "phases.csv", out / "report.html")
+    accepted = f"a folder that can be created and written ({flag} DIR)"
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{flag} {str(out)!r} is not a folder; accepted: {accepted}")
+    _make_folders(paths, accepted=accepted)
+    probe = _tmp(out / "report.html")
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise _bad_path(out, err, accepted) from err
+
+
 def _tmp(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _bad_path(path: pathlib.Path, err: OSError) -> Exception:
+_ACCEPTED = "a writable location (--html FILE, --csv DIR)"
+
+
+def _bad_path(path: pathlib.Path, err: OSError, accepted: str = _ACCEPTED) -> Exception:
     from wattwise.errors import BadInput
 
-    return BadInput(
-        f"cannot write {str(path)!r} ({err.strerror or err}); accepted: a writable location "
-        "(--html FILE, --csv DIR)"
-    )
+    return BadInput(f"cannot write {str(path)!r} ({err.strerror or err}); accepted: {accepted}")
 
 
-def _make_folders(paths: Sequence[pathlib.Path]) -> None:
+def _make_folders(paths: Sequence[pathlib.Path], accepted: str = _ACCEPTED) -> None:
     """Every folder first, and every file through a temporary one renamed at the end, so a bad
     path leaves nothing half-written behind."""
     from wattwise.errors import BadInput
@@ -137,7 +158,7 @@ def _make_folders(paths: Sequence[pathlib.Path]) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise _bad_path(path, err) from err
+            raise _bad_path(path, err, accepted) from err
 
 
 def _write_tmp(path: pathlib.Path, text: str) -> None:
