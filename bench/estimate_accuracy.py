@@ -93,7 +93,11 @@ def cross_gpu(path: pathlib.Path) -> list[float]:
         target = dst.gpu
         epoch = estimate(src, Plan(epochs=1, from_scratch=False), [target]).targets[0]
         whole = estimate(src, Plan(epochs=len(dst_s)), [target]).targets[0]
-        print(f"    {src.gpu.name} -> {target.name} (time ratio {epoch.time_ratio:.3f}):")
+        flags = [f for f in estimate(src, Plan(epochs=1), [target]).flags if f != "no_region"]
+        print(
+            f"    {src.gpu.name} -> {target.name} (time ratio {epoch.time_ratio:.3f}"
+            f"{'; flags: ' + ', '.join(flags) if flags else ''}):"
+        )
         for label, t, actual_s, actual_j in (
             ("steady epoch", epoch, dst.seconds_per_epoch, dst.joules_per_epoch),
             (f"{len(dst_s)}-epoch run", whole, sum(dst_s), sum(dst_j)),

@@ -243,6 +243,19 @@ def test_a_single_measured_epoch_is_flagged():
     )
 
 
+def test_a_gpu_busy_under_half_the_epoch_is_flagged_host_bound():
+    # 200 W on an H100 (idle 73, TDP 700): u = 127 / 627 = 0.20, busy inferred from power
+    waiting = h100_profile(joules_per_epoch=20_000.0)
+    assert "host_bound" in estimate(waiting, Plan(epochs=2), [H200]).flags
+    # 400 W: u = 0.52
+    assert "host_bound" not in estimate(h100_profile(), Plan(epochs=2), [H200]).flags
+    # a measured utilisation wins over power
+    busy = h100_profile(joules_per_epoch=20_000.0, utilisation=0.9)
+    assert "host_bound" not in estimate(busy, Plan(epochs=2), [H200]).flags
+    idle = h100_profile(utilisation=0.3)
+    assert "host_bound" in estimate(idle, Plan(epochs=2), [H200]).flags
+
+
 def test_steps_plan_uses_steps_per_epoch():
     (t,) = estimate(h100_profile(steps_per_epoch=50), Plan(steps=125), [H100]).targets
     assert t.seconds == pytest.approx(2.5 * 100.0)

@@ -72,6 +72,8 @@ MEMORY_HEADROOM = 0.10
 """Peak memory must fit with this fraction to spare (allocator fragmentation, CUDA context)."""
 DEFAULT_COMPUTE_SHARE = 0.5
 MEASURED_UTILISATION_UNCERTAINTY = 0.1
+HOST_BOUND_BELOW = 0.5
+"""A measured GPU busy for less than this share of each epoch makes the estimate ``host_bound``."""
 SAME_PART_UNCERTAINTY = 0.0
 SAME_ARCHITECTURE_UNCERTAINTY = 0.20
 SAME_VENDOR_UNCERTAINTY = 0.35
@@ -610,7 +612,11 @@ def estimate(
         pricing=pricing,
         gco2e_per_kwh=intensity.gco2e_per_kwh,
         pue=asked_pue,
-        flags=(*intensity.flags, *(["single_epoch"] if m.epochs_measured == 1 else [])),
+        flags=(
+            *intensity.flags,
+            *(["single_epoch"] if m.epochs_measured == 1 else []),
+            *(["host_bound"] if m.gpu.kind == "gpu" and busy < HOST_BOUND_BELOW else []),
+        ),
         budgets=limits,
         profile={
             "gpu": m.gpu.name,

@@ -34,6 +34,9 @@ FLAGS: dict[str, str] = {
     "mig": "GPU in MIG mode: per-instance energy is not available, whole-GPU figures used",
     "idle_baseline": "energy above the idle power measured before the fit",
     "single_epoch": "estimate from one measured epoch: its warm-up is in the rate (too high)",
+    "host_bound": "the measured GPU was busy for under half of each epoch (by its utilisation or "
+    "power): the rest waits on the host (data loading, Python, kernel launches), which the "
+    "estimate keeps unchanged on every target, so a faster or slower host moves the time",
     "intensity_extrapolated": "grid-intensity series shorter than the run: nearest values used",
     "callback_error": "the Lightning callback failed in a hook (warned): figures may be incomplete",
     "provisional": "energy as known at the epoch end; the counter's next update did not settle it "

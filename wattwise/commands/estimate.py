@@ -10,6 +10,7 @@ import typer
 
 from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
+from wattwise.types import FLAGS
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.estimate import EstimateResult
@@ -96,8 +97,8 @@ def _show(result: EstimateResult) -> None:
                 f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
                 f"{hours:,.0f} GPU-hours a year"
             )
-    if result.flags:
-        out.print(f"flags: {', '.join(result.flags)}")
+    for flag in result.flags:
+        out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
