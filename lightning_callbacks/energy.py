@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -92,6 +93,10 @@ class _RankReport:
     """Warnings this rank raised since its last report (rank 0 logs those it has not itself)."""
     flags: frozenset[str] = frozenset()
     """This rank's ``callback_error`` (a hook failed here), for every rank's flags."""
+    peak_mem_gib: float | None = None
+    """This rank's ``torch.cuda.max_memory_allocated`` on its root device, GiB (None: not CUDA)."""
+    peak_mem_reserved_gib: float | None = None
+    """The same for ``max_memory_reserved`` (what the caching allocator held)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,9 @@ class _EnergyLogic:
         self.devices: dict[str, DeviceInfo] = {}
         self.metrics: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
+        # CUDA only: the largest torch.cuda.max_memory_allocated / _reserved of any rank, GiB
+        self.peak_mem_gib: float | None = None
+        self.peak_mem_reserved_gib: float | None = None
         self._reason: str | None = None
         self._warned: set[str] = set()
         self._outbox: list[str] = []  # a non-zero rank's warnings, sent with its next report
@@ -213,6 +221,8 @@ class _EnergyLogic:
         self._provisional: dict[tuple[int, str], _Entry] = {}
         self._history: dict[str, list[tuple[float, float]]] = {}
         self._epoch_samples: int | None = 0  # this rank's training samples in the epoch
+        self._epoch_shape: dict[str, int] = {}  # batches and optimizer steps per epoch (fit)
+        self._facts_written: dict[str, Any] = {}  # run settings this call wrote (rank 0)
 
     # ----------------------------------------------------------------- public numbers
     @property
@@ -253,6 +263,8 @@ class _EnergyLogic:
             "idle_power_w": dict(self.idle_power_w),
             "flags": sorted(self.flags),
             "methods": dict(self.methods),
+            "peak_mem_gib": self.peak_mem_gib,
+            "peak_mem_reserved_gib": self.peak_mem_reserved_gib,
             # counted with their provisional energy: settled from the ledger on resume
             "provisional": [
                 *self._unsettled,  # restored, not yet settled (the run has not begun again)
@@ -280,6 +292,8 @@ class _EnergyLogic:
         self.idle_power_w = {k: float(v) for k, v in state_dict.get("idle_power_w", {}).items()}
         self.flags = set(state_dict.get("flags", []))
         self.methods = dict(state_dict.get("methods", {}))
+        self.peak_mem_gib = _max_gib(None, state_dict.get("peak_mem_gib"))
+        self.peak_mem_reserved_gib = _max_gib(None, state_dict.get("peak_mem_reserved_gib"))
         self._unsettled = [list(row) for row in state_dict.get("provisional", [])]
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -389,6 +403,8 @@ class _EnergyLogic:
                 known = None
             if known is not None:
                 ledger.reopen_run(self.run_id)
+                # the run's peak so far (its tail after the checkpoint may have raised it)
+                self._note_peaks(known.settings or {})
                 settled = self._settled_since_checkpoint(ledger)
                 return self.run_id, dict(known.energy_by_kind_j), settled
         devices = list(self._meter.devices) if self._meter is not None else []
@@ -456,7 +472,33 @@ class _EnergyLogic:
         }
         if self.idle_power_w:
             settings["idle_power_w"] = dict(self.idle_power_w)
+        settings.update(self._run_facts())  # a run recorded anew from a moved checkpoint
         return settings
+
+    def _run_facts(self) -> dict[str, Any]:
+        """Settings learned while the run goes on: batches and optimizer steps per training
+        epoch (as of the last committed epoch), and on CUDA the peak memory of every rank."""
+        facts: dict[str, Any] = dict(self._epoch_shape)
+        if self.peak_mem_gib is not None:
+            facts["peak_mem_gib"] = self.peak_mem_gib
+        if self.peak_mem_reserved_gib is not None:
+            facts["peak_mem_reserved_gib"] = self.peak_mem_reserved_gib
+        return facts
+
+    def _note_peaks(self, source: Any) -> None:
+        """Keep the larger peaks: ``source`` is a ``_RankReport`` or a run's settings dict."""
+        get = source.get if isinstance(source, dict) else lambda name: getattr(source, name)
+        self.peak_mem_gib = _max_gib(self.peak_mem_gib, get("peak_mem_gib"))
+        self.peak_mem_reserved_gib = _max_gib(
+            self.peak_mem_reserved_gib, get("peak_mem_reserved_gib")
+        )
+
+    def _write_facts(self) -> None:
+        """Merge ``_run_facts`` into the run's settings (rank 0), only when they changed."""
+        facts = self._run_facts()
+        if facts and facts != self._facts_written:
+            self._open_ledger().update_settings(self.run_id, facts)
+            self._facts_written = facts
 
     # ----------------------------------------------------------------- boundaries
     def _mark(self, trainer: Any, label: str) -> None:
@@ -557,7 +599,10 @@ class _EnergyLogic:
 
     def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
         samples = self._epoch_samples if close_epoch else None
+        peaks = self._guard(trainer, "peak memory", _cuda_peak_gib, trainer) or (None, None)
         own = {
+            "peak_mem_gib": peaks[0],
+            "peak_mem_reserved_gib": peaks[1],
             "warnings": tuple(self._outbox),
             "flags": frozenset(self.flags & {"callback_error"}),
         }
@@ -610,6 +655,7 @@ class _EnergyLogic:
             if report is None:
                 continue
             self.flags.update(report.flags)
+            self._note_peaks(report)
             for message in report.warnings:  # only other ranks send any
                 if self._global_zero and message not in self._warned:
                     self._warned.add(message)
@@ -658,6 +704,9 @@ class _EnergyLogic:
             self._guard(
                 trainer, "ledger write", self._write, pl_module, fresh, settle, devices, closing
             )
+            if not tail:
+                self._epoch_shape = self._guard(trainer, "epoch shape", _epoch_shape, trainer) or {}
+            self._guard(trainer, "settings write", self._write_facts)
         if not tail:
             self._log_metrics(trainer, pl_module, in_epoch, duration_s)
 
@@ -898,7 +947,11 @@ class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
     - ``tags``: labels stored with the run.
 
     After (and during) a fit: ``run_id``, ``summary``, ``energy_j``, ``epochs_completed``,
-    ``epoch_energy_j``, ``epoch_duration_s``; ``flush(trainer)`` and ``record_reason(reason)``.
+    ``epoch_energy_j``, ``epoch_duration_s``, ``peak_mem_gib`` (CUDA: the largest
+    ``torch.cuda.max_memory_allocated`` of any rank, GiB); ``flush(trainer)`` and
+    ``record_reason(reason)``. The run's settings also get ``steps_per_epoch``,
+    ``batches_per_epoch`` and on CUDA ``peak_mem_gib`` / ``peak_mem_reserved_gib``, for
+    ``wattwise estimate --run``.
     """
 
 
@@ -944,6 +997,52 @@ def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:
     if host:
         return "visible", True
     return None
+
+
+def _cuda_peak_gib(trainer: Any) -> tuple[float, float] | None:
+    """(max allocated, max reserved) GiB of the trainer's CUDA root device since the process
+    started or the user last reset the peak statistics (never reset here); None off CUDA.
+    The caching allocator's host-side counters: no GPU sync."""
+    root = trainer.strategy.root_device
+    if root.type != "cuda":
+        return None
+    import torch
+
+    return (
+        torch.cuda.max_memory_allocated(root) / units.BYTES_PER_GIB,
+        torch.cuda.max_memory_reserved(root) / units.BYTES_PER_GIB,
+    )
+
+
+def _epoch_shape(trainer: Any) -> dict[str, int]:
+    """``batches_per_epoch`` and ``steps_per_epoch`` (optimizer steps: batches over
+    ``accumulate_grad_batches``, a last partial accumulation stepping too) of the training
+    epoch in force, or {} when its length is unknown (an iterable without a length: inf).
+
+    Lightning 2.6 sets ``num_training_batches`` (``fit_loop.max_batches``, after
+    ``limit_train_batches``, per rank) when it sets up the train dataloader: before
+    ``on_train_start``, and again before ``on_train_epoch_start`` when dataloaders reload; at an
+    epoch's end it is still that epoch's."""
+    batches = trainer.num_training_batches
+    if isinstance(batches, bool) or not isinstance(batches, int | float):
+        return {}
+    if not math.isfinite(batches) or batches <= 0:
+        return {}
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    return {
+        "batches_per_epoch": int(batches),
+        "steps_per_epoch": math.ceil(int(batches) / accumulate),
+    }
+
+
+def _max_gib(current: float | None, other: Any) -> float | None:
+    """The larger of two memory figures; ``other`` counts only as a number > 0 (None, 0 or
+    anything else read back from a checkpoint or a run's settings is no figure)."""
+    if isinstance(other, bool) or not isinstance(other, int | float):
+        return current
+    if not math.isfinite(other) or other <= 0:
+        return current
+    return float(other) if current is None else max(current, float(other))
 
 
 def _gather(trainer: Any, obj: Any) -> list[Any]:

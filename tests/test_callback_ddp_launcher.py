@@ -150,9 +150,15 @@ def test_ddp_launcher_one_node_writes_one_run_and_counts_the_shared_gpu_and_cpu_
     tmp_path, nvml_fixtures
 ):
     """Two ranks on one machine see the same replayed GPU (no rank trains on it): local rank 0
-    measures it and the host, rank 1 measures nothing, and the run holds each device once."""
+    measures it and the host, rank 1 measures nothing, and the run holds each device once.
+    Each rank reports its (faked) CUDA peak memory with its epoch report: rank 1's larger
+    figure is the run's."""
     trace_path = nvml_fixtures / TRACE
-    ledger, ranks = run_fit(tmp_path, trace_path, "--epochs", "2", "--step-s", "0.1")
+    ledger, ranks = run_fit(
+        tmp_path,
+        trace_path,
+        *("--epochs", "2", "--step-s", "0.1", "--fake-peak-gib", "0=2.5,1=7.5"),
+    )
 
     (run,) = ledger.list_runs()
     check_ranks_agree(ranks, 2, run.run_id)
@@ -162,6 +168,9 @@ def test_ddp_launcher_one_node_writes_one_run_and_counts_the_shared_gpu_and_cpu_
     assert run.status == "finished" and run.epochs == 2 and run.reason is None
     assert run.settings["world_size"] == 2 and run.settings["strategy"] == "DDPStrategy"
     assert "callback_error" not in run.flags
+    assert (run.settings["peak_mem_gib"], run.settings["peak_mem_reserved_gib"]) == (7.5, 9.375)
+    # 32 samples split over 2 ranks, batches of 8: 2 batches (and optimizer steps) per epoch
+    assert (run.settings["batches_per_epoch"], run.settings["steps_per_epoch"]) == (2, 2)
     measured = {d["device_id"] for d in run.devices}
     assert len(measured) == len(run.devices)  # each device once
     assert [d["kind"] for d in run.devices].count("gpu") == 1

@@ -332,6 +332,77 @@ def test_resume_reopens_and_continues(book):
     assert rec.energy_j == pytest.approx(1150.0 + 500.0)
 
 
+def test_update_settings_merges_keys_and_keeps_the_others(book):
+    run_id = book.begin_run(architecture="a", settings={"precision": "bf16-mixed", "world_size": 2})
+    other = book.begin_run(architecture="b", settings={"precision": "32-true"})
+    book.update_settings(run_id, {"steps_per_epoch": 4, "peak_mem_gib": 3.5})
+    book.update_settings(run_id, {"peak_mem_gib": 5.25})  # a later, larger figure replaces it
+    assert book.get_run(run_id).settings == {
+        "precision": "bf16-mixed",
+        "world_size": 2,
+        "steps_per_epoch": 4,
+        "peak_mem_gib": 5.25,
+    }
+    assert book.get_run(other).settings == {"precision": "32-true"}
+    assert book.get_run(run_id).status == "running"  # nothing else about the run changed
+
+
+def test_update_settings_of_an_unknown_run_or_with_bad_values_is_refused(book):
+    run_id = book.begin_run(architecture="a", settings={"precision": "32-true"})
+    with pytest.raises(BadInput, match="no run 'nope'"):
+        book.update_settings("nope", {"peak_mem_gib": 1.0})
+    with pytest.raises(BadInput, match="must be a mapping"):
+        book.update_settings(run_id, [("peak_mem_gib", 1.0)])
+    assert book.get_run(run_id).settings == {"precision": "32-true"}
+    assert len(book.list_runs()) == 1
+
+
+def test_update_settings_beside_a_reader_in_another_connection(book):
+    """A reader holding a read transaction open (another process reading the ledger) neither
+    blocks the merge nor sees half of it: its snapshot stays whole, the next read sees all."""
+    run_id = book.begin_run(architecture="a", settings={"precision": "32-true"})
+    reader = sqlite3.connect(book.path, isolation_level=None, check_same_thread=False)
+    try:
+        reader.execute("BEGIN")
+        query = "SELECT settings FROM runs WHERE run_id = ?"
+        assert json.loads(reader.execute(query, (run_id,)).fetchone()[0]) == {
+            "precision": "32-true"
+        }
+        book.update_settings(run_id, {"steps_per_epoch": 7})  # not blocked by the reader
+        assert json.loads(reader.execute(query, (run_id,)).fetchone()[0]) == {
+            "precision": "32-true"
+        }
+        reader.execute("COMMIT")
+        assert json.loads(reader.execute(query, (run_id,)).fetchone()[0]) == {
+            "precision": "32-true",
+            "steps_per_epoch": 7,
+        }
+    finally:
+        reader.close()
+
+    # and a reader thread polling through its own Ledger while the run is updated 50 times
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def poll():
+        with Ledger(book.path) as other:
+            while not stop.is_set():
+                seen.append(other.get_run(run_id).settings)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        for i in range(1, 51):
+            book.update_settings(run_id, {"peak_mem_gib": float(i)})
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert seen and all(s["precision"] == "32-true" and s["steps_per_epoch"] == 7 for s in seen)
+    peaks = [s.get("peak_mem_gib", 0.0) for s in seen]
+    assert peaks == sorted(peaks)  # each read is one committed state, in commit order
+    assert book.get_run(run_id).settings["peak_mem_gib"] == 50.0
+
+
 def test_add_epochs_writes_many_epochs_at_once(book):
     run_id = book.begin_run(architecture="replayed", devices=[GPU])
     book.add_epochs(

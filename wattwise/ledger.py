@@ -34,7 +34,7 @@ import time
 import urllib.parse
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -924,6 +924,28 @@ class Ledger:
                 conn, run_id, "status = ?, reason = COALESCE(?, reason)", (status, reason)
             )
         )
+
+    def update_settings(self, run_id: str, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` into a run's ``settings`` (its other keys kept), in one transaction.
+
+        For what is learned while a run goes on (EnergyCallback's steps per epoch and peak GPU
+        memory). Values are stored as ``begin_run`` stores settings (JSON, anything else as
+        its text); BadInput if the run is unknown.
+        """
+        if not isinstance(values, Mapping):
+            raise BadInput(f"settings {values!r} must be a mapping of names to JSON values")
+        new = {str(name): value for name, value in values.items()}
+        text = _dumps(new)  # serialised outside the write lock
+
+        def write(conn: sqlite3.Connection) -> None:
+            run_key = self._touch(conn, run_id)
+            (stored,) = conn.execute(
+                "SELECT settings FROM runs WHERE key = ?", (run_key,)
+            ).fetchone()
+            merged = {**json.loads(stored or "{}"), **json.loads(text)}
+            conn.execute("UPDATE runs SET settings = ? WHERE key = ?", (_dumps(merged), run_key))
+
+        self._write(write)
 
     def remove(self, run_id: str) -> None:
         """Delete a run (id or unique prefix) and everything recorded for it."""

@@ -12,6 +12,7 @@ HOURS_PER_YEAR = 8760.0  # 365 days
 KWH_PER_MWH = 1000.0
 G_PER_KG = 1000.0
 G_PER_LB = 453.59237  # exact (international avoirdupois pound)
+BYTES_PER_GIB = 2**30  # gibibyte (memory sizes: torch.cuda and NVML count bytes)
 
 
 def j_to_wh(energy_j: float) -> float:

@@ -5,7 +5,7 @@ this file again (``sys.argv``) with ``LOCAL_RANK`` / ``NODE_RANK`` / ``WORLD_SIZ
 cannot run inside pytest: the tests run this script in a subprocess.
 
     python tests/scripts/ddp_fit.py LEDGER OUT_DIR [--epochs N] [--budget-kwh X] [--step-s S]
-        [--num-nodes N --devices N] [--fault-rank R]
+        [--num-nodes N --devices N] [--fault-rank R] [--fake-peak-gib RANK=GIB,...]
 
 Set ``WATTWISE_REPLAY_NVML`` (the GPU every rank sees), ``MASTER_ADDR`` and ``MASTER_PORT`` in the
 environment. Each process writes ``OUT_DIR/rank<global rank>.json`` after the fit: its ranks, the
@@ -94,6 +94,15 @@ def inject_fault(trainer: pl.Trainer, rank: int) -> None:
     energy._scalar_metrics = failing
 
 
+def fake_peaks(peaks: str) -> None:
+    """Make each rank's CUDA peak-memory read return the figure given for its global rank
+    (``0=2.5,1=7.5``; reserved: 1.25 x that), as CUDA ranks would report it."""
+    import lightning_callbacks.energy as energy
+
+    by_rank = {int(r): float(g) for r, g in (item.split("=") for item in peaks.split(","))}
+    energy._cuda_peak_gib = lambda t: (by_rank[t.global_rank], 1.25 * by_rank[t.global_rank])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("ledger")
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--fault-rank", type=int, default=None)
+    parser.add_argument("--fake-peak-gib", default=None)
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # two ranks on a 2-core machine
@@ -129,6 +139,8 @@ def main() -> None:
     )
     if args.fault_rank is not None:
         inject_fault(trainer, args.fault_rank)
+    if args.fake_peak_gib is not None:
+        fake_peaks(args.fake_peak_gib)
     started_s = time.monotonic()
     trainer.fit(TinyModel(args.step_s), loader(32), loader(16))
     ended_s = time.monotonic()
