@@ -165,6 +165,7 @@ def test_state_dict_round_trip_and_defaults():
     cb.flags = {"idle_baseline", "power_only"}
     cb.methods = {"gpu:x": "counter"}
     cb._unsettled = [[2, True, "gpu:x", "validate", 1.0, 1.1, 12.0]]
+    cb.peak_mem_gib, cb.peak_mem_reserved_gib = 12.5, 14.0
     fresh = EnergyCallback().state_dict()
     assert all(fresh[k] != v for k, v in cb.state_dict().items() if k != "version")
     restored = EnergyCallback()
