@@ -230,10 +230,13 @@ def host_spread(public: pathlib.Path) -> None:
     print("(d) the same GPU on different machines (max / min throughput - 1, per workload)")
     v1 = read_throughputs(public / LAMBDA_V1)
     v2 = read_throughputs(public / LAMBDA_V2)
+    v2_sxm = [n for n in v2 if "SXM5" in n]
+    # a v2 row names its host by address ("..._SXM5_192-222-52-129_v2"): count them, not by hand
+    hosts = {re.search(r"_(\d+(?:-\d+){3})_", n).group(1) for n in v2_sxm}
     groups = {
         "v1 H100 SXM5 (Lambda, Dell, SMC, 1CC)": [t for n, t in v1.items() if "SXM5" in n],
         "v1 H100 PCIe (Lambda, LambdaCloud)": [t for n, t in v1.items() if "H100 80GB PCIe" in n],
-        "v2 H100 SXM5 (16 one-GPU runs on 13 hosts)": [t for n, t in v2.items() if "SXM5" in n],
+        f"v2 H100 SXM5 ({len(v2_sxm)} one-GPU runs on {len(hosts)} hosts)": [v2[n] for n in v2_sxm],
     }
     for label, rows in groups.items():
         common = sorted(set.intersection(*(set(t) for t in rows)))
