@@ -31,15 +31,15 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
-def console(stderr: bool = False) -> Console:
-    """The rich console of a command: the terminal's width on a terminal (or ``COLUMNS`` when
-    set), else no width limit, so that piped output is never wrapped, cut or ellipsised."""
+def console() -> Console:
+    """The rich console of a command (stdout): the terminal's width on a terminal (or ``COLUMNS``
+    when set), else no width limit, so that piped output is never wrapped, cut or ellipsised."""
     from rich.console import Console
 
-    found = Console(stderr=stderr)
+    found = Console()
     if found.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
         return found
-    return Console(stderr=stderr, width=UNLIMITED_WIDTH)
+    return Console(width=UNLIMITED_WIDTH)
 
 
 def print_table(out: Console, table: Table) -> None:

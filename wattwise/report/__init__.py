@@ -107,18 +107,18 @@ FORK_MIN_ROWS = 50_000
 """Below this many phase rows phases.csv is written in-process (a fork costs more)."""
 
 
-def check_output(out_dir: str | os.PathLike[str], *, flag: str = "--out") -> None:
+def check_output(out_dir: str | os.PathLike[str]) -> None:
     """BadInput unless the report's files can be written under ``out_dir`` (the folder is
     created when missing, and a file written and removed there), by the rules ``build_report``
-    applies: for callers that must know before a long job (``wattwise demo`` before training).
-    ``flag`` is the option the message names."""
+    applies: for callers that must know before a long job (``wattwise demo --out`` before
+    training)."""
     from wattwise.errors import BadInput
 
     out = pathlib.Path(out_dir)
     paths = (out / "runs.csv", out / "phases.csv", out / "report.html")
-    accepted = f"a folder that can be created and written ({flag} DIR)"
+    accepted = "a folder that can be created and written (--out DIR)"
     if out.exists() and not out.is_dir():
-        raise BadInput(f"{flag} {str(out)!r} is not a folder; accepted: {accepted}")
+        raise BadInput(f"--out {str(out)!r} is not a folder; accepted: {accepted}")
     _make_folders(paths, accepted=accepted)
     probe = _tmp(out / "report.html")
     try:
