@@ -53,7 +53,9 @@ def _unwritable_outs(tmp_path):
     create under a read-only one."""
     a_file = tmp_path / "taken"
     a_file.write_text("not a folder")
-    outs = [a_file, a_file / "sub"]
+    html_folder = tmp_path / "html-taken"
+    (html_folder / "report.html").mkdir(parents=True)  # the report's own file is a folder
+    outs = [a_file, a_file / "sub", html_folder]
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -119,7 +119,7 @@ def check_output(out_dir: str | os.PathLike[str]) -> None:
     accepted = "a folder that can be created and written (--out DIR)"
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {str(out)!r} is not a folder; accepted: {accepted}")
-    _make_folders(paths, accepted=accepted)
+    _make_folders(paths, accepted=accepted, not_a_folder=accepted)
     probe = _tmp(out / "report.html")
     try:
         probe.write_bytes(b"")
@@ -133,6 +133,7 @@ def _tmp(path: pathlib.Path) -> pathlib.Path:
 
 
 _ACCEPTED = "a writable location (--html FILE, --csv DIR)"
+_NOT_A_FOLDER = "a file path for --html and a different folder for --csv"
 
 
 def _bad_path(path: pathlib.Path, err: OSError, accepted: str = _ACCEPTED) -> Exception:
@@ -141,19 +142,19 @@ def _bad_path(path: pathlib.Path, err: OSError, accepted: str = _ACCEPTED) -> Ex
     return BadInput(f"cannot write {str(path)!r} ({err.strerror or err}); accepted: {accepted}")
 
 
-def _make_folders(paths: Sequence[pathlib.Path], accepted: str = _ACCEPTED) -> None:
+def _make_folders(
+    paths: Sequence[pathlib.Path], accepted: str = _ACCEPTED, not_a_folder: str = _NOT_A_FOLDER
+) -> None:
     """Every folder first, and every file through a temporary one renamed at the end, so a bad
-    path leaves nothing half-written behind."""
+    path leaves nothing half-written behind. ``accepted`` and ``not_a_folder`` end the messages
+    of an unwritable path and of a file path that is a folder (they name the caller's options)."""
     from wattwise.errors import BadInput
 
     folders = {path.parent.absolute() for path in paths}
     for path in paths:
         full = path.absolute()
         if path.is_dir() or any(full == f or full in f.parents for f in folders):
-            raise BadInput(
-                f"cannot write {str(path)!r}: it is a folder; accepted: a file path for --html "
-                "and a different folder for --csv"
-            )
+            raise BadInput(f"cannot write {str(path)!r}: it is a folder; accepted: {not_a_folder}")
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
