@@ -169,6 +169,30 @@ def test_peak_memory_is_the_max_over_epochs_kept_across_a_resume(
 
 
 @pytest.mark.slow
+def test_settings_are_written_only_when_they_changed(tmp_path, h200, monkeypatch):
+    """One ledger write per change on the training thread: epoch 0 (new steps and peak),
+    epoch 2 (a larger peak); epoch 1 and the teardown change nothing and write nothing."""
+    fake_peaks(monkeypatch, [3.0, 3.0, 5.0, 5.0])  # epochs 0, 1, 2, teardown
+    writes: list[dict] = []
+    update = Ledger.update_settings
+
+    def spy(self, run_id, values):
+        writes.append(dict(values))
+        return update(self, run_id, values)
+
+    monkeypatch.setattr(Ledger, "update_settings", spy)
+    db = tmp_path / "w.db"
+    energy = EnergyCallback(ledger=db, log_metrics=False)
+    trainer(tmp_path, [energy], max_epochs=3).fit(TinyModel(), loader(), loader(16))
+    shape = {"batches_per_epoch": 8, "steps_per_epoch": 8}
+    assert writes == [
+        {**shape, "peak_mem_gib": 3.0, "peak_mem_reserved_gib": 5.0},
+        {**shape, "peak_mem_gib": 5.0, "peak_mem_reserved_gib": 7.0},
+    ]
+    assert Ledger(db).get_run(energy.run_id).settings["peak_mem_gib"] == 5.0
+
+
+@pytest.mark.slow
 def test_a_failing_memory_query_never_reaches_training(tmp_path, h200, monkeypatch, caplog):
     """A CUDA query that raises is a bookkeeping fault: one warning, the run flagged
     ``callback_error``, no peak keys, and the steps still recorded."""
