@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import lightning_callbacks.energy as energy_module
 from lightning_callbacks import EnergyCallback
-from wattwise import hardware
+from wattwise import hardware, units
 from wattwise.estimate import MEMORY_HEADROOM
 from wattwise.ledger import Ledger
 
@@ -239,9 +239,9 @@ def test_a_real_cuda_fit_records_its_peak_memory(tmp_path):
     root = fit.strategy.root_device
     assert settings["peak_mem_gib"] > 0
     # read at the fit's end; the process's peak can only have grown since
-    assert settings["peak_mem_gib"] <= torch.cuda.max_memory_allocated(root) / 2**30
+    assert settings["peak_mem_gib"] <= torch.cuda.max_memory_allocated(root) / units.BYTES_PER_GIB
     assert settings["peak_mem_reserved_gib"] >= settings["peak_mem_gib"]
-    assert settings["peak_mem_gib"] * 2**30 >= width * 2 * 4  # at least the weights
+    assert settings["peak_mem_gib"] * units.BYTES_PER_GIB >= width * 2 * 4  # at least the weights
     assert settings["steps_per_epoch"] == 8
 
 
