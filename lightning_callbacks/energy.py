@@ -404,7 +404,8 @@ class _EnergyLogic:
             if known is not None:
                 ledger.reopen_run(self.run_id)
                 # the run's peak so far (its tail after the checkpoint may have raised it)
-                self._note_peaks(known.settings or {})
+                had = known.settings or {}
+                self._note_peaks(had.get("peak_mem_gib"), had.get("peak_mem_reserved_gib"))
                 settled = self._settled_since_checkpoint(ledger)
                 return self.run_id, dict(known.energy_by_kind_j), settled
         devices = list(self._meter.devices) if self._meter is not None else []
@@ -485,13 +486,10 @@ class _EnergyLogic:
             facts["peak_mem_reserved_gib"] = self.peak_mem_reserved_gib
         return facts
 
-    def _note_peaks(self, source: Any) -> None:
-        """Keep the larger peaks: ``source`` is a ``_RankReport`` or a run's settings dict."""
-        get = source.get if isinstance(source, dict) else lambda name: getattr(source, name)
-        self.peak_mem_gib = _max_gib(self.peak_mem_gib, get("peak_mem_gib"))
-        self.peak_mem_reserved_gib = _max_gib(
-            self.peak_mem_reserved_gib, get("peak_mem_reserved_gib")
-        )
+    def _note_peaks(self, allocated_gib: Any, reserved_gib: Any) -> None:
+        """Keep the larger peaks (figures from a ``_RankReport`` or a run's settings)."""
+        self.peak_mem_gib = _max_gib(self.peak_mem_gib, allocated_gib)
+        self.peak_mem_reserved_gib = _max_gib(self.peak_mem_reserved_gib, reserved_gib)
 
     def _write_facts(self) -> None:
         """Merge ``_run_facts`` into the run's settings (rank 0), only when they changed."""
@@ -655,7 +653,7 @@ class _EnergyLogic:
             if report is None:
                 continue
             self.flags.update(report.flags)
-            self._note_peaks(report)
+            self._note_peaks(report.peak_mem_gib, report.peak_mem_reserved_gib)
             for message in report.warnings:  # only other ranks send any
                 if self._global_zero and message not in self._warned:
                     self._warned.add(message)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import lightning_callbacks.energy as energy_module
 from lightning_callbacks import EnergyCallback
-from wattwise import hardware
+from wattwise import hardware, units
 from wattwise.estimate import MEMORY_HEADROOM
 from wattwise.ledger import Ledger
 
@@ -107,8 +107,11 @@ def test_an_epoch_of_unknown_length_records_no_steps(tmp_path, h200, capsys):
     fit.fit(TinyModel(), DataLoader(Endless(), batch_size=8), loader(16))
 
     assert math.isinf(fit.num_training_batches) and fit.global_step == 2 * 3
-    settings = Ledger(db).get_run(energy.run_id).settings
+    run = Ledger(db).get_run(energy.run_id)
+    settings = run.settings
     assert "steps_per_epoch" not in settings and "batches_per_epoch" not in settings
+    # left out on purpose, not lost to a guarded fault (int(inf) would raise inside the guard)
+    assert "callback_error" not in run.flags
     capsys.readouterr()
     err = fail(capsys, "--run", energy.run_id, "--ledger", str(db), "--steps", "50")
     assert "--steps-per-epoch" in err
@@ -166,6 +169,30 @@ def test_peak_memory_is_the_max_over_epochs_kept_across_a_resume(
 
 
 @pytest.mark.slow
+def test_settings_are_written_only_when_they_changed(tmp_path, h200, monkeypatch):
+    """One ledger write per change on the training thread: epoch 0 (new steps and peak),
+    epoch 2 (a larger peak); epoch 1 and the teardown change nothing and write nothing."""
+    fake_peaks(monkeypatch, [3.0, 3.0, 5.0, 5.0])  # epochs 0, 1, 2, teardown
+    writes: list[dict] = []
+    update = Ledger.update_settings
+
+    def spy(self, run_id, values):
+        writes.append(dict(values))
+        return update(self, run_id, values)
+
+    monkeypatch.setattr(Ledger, "update_settings", spy)
+    db = tmp_path / "w.db"
+    energy = EnergyCallback(ledger=db, log_metrics=False)
+    trainer(tmp_path, [energy], max_epochs=3).fit(TinyModel(), loader(), loader(16))
+    shape = {"batches_per_epoch": 8, "steps_per_epoch": 8}
+    assert writes == [
+        {**shape, "peak_mem_gib": 3.0, "peak_mem_reserved_gib": 5.0},
+        {**shape, "peak_mem_gib": 5.0, "peak_mem_reserved_gib": 7.0},
+    ]
+    assert Ledger(db).get_run(energy.run_id).settings["peak_mem_gib"] == 5.0
+
+
+@pytest.mark.slow
 def test_a_failing_memory_query_never_reaches_training(tmp_path, h200, monkeypatch, caplog):
     """A CUDA query that raises is a bookkeeping fault: one warning, the run flagged
     ``callback_error``, no peak keys, and the steps still recorded."""
@@ -212,9 +239,9 @@ def test_a_real_cuda_fit_records_its_peak_memory(tmp_path):
     root = fit.strategy.root_device
     assert settings["peak_mem_gib"] > 0
     # read at the fit's end; the process's peak can only have grown since
-    assert settings["peak_mem_gib"] <= torch.cuda.max_memory_allocated(root) / 2**30
+    assert settings["peak_mem_gib"] <= torch.cuda.max_memory_allocated(root) / units.BYTES_PER_GIB
     assert settings["peak_mem_reserved_gib"] >= settings["peak_mem_gib"]
-    assert settings["peak_mem_gib"] * 2**30 >= width * 2 * 4  # at least the weights
+    assert settings["peak_mem_gib"] * units.BYTES_PER_GIB >= width * 2 * 4  # at least the weights
     assert settings["steps_per_epoch"] == 8
 
 

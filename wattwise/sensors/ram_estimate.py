@@ -17,11 +17,11 @@ from wattwise._procinfo import tree_figures
 from wattwise.errors import BadInput, SensorNotSupported
 from wattwise.sensors.base import Sensor
 from wattwise.types import DeviceInfo, Sample
+from wattwise.units import BYTES_PER_GIB
 
 logger = logging.getLogger(__name__)
 
 W_PER_GIB = 0.3725
-BYTES_PER_GIB = 1024**3
 MODES = ("machine", "process")
 
 
