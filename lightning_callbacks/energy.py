@@ -1000,15 +1000,17 @@ def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:
 def _cuda_peak_gib(trainer: Any) -> tuple[float, float] | None:
     """(max allocated, max reserved) GiB of the trainer's CUDA root device since the process
     started or the user last reset the peak statistics (never reset here); None off CUDA.
-    The caching allocator's host-side counters: no GPU sync."""
+    The caching allocator's host-side counters, read once (``max_memory_allocated`` and
+    ``max_memory_reserved`` each build the whole ``memory_stats`` dict): no GPU sync."""
     root = trainer.strategy.root_device
     if root.type != "cuda":
         return None
     import torch
 
+    stats = torch.cuda.memory_stats(root)
     return (
-        torch.cuda.max_memory_allocated(root) / units.BYTES_PER_GIB,
-        torch.cuda.max_memory_reserved(root) / units.BYTES_PER_GIB,
+        stats.get("allocated_bytes.all.peak", 0) / units.BYTES_PER_GIB,
+        stats.get("reserved_bytes.all.peak", 0) / units.BYTES_PER_GIB,
     )
 
 
