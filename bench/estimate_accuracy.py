@@ -17,6 +17,10 @@
     no energy, so these pairs check the time model and its band, not the power model.
 (d) The same GPU on different machines (the same public tables): how far apart the same card's
     throughputs are; a spread no GPU spec can predict.
+(e) Would a fitted compute share do better than the shipped c = 0.5? On the first public table's
+    same-architecture pairs, leave one workload out: fit c (0..1 in steps of 0.05, least median
+    |log error|) on the other workloads, predict the one left out; errors side by side with the
+    shipped c, per group of pairs.
 
     python bench/estimate_accuracy.py [--fixtures tests/fixtures/nvml] \\
         [--public tests/fixtures/public]
@@ -28,12 +32,21 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import pathlib
 import re
 import statistics
 
 from wattwise import hardware
-from wattwise.estimate import Plan, Profile, estimate, steady_state, time_band
+from wattwise.estimate import (
+    DEFAULT_COMPUTE_SHARE,
+    Plan,
+    Profile,
+    estimate,
+    steady_state,
+    time_band,
+    time_ratio,
+)
 from wattwise.integrate import integrate_phases
 from wattwise.sensors.replay import load_marks, load_trace
 from wattwise.types import DeviceInfo
@@ -245,6 +258,52 @@ def host_spread(public: pathlib.Path) -> None:
         print(f"    {label}: {cells} (%); median {100 * statistics.median(spreads.values()):.1f} %")
 
 
+def fitted_share(public: pathlib.Path) -> None:
+    v1 = read_throughputs(public / LAMBDA_V1)
+    rows = {LAMBDA_ROWS[n]: v1[n] for n in LAMBDA_ROWS}
+    pairs = [
+        (hardware.lookup(a), hardware.lookup(b), rows[a], rows[b])
+        for a, b in itertools.permutations(rows, 2)
+        if hardware.lookup(a).architecture == hardware.lookup(b).architecture
+    ]
+    workloads = sorted(set.intersection(*(set(t) for t in rows.values())))
+    grid = [i / 20 for i in range(21)]
+
+    def ratio(a, b, share: float) -> float:
+        return time_ratio(a, b, LAMBDA_BUSY, share, "fp16")
+
+    def log_errors(share: float, names: list[str]) -> list[float]:
+        return [
+            abs(math.log(ratio(a, b, share) / (ta[w] / tb[w])))
+            for a, b, ta, tb in pairs
+            for w in names
+        ]
+
+    chosen = []
+    errs: dict[str, dict[str, list[float]]] = {}
+    for held_out in workloads:
+        rest = [w for w in workloads if w != held_out]
+        share = min(grid, key=lambda c: statistics.median(log_errors(c, rest)))
+        chosen.append(share)
+        for a, b, ta, tb in pairs:
+            group = "with a GeForce card" if "RTX" in a.name + b.name else "data-centre"
+            actual = ta[held_out] / tb[held_out]
+            for label, c in (("fitted", share), ("shipped", DEFAULT_COMPUTE_SHARE)):
+                err = abs(error_pct(ratio(a, b, c), actual))
+                errs.setdefault(group, {}).setdefault(label, []).append(err)
+    print(
+        f"(e) compute share fitted leaving one workload out ({LAMBDA_V1}): chosen c "
+        + ", ".join(f"{c:g}" for c in chosen)
+    )
+    for group, by_label in errs.items():
+        cells = [
+            f"{label} c: median |error| {statistics.median(e):.1f} %, "
+            f"{sum(x <= 10 for x in e)}/{len(e)} within 10 %"
+            for label, e in by_label.items()
+        ]
+        print(f"    {group}: " + " | ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -260,6 +319,7 @@ def main() -> None:
     whole = [e for t, m in WHOLE_RUNS for e in whole_run(args.fixtures / t, args.fixtures / m)]
     public = public_pairs(args.public)
     host_spread(args.public)
+    fitted_share(args.public)
     print(
         f"worst |error|: cross-GPU {max(map(abs, cross)):.1f} % (target 10 %), whole run from "
         f"2+ epochs {max(map(abs, whole)):.1f} % (target 5 %)"
