@@ -366,8 +366,13 @@ def test_resumed_fit_continues_the_guard_history(tmp_path, replayed_gpu):
     assert second[0].run_id == first[0].run_id
     assert second[1].epoch_growth_j[:2] == first[1].epoch_growth_j
     assert len(second[1].epoch_growth_j) == 4
-    # the resumed epochs grow the run's total from where the first fit left it
-    assert sum(second[1].epoch_growth_j[2:]) < second[0].energy_j - first[0].energy_j
+    # the resumed epochs grow the run's total from where the first fit left it: counted from
+    # zero, the first resumed epoch alone would hold the first fit's whole energy. (Not a strict
+    # sum bound: an epoch's growth holds its last phase's provisional energy, settled after the
+    # epoch by up to one counter update, which can exceed the second fit's short tail.)
+    added_j = second[0].energy_j - first[0].energy_j
+    assert 0 < second[1].epoch_growth_j[2] < added_j
+    assert sum(second[1].epoch_growth_j[2:]) == pytest.approx(added_j, rel=0.25)
 
 
 def test_setup_without_energy_callback_is_a_clear_error(tmp_path):
