@@ -207,6 +207,11 @@ def lambda_pairs(public: pathlib.Path) -> list[tuple[str, str, str, dict, dict]]
     return pairs
 
 
+def pair_group(a: str, b: str) -> str:
+    """Pairs of two data-centre parts, or pairs with a consumer (GeForce RTX) card."""
+    return "with a GeForce card" if a.startswith("RTX") or b.startswith("RTX") else "data-centre"
+
+
 def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
     """Errors of the predicted time per sample, and whether the band held, per workload; grouped
     into pairs of two data-centre parts and pairs with a consumer (GeForce RTX) card."""
@@ -234,8 +239,7 @@ def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
             f"{max(errs):.1f} %, band holds {sum(h for _, h in pair)}/{len(pair)}"
         )
         print("      " + ", ".join(cells) + "   (%; ! = outside the band)")
-        geforce = a.startswith("RTX") or b.startswith("RTX")
-        results["with a GeForce card" if geforce else "data-centre"] += pair
+        results[pair_group(a, b)] += pair
     return results
 
 
@@ -259,14 +263,12 @@ def host_spread(public: pathlib.Path) -> None:
 
 
 def fitted_share(public: pathlib.Path) -> None:
-    v1 = read_throughputs(public / LAMBDA_V1)
-    rows = {LAMBDA_ROWS[n]: v1[n] for n in LAMBDA_ROWS}
     pairs = [
-        (hardware.lookup(a), hardware.lookup(b), rows[a], rows[b])
-        for a, b in itertools.permutations(rows, 2)
-        if hardware.lookup(a).architecture == hardware.lookup(b).architecture
+        (hardware.lookup(a), hardware.lookup(b), ta, tb)
+        for label, a, b, ta, tb in lambda_pairs(public)
+        if label == "v1"
     ]
-    workloads = sorted(set.intersection(*(set(t) for t in rows.values())))
+    workloads = sorted(set.intersection(*(set(ta) & set(tb) for _, _, ta, tb in pairs)))
     grid = [i / 20 for i in range(21)]
 
     def ratio(a, b, share: float) -> float:
@@ -286,7 +288,7 @@ def fitted_share(public: pathlib.Path) -> None:
         share = min(grid, key=lambda c: statistics.median(log_errors(c, rest)))
         chosen.append(share)
         for a, b, ta, tb in pairs:
-            group = "with a GeForce card" if "RTX" in a.name + b.name else "data-centre"
+            group = pair_group(a.name, b.name)
             actual = ta[held_out] / tb[held_out]
             for label, c in (("fitted", share), ("shipped", DEFAULT_COMPUTE_SHARE)):
                 err = abs(error_pct(ratio(a, b, c), actual))
