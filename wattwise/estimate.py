@@ -558,7 +558,7 @@ def estimate(
         lo_s, lo_j = run_totals(target, scaling.low)
         hi_s, hi_j = run_totals(target, scaling.high)
         if not all(map(math.isfinite, (seconds, energy_j, lo_s, lo_j, hi_s, hi_j))):
-            one_epoch = max(run_totals(target, max(ratio, scaling.high), epochs=1.0))
+            one_epoch = max(run_totals(target, scaling.high, epochs=1.0))  # high >= ratio
             _refuse_overflow(plan, n_epochs, target.name, _SAFE_TOTAL / one_epoch)
         scenario = _scenario_for(target, pricing, m.n_gpus, settings)
         cost, co2e = money_and_carbon(target, scenario, seconds, energy_j)
