@@ -598,9 +598,11 @@ class _EnergyLogic:
     def _local_report(self, trainer: Any, close_epoch: bool) -> _RankReport | None:
         samples = self._epoch_samples if close_epoch else None
         peaks = self._guard(trainer, "peak memory", _cuda_peak_gib, trainer) or (None, None)
+        # The largest peak this rank knows, not only its own device's: after a resume rank 0
+        # alone has read the run's ledger peak, and this is how the other ranks learn it.
         own = {
-            "peak_mem_gib": peaks[0],
-            "peak_mem_reserved_gib": peaks[1],
+            "peak_mem_gib": _max_gib(self.peak_mem_gib, peaks[0]),
+            "peak_mem_reserved_gib": _max_gib(self.peak_mem_reserved_gib, peaks[1]),
             "warnings": tuple(self._outbox),
             "flags": frozenset(self.flags & {"callback_error"}),
         }

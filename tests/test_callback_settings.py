@@ -9,6 +9,7 @@ The CUDA memory query is faked here (this machine has no GPU); the real one runs
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -223,6 +224,23 @@ def test_peak_figures_keep_the_larger_known_number():
     # no figure: nothing a corrupted checkpoint or settings value could hold
     for junk in (0, 0.0, -1.0, float("nan"), float("inf"), "30", True, [30]):
         assert max_gib(7.0, junk) == 7.0
+
+
+def test_every_rank_learns_the_run_peak_that_rank_0_read_back_on_resume(monkeypatch):
+    """After a resume only rank 0 reads the run's ledger peak; its rank report carries the
+    largest peak it knows, so the other ranks' commits raise their own figure to it."""
+    fake_peaks(monkeypatch, [4.0, 4.0])  # this process's own CUDA peaks on both ranks
+    rank0, rank1 = EnergyCallback(), EnergyCallback()
+    rank0._note_peaks(30.0, 32.0)  # what rank 0 read from the run's settings
+    trainer = SimpleNamespace(node_rank=0)
+    reports = [rank0._local_report(trainer, False), rank1._local_report(trainer, False)]
+    assert (reports[0].peak_mem_gib, reports[0].peak_mem_reserved_gib) == (30.0, 32.0)
+    assert (reports[1].peak_mem_gib, reports[1].peak_mem_reserved_gib) == (4.0, 6.0)
+    # every rank's _commit notes each gathered report's peaks (the ddp launcher test shows
+    # rank 1's larger peak reaching rank 0 that way)
+    for report in reports:
+        rank1._note_peaks(report.peak_mem_gib, report.peak_mem_reserved_gib)
+    assert (rank1.peak_mem_gib, rank1.peak_mem_reserved_gib) == (30.0, 32.0)
 
 
 @pytest.mark.gpu
