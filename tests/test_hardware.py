@@ -29,11 +29,16 @@ from wattwise.errors import UnknownHardware
         ("NVIDIA GeForce RTX 4090", "RTX 4090"),
         ("NVIDIA GeForce RTX 3090", "RTX 3090"),
         ("NVIDIA GeForce RTX 4060 Ti", "RTX 4060 Ti 16 GB"),
+        ("NVIDIA A10", "A10"),
+        ("NVIDIA A100-PCIE-40GB", "A100 PCIe 40 GB"),
+        ("NVIDIA RTX A6000", "RTX A6000"),
+        ("NVIDIA RTX 6000 Ada Generation", "RTX 6000 Ada"),
         # a bare family name means the flagship part
         ("H100", "H100 SXM 80 GB"),
         ("A100", "A100 SXM 80 GB"),
         ("V100", "V100 SXM2 32 GB"),
         ("H200", "H200 SXM 141 GB"),
+        ("A100 PCIe", "A100 PCIe 80 GB"),
         # short names, case, spacing, hyphens
         ("h100 pcie", "H100 PCIe 80 GB"),
         ("H100-PCIe", "H100 PCIe 80 GB"),
@@ -45,6 +50,17 @@ from wattwise.errors import UnknownHardware
         ("l40s", "L40S"),
         ("H100 SXM 80 GB", "H100 SXM 80 GB"),
         ("cpu", "CPU only"),
+        # A10 and A10G are two parts; the A6000 (Ampere) and the RTX 6000 Ada are two parts
+        ("A10", "A10"),
+        ("a10 pcie", "A10"),
+        ("A10G", "A10G"),
+        ("a10g 24gb", "A10G"),
+        ("A100 PCIe 40GB", "A100 PCIe 40 GB"),
+        ("a100-40gb-pcie", "A100 PCIe 40 GB"),
+        ("RTX A6000", "RTX A6000"),
+        ("A6000", "RTX A6000"),
+        ("RTX 6000 Ada", "RTX 6000 Ada"),
+        ("rtx6000 ada generation", "RTX 6000 Ada"),
     ],
 )
 def test_forgiving_lookup(name, expected):
@@ -71,6 +87,10 @@ def test_required_rows_are_present():
         "L40S",
         "L4",
         "A10G",
+        "A10",
+        "A100 PCIe 40 GB",
+        "RTX A6000",
+        "RTX 6000 Ada",
         "T4",
         "V100 SXM2 32 GB",
         "RTX 4090",
@@ -107,6 +127,30 @@ def test_known_facts():
     assert h100.bf16_tflops == h200.bf16_tflops and h100.tdp_w == h200.tdp_w == 700
     assert h200.memory_gib > h100.memory_gib and h200.memory_bandwidth_gbs > 4000
     assert hardware.lookup("T4").bf16_tflops == hardware.lookup("T4").fp32_tflops
+
+
+@pytest.mark.parametrize("name", ["RTX 6000", "NVIDIA RTX 6000", "Quadro RTX 6000"])
+def test_ambiguous_or_unknown_names_are_not_guessed(name):
+    # "RTX 6000" is the Turing Quadro, the Ampere RTX A6000 or the RTX 6000 Ada: no row is picked
+    with pytest.raises(UnknownHardware):
+        hardware.lookup(name)
+
+
+def test_workstation_and_datacentre_ga102_ad102_run_fp32_accumulate_at_full_rate():
+    # dense fp16/bf16 tensor (fp32 accumulate) : fp32 is 4:1 on the A10, RTX A6000 and RTX 6000
+    # Ada, 2:1 on their GeForce siblings; 8:1 would be a "with sparsity" figure slipping in
+    for name in ("A10", "RTX A6000", "RTX 6000 Ada", "L40S"):
+        spec = hardware.lookup(name)
+        assert spec.bf16_tflops == spec.fp16_tflops, name
+        assert spec.bf16_tflops / spec.fp32_tflops == pytest.approx(4.0, rel=0.02), name
+    for name in ("RTX 3090", "RTX 4090"):
+        spec = hardware.lookup(name)
+        assert spec.bf16_tflops / spec.fp32_tflops == pytest.approx(2.0, rel=0.02), name
+    a10, a10g = hardware.lookup("A10"), hardware.lookup("A10G")
+    assert a10.tdp_w == 150 and a10g.tdp_w == 300 and a10.bf16_tflops > a10g.bf16_tflops
+    pcie40, sxm40 = hardware.lookup("A100 PCIe 40 GB"), hardware.lookup("A100 SXM 40 GB")
+    assert pcie40.bf16_tflops == sxm40.bf16_tflops and pcie40.tdp_w < sxm40.tdp_w
+    assert pcie40.memory_bandwidth_gbs == sxm40.memory_bandwidth_gbs
 
 
 def test_user_rows_from_config(tmp_path):
