@@ -26,7 +26,7 @@
     |log error|) on the other workloads, predict the one left out; errors side by side with the
     shipped c, for pairs of one chip and pairs of two chips.
 (f) Would a power-limit term help (the A10 at 150 W against the RTX 3090 at 350 W, one chip and
-    one batch, misses by 12-96 %)? The compute rate blended with the board power, c and the
+    one batch, misses by 12-70 %)? The compute rate blended with the board power, c and the
     blend fitted leaving one card out; tried, and not shipped: see what it prints.
 
     python bench/estimate_accuracy.py [--fixtures tests/fixtures/nvml] \\
