@@ -257,10 +257,14 @@ def batch_sizes(public: pathlib.Path) -> dict[str, dict[str, float]]:
     }
 
 
+def same_batch(bs: dict[str, dict[str, float]], a: str, b: str, workload: str) -> bool:
+    """Whether Lambda's batch-size table gives ``workload`` one size on both cards; where a size
+    is missing (ncf, transformerxl*) or differs, the two runs are not quite the same workload."""
+    return bs[a].get(workload) is not None and bs[a].get(workload) == bs[b].get(workload)
+
+
 def pair_group(a: str, b: str, same_batch: bool) -> str:
-    """Which of ``GROUPS`` a prediction from ``a`` to ``b`` belongs to. "Same batch" only where
-    Lambda's batch-size table gives one size for both cards; where a size is missing (ncf,
-    transformerxl*) or differs, the two runs are not quite the same workload."""
+    """Which of ``GROUPS`` a prediction from ``a`` to ``b`` belongs to."""
     if DIE[a] != DIE[b]:
         return GROUPS[2]
     return GROUPS[0] if same_batch else GROUPS[1]
@@ -290,13 +294,12 @@ def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
             actual = thr_a[workload] / thr_b[workload]  # target seconds / measured seconds
             err = error_pct(band.ratio, actual)
             holds = band.low <= actual <= band.high
-            same = bs[a].get(workload) is not None and bs[a].get(workload) == bs[b].get(workload)
+            same = same_batch(bs, a, b, workload)
             by_group.setdefault(pair_group(a, b, same), []).append((err, holds))
             cells.append(f"{'' if same else '~'}{workload} {err:+.0f}{'' if holds else '!'}")
         pair = [r for rs in by_group.values() for r in rs]
         errs = [abs(e) for e, _ in pair]
-        group = GROUPS[2] if DIE[a] != DIE[b] else GROUPS[0 if GROUPS[0] in by_group else 1]
-        lines[group] += [
+        lines[pair_group(a, b, GROUPS[0] in by_group)] += [
             f"    {label}: {a} -> {b} (ratio {band.ratio:.3f}, band {band.low:.2f}-"
             f"{band.high:.2f}): median |error| {statistics.median(errs):.1f} %, worst "
             f"{max(errs):.1f} %, band holds {sum(h for _, h in pair)}/{len(pair)}",
@@ -404,8 +407,7 @@ def power_term(public: pathlib.Path) -> None:
         fits.append(f"{held} {c:g}/{g:g}")
         for a, b, ta, tb in (p for p in pairs if held in p[:2]):
             for w in ta.keys() & tb.keys():
-                same = bs[a].get(w) is not None and bs[a].get(w) == bs[b].get(w)
-                group = pair_group(a, b, same)
+                group = pair_group(a, b, same_batch(bs, a, b, w))
                 for label, cc, gg in (("power term", c, g), ("shipped", DEFAULT_COMPUTE_SHARE, 0)):
                     err = abs(error_pct(ratio(a, b, cc, gg), ta[w] / tb[w]))
                     errs.setdefault((group, label), []).append(err)
