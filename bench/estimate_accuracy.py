@@ -272,11 +272,16 @@ def pair_group(a: str, b: str, same_batch: bool) -> str:
 
 def public_pairs(public: pathlib.Path) -> dict[str, list[tuple[float, bool]]]:
     """Errors of the predicted time per sample, and whether the band held, per workload; grouped
-    by ``pair_group``, each pair printed under its group."""
+    by ``pair_group`` workload by workload. A pair is printed under "one chip, same batch" when
+    any of its workloads is in that group (its ``~`` workloads count as "one chip, other
+    batch")."""
     print(
         f"(c) public pairs, time only ({LAMBDA_V1}, {LAMBDA_V2}; batch sizes {LAMBDA_BS}; "
         f"b = {LAMBDA_BUSY}, band b in {list(LAMBDA_BUSY_RANGE)}; ~ = the two cards ran other "
-        "batch sizes, ! = outside the band)"
+        "batch sizes, ! = outside the band)\n"
+        f"    a pair is listed under {GROUPS[0]!r} when any of its workloads ran one batch size on "
+        f"both cards; the summary at the end counts each workload in its own group (~ ones of "
+        f"one chip as {GROUPS[1]!r})"
     )
     bs = batch_sizes(public)
     results: dict[str, list[tuple[float, bool]]] = {g: [] for g in GROUPS}
