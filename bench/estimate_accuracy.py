@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -391,11 +392,14 @@ def power_term(public: pathlib.Path) -> None:
     bs = batch_sizes(public)
     grid = [(c / 20, g / 20) for c in range(21) for g in range(21)]
 
+    blended = {  # each card with its fp16 rate blended with its board power, per g of the grid
+        (n, g): dataclasses.replace(s, fp16_tflops=s.fp16_tflops ** (1 - g) * s.tdp_w**g)
+        for n, s in specs.items()
+        for g in {g for _, g in grid}
+    }
+
     def ratio(a: str, b: str, c: float, g: float) -> float:
-        sa, sb = specs[a], specs[b]
-        fa, fb = sa.fp16_tflops ** (1 - g) * sa.tdp_w**g, sb.fp16_tflops ** (1 - g) * sb.tdp_w**g
-        mem = sa.memory_bandwidth_gbs / sb.memory_bandwidth_gbs
-        return (1 - LAMBDA_BUSY) + LAMBDA_BUSY * (c * fa / fb + (1 - c) * mem)
+        return time_ratio(blended[a, g], blended[b, g], LAMBDA_BUSY, c, "fp16")
 
     def median_log_error(chosen: list, c: float, g: float) -> float:
         return statistics.median(
