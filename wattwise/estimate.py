@@ -42,10 +42,11 @@ Scaling to another GPU (measured GPU ``m``, target ``t``, per epoch, per GPU):
   difference made the H200 17-22 % slower than the specs say; same vendor: 35 %; otherwise 50 %)
   plus the measured relative spread of the steady epochs (:func:`time_band`). Checked against
   Lambda's public training throughputs (tests/fixtures/public, ``bench/estimate_accuracy.py``):
-  between data-centre parts of one family (A100 PCIe/SXM, H100 PCIe/SXM) the point estimate is
-  within 10 % for 52 of 56 workload predictions and the band holds all 56; between a GeForce
-  card and a data-centre part of its architecture (RTX 3090 / A100) the point is off by a median
-  33 % and the band holds 36 of 40.
+  between cards of one chip running one batch size (A100 PCIe/SXM, H100 PCIe/SXM, A10/RTX 3090)
+  the point estimate is within 10 % for 40 of 50 workload predictions (most misses: the A10's
+  150 W against the RTX 3090's 350 W, no power term here) and the band holds all 50; between two
+  chips of one architecture (GA100 A100s against GA102 cards) the point is off by a median
+  18.6 % and the band holds 160 of 180.
 
 ``energy_kwh`` is device energy before PUE; PUE enters cost and CO2e (``wattwise.pricing``,
 ``wattwise.carbon``).
