@@ -289,3 +289,52 @@ def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
         (rec,) = book.list_runs()
     assert rec.status == "interrupted"
     assert rec.ended_at is not None
+
+
+@pytest.fixture
+def locked_ledger(tmp_path):
+    """Two runs in a ledger whose folder is then made read-only, the file itself left writable
+    (chmod for a user; root, who ignores modes, gets the immutable attribute where the file
+    system has one; skipped where neither works)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = folder / "ledger.db"
+    with Ledger(path) as book:
+        ids = (_fit(book, "pretrain"), _fit(book, "finetune"))
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield path, ids
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i")
+    try:
+        yield path, ids
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_ledger_folder_reads_and_refuses_writes(capsys, locked_ledger):
+    """Regression: a ledger in a folder that cannot be written (no -wal/-shm can be created) made
+    every command, `runs` included, die with an sqlite3 traceback and exit code 1."""
+    path, ids = locked_ledger
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(path))
+    assert code == 0, err
+    assert {run["run_id"] for run in json.loads(out)} == set(ids)
+    code, out, err = run_cli(capsys, "runs", "show", ids[0][:8], "--ledger", str(path))
+    assert code == 0, err
+    assert ids[0] in out
+    new = path.parent / "new.db"
+    for argv in (
+        ["runs", "rm", ids[0], "--ledger", str(path)],
+        ["runs", "merge", str(path), "--ledger", str(path)],
+        ["run", "--ledger", str(new), "--", sys.executable, "-c", "pass"],
+    ):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2, err
+        assert argv[argv.index("--ledger") + 1] in err
+        assert "read-only" in err and "accepted" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert sorted(os.listdir(path.parent)) == ["ledger.db"]

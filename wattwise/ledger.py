@@ -390,6 +390,31 @@ def _retry(action: Callable[[], T]) -> T:
         delay_s = min(delay_s * 2, 0.5)
 
 
+_UNWRITABLE_CODES = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
+
+
+def _is_unwritable(err: sqlite3.OperationalError) -> bool:
+    """SQLite could not create or write the file or its WAL side files (a read-only folder,
+    file or file system)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _UNWRITABLE_CODES
+    text = str(err).lower()
+    return "unable to open" in text or "readonly" in text or "read-only" in text
+
+
+class _Unwritable(Exception):
+    """Internal: the ledger cannot be opened for writing; ``bad_input`` says so to the user."""
+
+    def __init__(self, path: pathlib.Path, why: str):
+        super().__init__(why)
+        self.bad_input = BadInput(
+            f"ledger {str(path)!r} cannot be written ({why}): its folder, the file or the file "
+            "system is read-only; accepted: a ledger in a writable folder (--ledger PATH or "
+            "WATTWISE_LEDGER), or only reading commands here"
+        )
+
+
 _CREATION_GRACE_S = 1.0
 """How long a foreign-looking file is re-read in case a ledger is being created in it."""
 
@@ -518,6 +543,7 @@ class Ledger:
         _inspect(self.path)  # raises on a foreign or newer file; writes nothing
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._conn_read_only = False
         self._conn_pid = 0
         self._finalizer: weakref.finalize | None = None
 
@@ -532,6 +558,7 @@ class Ledger:
         self.path = pathlib.Path(state["path"])
         self._lock = threading.RLock()
         self._conn = None
+        self._conn_read_only = False
         self._conn_pid = 0
         self._finalizer = None
 
@@ -547,11 +574,14 @@ class Ledger:
             if self._finalizer is not None:
                 self._finalizer()
             self._conn = None
+            self._conn_read_only = False
             self._finalizer = None
 
     # ------------------------------------------------------------------ connection and schema
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, *, read_only_ok: bool = False) -> sqlite3.Connection:
+        """The connection, opened on first use. ``read_only_ok``: a ledger whose file or
+        folder cannot be written is opened for reading instead of raising (reads only)."""
         with self._lock:
             if self._conn is not None and self._conn_pid != os.getpid():
                 # A forked child (e.g. a DataLoader worker) must not use its parent's
@@ -559,30 +589,85 @@ class Ledger:
                 if self._finalizer is not None:
                     self._finalizer.detach()
                 self._conn = self._finalizer = None
+            if self._conn is not None and self._conn_read_only and not read_only_ok:
+                self.close()  # a write after reads of an unwritable file: try writing again
             if self._conn is None:
-                self._conn = self._open()
+                try:
+                    conn, read_only = self._open(), False
+                except _Unwritable as unwritable:
+                    if not read_only_ok:
+                        raise unwritable.bad_input from None
+                    conn, read_only = self._open_read_only(unwritable.bad_input), True
+                self._conn, self._conn_read_only = conn, read_only
                 self._conn_pid = os.getpid()
                 self._finalizer = weakref.finalize(self, self._conn.close)
             return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        """A read-write connection, the file migrated to this schema version; _Unwritable when
+        the file or its folder cannot be written (WAL needs its side files beside the file)."""
         _inspect(self.path)  # the file may have changed since __init__
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.path),
-            timeout=_BUSY_TIMEOUT_S,
-            isolation_level=None,  # transactions are explicit
-            check_same_thread=False,  # guarded by self._lock instead
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _Unwritable(self.path, err.strerror or str(err)) from err
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,  # transactions are explicit
+                check_same_thread=False,  # guarded by self._lock instead
+            )
+        except sqlite3.OperationalError as err:  # a new file in a read-only folder
+            if _is_unwritable(err):
+                raise _Unwritable(self.path, str(err)) from err
+            raise
         try:
             _retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             _retry(lambda: self._migrate(conn))
+        except sqlite3.OperationalError as err:
+            conn.close()
+            if _is_unwritable(err):
+                raise _Unwritable(self.path, str(err)) from err
+            raise
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _open_read_only(self, unwritable: BadInput) -> sqlite3.Connection:
+        """A connection that only reads the unwritable file (nothing is created beside it).
+        A file with no schema yet reads as an empty ledger; one that needs an upgrade to this
+        schema version cannot be read without writing it: ``unwritable`` is raised then."""
+        try:
+            conn = sqlite3.connect(
+                _read_only_uri(self.path),
+                uri=True,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                version = _retry(lambda: conn.execute("PRAGMA user_version").fetchone()[0])
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.OperationalError as err:
+            raise unwritable from err
+        if version == SCHEMA_VERSION:
+            return conn
+        conn.close()
+        if version == 0:  # no schema yet (_inspect let it through): an empty ledger
+            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            for step in MIGRATIONS:
+                empty.executescript(step)
+            return empty
+        raise BadInput(
+            f"{unwritable} (ledger schema version {version} must be upgraded to "
+            f"{SCHEMA_VERSION} before this wattwise can read it, which writes the file)"
+        )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
@@ -636,7 +721,7 @@ class Ledger:
         with self._lock:
             if self._conn is None and not self.path.exists():
                 return []  # reading creates no file: a ledger not written yet is empty
-            conn = self._connection()
+            conn = self._connection(read_only_ok=True)
             return _retry(lambda: conn.execute(sql, params).fetchall())
 
     # ------------------------------------------------------------------ writing
