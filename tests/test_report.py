@@ -336,6 +336,26 @@ def test_output_path_that_is_a_folder_is_bad_input(ledger, settings, tmp_path) -
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_read_only_file_system_is_bad_input(ledger, settings, tmp_path, monkeypatch) -> None:
+    """Regression: on a read-only file system (EROFS: every write and every unlink fails, even of
+    a file that is not there) the clean-up of the temporary files raised OSError over the
+    BadInput that named the path: exit 1 and a traceback instead of exit 2."""
+    import errno
+
+    add_run(ledger, RunSpec("a"))
+    out = tmp_path / "ro"
+    out.mkdir()
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", read_only)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    with pytest.raises(BadInput, match=r"cannot write .*ro/.*Read-only file system.*accepted"):
+        build_report(ledger, out_dir=out, settings=settings)
+
+
 def test_phases_csv_written_by_forked_children_is_the_same_file(
     ledger, settings, tmp_path, monkeypatch
 ) -> None:

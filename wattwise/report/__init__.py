@@ -17,6 +17,7 @@ the best per-epoch validation metric: the headline metric if it is one, else ``v
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.ledger import Ledger
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ReportResult", "build_report", "check_output"]
 
@@ -96,7 +99,7 @@ def build_report(
                 _write_tmp(result.phases_csv, _data.csv_text(data.phases))
         except BaseException:
             for path in paths:
-                _tmp(path).unlink(missing_ok=True)
+                _remove(_tmp(path))
             raise
     for path in paths:
         os.replace(_tmp(path), path)
@@ -130,6 +133,15 @@ def check_output(out_dir: str | os.PathLike[str]) -> None:
 
 def _tmp(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f".{path.name}.tmp")
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Clean-up that never hides the error being handled: where the file cannot be removed
+    (a read-only file system refuses even a missing one) it cannot have been written either."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        logger.debug("could not remove %s: %s", path, err)
 
 
 _ACCEPTED = "a writable location (--html FILE, --csv DIR)"
@@ -228,5 +240,5 @@ def _join_parts(path: pathlib.Path, pids: list[int] | None) -> bool:
         ok = False
     finally:
         for part in parts:
-            part.unlink(missing_ok=True)
+            _remove(part)
     return ok
