@@ -25,6 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
         (["--epochs", "-3"], "epochs=-3"),
         (["--region", "XYZ"], "'XYZ'"),
         (["--pricing", "aws:nope"], "'aws:nope'"),
+        # regression: a seed outside NumPy's range was a ValueError traceback (exit 1)
+        (["--seed", "-1"], "seed=-1"),
+        (["--seed", "4294967296"], "seed=4294967296"),
     ],
 )
 def test_bad_flags_exit_2_before_anything_is_written(tmp_path, capsys, args, named):

@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         from wattwise.zoo.settings import check_settings
 
         n_epochs = epochs if epochs is not None else QUICK_EPOCHS if quick else FULL_EPOCHS
-        check_settings(n_epochs, region, pricing, out)  # before the heavy imports below
+        check_settings(n_epochs, region, pricing, out, seed=seed)  # before heavy imports
 
         from wattwise.zoo.demo import run_demo
 

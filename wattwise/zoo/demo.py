@@ -180,7 +180,7 @@ def run_demo(
         raise BadInput(
             f"architectures={list(architectures)!r}: expected names among {list(MODELS)}"
         )
-    check_settings(epochs, region, pricing, out_dir)  # before anything is trained
+    check_settings(epochs, region, pricing, out_dir, seed=seed)  # before any training
 
     from wattwise.ledger import Ledger
     from wattwise.report import build_report

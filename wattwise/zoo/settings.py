@@ -7,22 +7,30 @@ import os
 
 from wattwise.errors import BadInput
 
+MAX_SEED = 2**32 - 1
+"""Seeds go to NumPy (through Lightning's seed_everything), which takes 0 to 2**32 - 1."""
+
 
 def check_settings(
     epochs: int,
     region: str | None,
     pricing: str | None,
     out_dir: str | os.PathLike[str] | None = None,
+    *,
+    seed: int = 0,
 ) -> None:
-    """BadInput unless ``epochs`` is a whole number >= 1, the region and pricing scenario(s)
-    in force (the arguments, else the environment and configuration) are known, and the report
-    can be written under ``out_dir`` (when given; the folder is created)."""
+    """BadInput unless ``epochs`` is a whole number >= 1, ``seed`` one NumPy accepts, the
+    region and pricing scenario(s) in force (the arguments, else the environment and
+    configuration) are known, and the report can be written under ``out_dir`` (when given; the
+    folder is created)."""
     from wattwise import carbon, config
     from wattwise import pricing as pricing_tables
     from wattwise.report import check_output
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise BadInput(f"epochs={epochs!r}: expected a whole number of epochs >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"seed={seed!r}: expected a whole number from 0 to {MAX_SEED}")
     settings = config.load().with_overrides(region=region, pricing=pricing)
     carbon.intensity(settings.get("region"), settings)
     scenarios = settings.get("pricing")
