@@ -121,6 +121,9 @@ def test_ledger_records_a_finished_run_with_epochs(capsys, nvml_fixtures, tmp_pa
     reference = counter_reference(trace.t_s, trace.energy_j)
     expected = reference(marks.fit_end_s) - reference(marks.fit_start_s)
     assert run.energy_j == pytest.approx(expected, rel=0.01)
+    # regression: the run lasted as long as the replay command (~0.04 s), not the fit, so a
+    # rented instance's cost (USD per hour x duration) in the report was ~200x too low
+    assert run.duration_s == pytest.approx(marks.fit_end_s - marks.fit_start_s, abs=1e-3)
     # each epoch = its train + validate phases, close to the recorded epoch span's counter
     epoch0 = phases[phases["epoch"] == 0]
     t0, t1 = marks.marks[0][1], marks.marks[3][1]

@@ -106,6 +106,8 @@ def _record(
     architecture: str | None,
     gpu: str,
 ) -> str:
+    from datetime import UTC, datetime, timedelta
+
     from wattwise.integrate import integrate_phases
     from wattwise.ledger import Ledger
     from wattwise.types import ArchSnapshot
@@ -145,9 +147,16 @@ def _record(
     points = [
         (t, p) for t, p in zip(trace.t_s, trace.best_power_w, strict=True) if start_s <= t <= end_s
     ]
+    # the run lasts as long as the recorded fit (its rental cost depends on it), ending now
+    ended_at = datetime.now(UTC)
+    started_at = ended_at - timedelta(seconds=end_s - start_s)
     with Ledger(ledger_path) as ledger:
         run_id = ledger.begin_run(
-            architecture=label, tags=("replay",), settings=settings, devices=[info]
+            architecture=label,
+            tags=("replay",),
+            settings=settings,
+            devices=[info],
+            started_at=started_at,
         )
         ledger.add_epochs(
             run_id,
@@ -156,7 +165,7 @@ def _record(
             devices=[info],
         )
         ledger.add_timeline(run_id, info.device_id, points)
-        ledger.finish_run(run_id, status="finished")
+        ledger.finish_run(run_id, status="finished", ended_at=ended_at)
     return run_id
 
 
