@@ -77,6 +77,31 @@ def test_unwritable_out_exits_2_before_training(tmp_path, capsys, no_training):
         assert not ledger.exists()
 
 
+def test_a_ledger_that_cannot_be_written_exits_2_before_training(tmp_path, capsys, no_training):
+    """Regression: a ledger in a read-only folder trained every model (minutes), recorded
+    nothing, and ended in exit code 1. Root ignores modes: the immutable attribute then, where
+    the file system has one."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    ledger, out = folder / "demo.db", tmp_path / "out"
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i")
+    try:
+        code = main(["demo", "--quick", "--ledger", str(ledger), "--out", str(out)])
+    finally:
+        if os.geteuid() != 0:
+            folder.chmod(0o755)
+        else:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(ledger) in err and "read-only" in err and "accepted" in err
+    assert "Traceback" not in err
+    assert not ledger.exists()
+
+
 def test_run_demo_checks_its_output_folder_before_training(tmp_path, no_training):
     from wattwise.errors import BadInput
     from wattwise.zoo.demo import run_demo

@@ -726,6 +726,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ writing
 
+    def ensure_writable(self) -> None:
+        """Open the ledger for writing now (creating it, schema included), so that one that
+        cannot be written is refused (BadInput) before work that depends on writing it."""
+        with self._lock:
+            self._connection()
+
     def begin_run(
         self,
         *,

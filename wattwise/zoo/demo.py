@@ -187,6 +187,7 @@ def run_demo(
 
     with contextlib.ExitStack() as stack:
         store = ledger if isinstance(ledger, Ledger) else stack.enter_context(Ledger(ledger))
+        store.ensure_writable()  # a read-only ledger would record nothing after all the training
         runs = _train_all(store, architectures, epochs, out_dir, region, pricing, seed, progress)
         report = build_report(
             store, [run.run_id for run in runs], out_dir=out_dir, region=region, pricing=pricing
