@@ -92,6 +92,28 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys, command):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("WATTWISE_REGION", "XYZ", "unknown region 'XYZ'"),
+        ("WATTWISE_PRICING", "aws:p9.nope", "unknown pricing scenario 'aws:p9.nope'"),
+    ],
+)
+def test_config_refuses_a_region_or_pricing_that_resolves_to_nothing(
+    monkeypatch, capsys, variable, value, named
+):
+    """Regression: `config` showed an unknown WATTWISE_REGION with exit code 0, while `carbon`
+    (and every run) refused it."""
+    monkeypatch.setenv(variable, value)
+    for argv in (["config"], ["config", "--json"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"env:{variable}" in err and named in err and "accepted" in err
+        assert "Traceback" not in err
+    monkeypatch.setenv(variable, "FRA" if variable == "WATTWISE_REGION" else "aws:p5.48xlarge")
+    assert main(["config"]) == 0
+
+
 def test_negative_price_in_pyproject_exits_2(tmp_path, capsys):
     project = tmp_path / "pyproject.toml"
     project.write_text("[tool.wattwise]\ntariff_per_kwh = -0.2\n", encoding="utf-8")
