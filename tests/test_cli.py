@@ -27,6 +27,24 @@ def test_usage_errors_exit_2_without_traceback(
     assert "Error" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["estimate", "--measured-gpu", "H100", "--seconds-per-epoch", "abc"], "'abc'"),
+        (["demo", "--epochs=1.5"], "'1.5'"),
+        (["estimate", "--epochs", "x", "--epochs", "twelve"], "'twelve'"),  # the last one counts
+    ],
+)
+def test_a_value_the_flag_type_refuses_is_named(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: typer's message said what is accepted ("Input should be a valid integer")
+    but not which value was refused."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"(got {named})" in err and "Traceback" not in err
+
+
 def test_console_script_bad_value_exit_code() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "wattwise", "estimate", "--epochs", "abc"],

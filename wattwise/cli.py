@@ -88,9 +88,29 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("Aborted.", err=True)
         return 1
     except _CLICK_ERRORS as err:  # usage errors (bad flag values) carry exit code 2
+        _name_the_value(err, sys.argv[1:] if argv is None else argv)
         err.show()
         return err.exit_code
     return rc if isinstance(rc, int) else 0
+
+
+def _name_the_value(err: Exception, argv: list[str]) -> None:
+    """Add the value given to a flag that failed to parse, where typer's message leaves it out
+    ("Invalid value for '--epochs': Input should be a valid integer"): the house rule is that
+    a refusal names the bad value."""
+    opts = getattr(getattr(err, "param", None), "opts", None) or ()
+    message = getattr(err, "message", None)
+    if not isinstance(message, str):
+        return
+    given = None
+    for i, token in enumerate(argv):
+        for opt in (o for o in opts if o.startswith("-")):
+            if token == opt and i + 1 < len(argv):
+                given = argv[i + 1]
+            elif token.startswith(f"{opt}="):
+                given = token[len(opt) + 1 :]
+    if given is not None and repr(given) not in message:
+        err.message = f"{message} (got {given!r})"
 
 
 if __name__ == "__main__":  # pragma: no cover
