@@ -355,8 +355,11 @@ class _EnergyLogic:
         self._run_open = True
         if self._stage == "fit" and self.baseline == "idle":
             self._collect_idle(trainer)
+        fresh = self.run_id is None  # the same on every rank: ids only come from broadcasts
         opened = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
         run_id, totals, settled = _broadcast(trainer, opened or (self.run_id, None, {}))
+        if fresh and run_id is not None:
+            self._forget_unrecorded()
         self.run_id = run_id
         if totals is not None:
             self.energy_by_kind_j = {kind: float(totals.get(kind, 0.0)) for kind in DEVICE_KINDS}
@@ -364,6 +367,19 @@ class _EnergyLogic:
             if 0 <= epoch < len(self.epoch_energy_j):
                 self.epoch_energy_j[epoch] += delta_j
         self._unsettled = []
+
+    def _forget_unrecorded(self) -> None:
+        """A new run starts from zero: drop what earlier calls counted without a run to write
+        it to (a Trainer call that never reached ``on_fit_start``, e.g. ``Tuner.lr_find``,
+        which also restores the trainer afterwards), so that the totals, the summary and
+        BudgetGuard's figures are those of the run in the ledger. Nothing of this call has
+        been counted yet (its first commit comes after this)."""
+        self.epochs_completed = 0
+        self.epoch_energy_j, self.epoch_duration_s = [], []
+        self.epoch_metrics, self.epoch_train_samples = [], []
+        self.energy_by_kind_j = dict.fromkeys(DEVICE_KINDS, 0.0)
+        self.energy_above_idle_j = 0.0
+        self.duration_s = 0.0
 
     def _collect_idle(self, trainer: Any) -> None:
         """Idle power per device from the ``baseline`` phase; the phase is counted later."""
