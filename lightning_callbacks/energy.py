@@ -425,18 +425,34 @@ class _EnergyLogic:
                 settled = self._settled_since_checkpoint(ledger)
                 return self.run_id, dict(known.energy_by_kind_j), settled
         devices = list(self._meter.devices) if self._meter is not None else []
+        region, pricing = self._guard(trainer, "settings", self._region_pricing) or (
+            self.region,
+            self.pricing,
+        )
         run_id = ledger.begin_run(
             architecture=self._architecture(pl_module),
             run_id=self.run_id,
             parent_run_id=None if self.run_id else self._parent_run_id(),
             tags=self.tags,
             settings=self._settings(trainer),
-            region=self.region,
-            pricing=self.pricing,
+            region=region,
+            pricing=pricing,
             devices=devices,
             versions=_versions(trainer),
         )
         return run_id, None, {}
+
+    def _region_pricing(self) -> tuple[str | None, str | None]:
+        """The region and pricing scenario the run is priced with: the arguments, else the
+        configuration in force (``WATTWISE_REGION`` / ``WATTWISE_PRICING`` / wattwise.toml),
+        recorded with the run so that a report made later elsewhere prices it the same way;
+        None where neither argument nor configuration sets one (the default applies)."""
+        from wattwise import config
+
+        settings = self._config = self._config or config.load()
+        region, scenario = _money_scenario(self.region, self.pricing, settings)
+        pricing_set = self.pricing is not None or settings.source("pricing") != "default"
+        return region, scenario if pricing_set else None
 
     def _settled_since_checkpoint(self, ledger: Any) -> dict[int, float]:
         """epoch -> settled minus provisional energy of the checkpoint's provisional phases."""

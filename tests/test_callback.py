@@ -702,3 +702,26 @@ def test_a_tuner_call_before_the_fit_leaves_no_energy_outside_the_ledger(tmp_pat
     span_s = max(r["end_s"] for r in rows) - min(r["start_s"] for r in rows)
     assert cb.summary["duration_s"] == pytest.approx(span_s, abs=0.05)
     assert len(cb.epoch_energy_j) == len(cb.epoch_train_samples) == 2
+
+
+@pytest.mark.slow
+def test_region_and_pricing_from_the_environment_are_recorded_with_the_run(
+    tmp_path, replay, monkeypatch
+):
+    """Regression: with ``WATTWISE_REGION`` / ``WATTWISE_PRICING`` set while training (and no
+    argument), the summary used them but the run was stored with neither, so ``wattwise
+    report`` run later from another shell priced it with the world average and ``onprem``."""
+    monkeypatch.setenv("WATTWISE_REGION", "FRA")
+    monkeypatch.setenv("WATTWISE_PRICING", "aws:p5.48xlarge")
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    assert cb.summary["region"] == "FRA" and cb.summary["pricing"] == "aws:p5.48xlarge"
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert (run.region, run.pricing) == ("FRA", "aws:p5.48xlarge")
+
+    # an argument still wins over the environment; nothing configured stays unrecorded
+    monkeypatch.delenv("WATTWISE_PRICING")
+    explicit = EnergyCallback(ledger=tmp_path / "w.db", region="DEU")
+    trainer(tmp_path, [explicit], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    other = Ledger(tmp_path / "w.db").get_run(explicit.run_id)
+    assert (other.region, other.pricing) == ("DEU", None)
