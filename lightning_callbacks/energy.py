@@ -867,7 +867,8 @@ class _EnergyLogic:
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        reason = f"{type(exception).__name__}: {exception}"
+        message = str(exception)
+        reason = f"{type(exception).__name__}: {message}" if message else type(exception).__name__
         # No collectives here: another rank may not have failed. Rank 0 keeps what it measured.
         self._finish(trainer, status, reason, gather=False)
 
