@@ -553,14 +553,26 @@ class _EnergyLogic:
 
     @_guarded
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._open_epoch(trainer, "other")
+
+    def _open_epoch(self, trainer: Any, label: str) -> None:
+        """A training epoch starts now, with a phase named ``label``."""
         self._epoch_samples = 0
-        self._mark(trainer, "other")
+        self._mark(trainer, label)
         self._epoch_start_index = self._n_marks
         self._epoch_start_s = time.monotonic()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self._label != "train":  # once per epoch (and after a mid-epoch validation)
-            self._guard(trainer, "on_train_batch_start", self._mark, trainer, "train")
+            self._guard(trainer, "on_train_batch_start", self._train_batch_start, trainer)
+
+    def _train_batch_start(self, trainer: Any) -> None:
+        if self._epoch_start_s is None:
+            # An epoch resumed from a checkpoint saved inside it: Lightning does not call
+            # on_train_epoch_start for it, but ends it, so it opens here.
+            self._open_epoch(trainer, "train")
+        else:
+            self._mark(trainer, "train")
 
     @_guarded
     def on_train_batch_end(
