@@ -355,8 +355,11 @@ class _EnergyLogic:
         self._run_open = True
         if self._stage == "fit" and self.baseline == "idle":
             self._collect_idle(trainer)
+        fresh = self.run_id is None  # the same on every rank: ids only come from broadcasts
         opened = self._guard(trainer, "begin run", self._begin_on_rank_zero, trainer, pl_module)
         run_id, totals, settled = _broadcast(trainer, opened or (self.run_id, None, {}))
+        if fresh and run_id is not None:
+            self._forget_unrecorded()
         self.run_id = run_id
         if totals is not None:
             self.energy_by_kind_j = {kind: float(totals.get(kind, 0.0)) for kind in DEVICE_KINDS}
@@ -364,6 +367,19 @@ class _EnergyLogic:
             if 0 <= epoch < len(self.epoch_energy_j):
                 self.epoch_energy_j[epoch] += delta_j
         self._unsettled = []
+
+    def _forget_unrecorded(self) -> None:
+        """A new run starts from zero: drop what earlier calls counted without a run to write
+        it to (a Trainer call that never reached ``on_fit_start``, e.g. ``Tuner.lr_find``,
+        which also restores the trainer afterwards), so that the totals, the summary and
+        BudgetGuard's figures are those of the run in the ledger. Nothing of this call has
+        been counted yet (its first commit comes after this)."""
+        self.epochs_completed = 0
+        self.epoch_energy_j, self.epoch_duration_s = [], []
+        self.epoch_metrics, self.epoch_train_samples = [], []
+        self.energy_by_kind_j = dict.fromkeys(DEVICE_KINDS, 0.0)
+        self.energy_above_idle_j = 0.0
+        self.duration_s = 0.0
 
     def _collect_idle(self, trainer: Any) -> None:
         """Idle power per device from the ``baseline`` phase; the phase is counted later."""
@@ -409,18 +425,34 @@ class _EnergyLogic:
                 settled = self._settled_since_checkpoint(ledger)
                 return self.run_id, dict(known.energy_by_kind_j), settled
         devices = list(self._meter.devices) if self._meter is not None else []
+        region, pricing = self._guard(trainer, "settings", self._region_pricing) or (
+            self.region,
+            self.pricing,
+        )
         run_id = ledger.begin_run(
             architecture=self._architecture(pl_module),
             run_id=self.run_id,
             parent_run_id=None if self.run_id else self._parent_run_id(),
             tags=self.tags,
             settings=self._settings(trainer),
-            region=self.region,
-            pricing=self.pricing,
+            region=region,
+            pricing=pricing,
             devices=devices,
             versions=_versions(trainer),
         )
         return run_id, None, {}
+
+    def _region_pricing(self) -> tuple[str | None, str | None]:
+        """The region and pricing scenario the run is priced with: the arguments, else the
+        configuration in force (``WATTWISE_REGION`` / ``WATTWISE_PRICING`` / wattwise.toml),
+        recorded with the run so that a report made later elsewhere prices it the same way;
+        None where neither argument nor configuration sets one (the default applies)."""
+        from wattwise import config
+
+        settings = self._config = self._config or config.load()
+        region, scenario = _money_scenario(self.region, self.pricing, settings)
+        pricing_set = self.pricing is not None or settings.source("pricing") != "default"
+        return region, scenario if pricing_set else None
 
     def _settled_since_checkpoint(self, ledger: Any) -> dict[int, float]:
         """epoch -> settled minus provisional energy of the checkpoint's provisional phases."""
@@ -521,14 +553,26 @@ class _EnergyLogic:
 
     @_guarded
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._open_epoch(trainer, "other")
+
+    def _open_epoch(self, trainer: Any, label: str) -> None:
+        """A training epoch starts now, with a phase named ``label``."""
         self._epoch_samples = 0
-        self._mark(trainer, "other")
+        self._mark(trainer, label)
         self._epoch_start_index = self._n_marks
         self._epoch_start_s = time.monotonic()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self._label != "train":  # once per epoch (and after a mid-epoch validation)
-            self._guard(trainer, "on_train_batch_start", self._mark, trainer, "train")
+            self._guard(trainer, "on_train_batch_start", self._train_batch_start, trainer)
+
+    def _train_batch_start(self, trainer: Any) -> None:
+        if self._epoch_start_s is None:
+            # An epoch resumed from a checkpoint saved inside it: Lightning does not call
+            # on_train_epoch_start for it, but ends it, so it opens here.
+            self._open_epoch(trainer, "train")
+        else:
+            self._mark(trainer, "train")
 
     @_guarded
     def on_train_batch_end(
@@ -835,7 +879,8 @@ class _EnergyLogic:
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        reason = f"{type(exception).__name__}: {exception}"
+        message = str(exception)
+        reason = f"{type(exception).__name__}: {message}" if message else type(exception).__name__
         # No collectives here: another rank may not have failed. Rank 0 keeps what it measured.
         self._finish(trainer, status, reason, gather=False)
 

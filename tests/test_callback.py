@@ -388,7 +388,7 @@ def test_keyboard_interrupt_marks_the_run_interrupted(tmp_path, replay):
         signal.signal(signal.SIGINT, sigint)
     run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
     assert run.status == "interrupted" and run.epochs == 1
-    assert run.reason.startswith("KeyboardInterrupt")
+    assert run.reason == "KeyboardInterrupt"  # Ctrl+C carries no message: no dangling ": "
     assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9) and cb._meter is None
 
 
@@ -664,3 +664,64 @@ def test_flush_counts_each_epoch_once_whoever_calls_it_first(tmp_path, replay):
     run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
     assert run.epochs == 3 and run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
     assert [j for _, j in early.seen] == sorted(j for _, j in early.seen)
+
+
+class LrModel(TinyModel):
+    """TinyModel whose learning rate Lightning's Tuner can set (``self.lr``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lr = 0.1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+@pytest.mark.slow
+def test_a_tuner_call_before_the_fit_leaves_no_energy_outside_the_ledger(tmp_path, replay):
+    """Regression: ``Tuner.lr_find`` runs a fit that never reaches ``on_fit_start`` (so no run
+    is opened and nothing is written) and restores the trainer afterwards; its energy and time
+    stayed in the callback's totals, so the summary, ``energy_j`` (what BudgetGuard reads) and
+    the logged ``energy/total_wh`` of the real fit exceeded what its run holds in the ledger."""
+    from pytorch_lightning.tuner import Tuner
+
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    fit = trainer(tmp_path, [cb], max_epochs=2, logger=False)
+    model = LrModel()
+    # 20 steps over 8-batch epochs: lr_find itself goes through two epoch ends
+    Tuner(fit).lr_find(model, loader(), loader(32), num_training=20)
+    assert cb.run_id is None  # lr_find opened no run
+    fit.fit(model, loader(), loader(32))
+
+    ledger = Ledger(tmp_path / "w.db")
+    (run,) = ledger.list_runs()
+    assert run.run_id == cb.run_id and run.epochs == 2 == cb.summary["epochs"]
+    assert cb.energy_j == pytest.approx(run.energy_j, rel=1e-9)
+    assert cb.summary["energy_wh"] == pytest.approx(run.energy_j / J_PER_WH, rel=1e-9)
+    rows = phase_rows(ledger, run.run_id)
+    span_s = max(r["end_s"] for r in rows) - min(r["start_s"] for r in rows)
+    assert cb.summary["duration_s"] == pytest.approx(span_s, abs=0.05)
+    assert len(cb.epoch_energy_j) == len(cb.epoch_train_samples) == 2
+
+
+@pytest.mark.slow
+def test_region_and_pricing_from_the_environment_are_recorded_with_the_run(
+    tmp_path, replay, monkeypatch
+):
+    """Regression: with ``WATTWISE_REGION`` / ``WATTWISE_PRICING`` set while training (and no
+    argument), the summary used them but the run was stored with neither, so ``wattwise
+    report`` run later from another shell priced it with the world average and ``onprem``."""
+    monkeypatch.setenv("WATTWISE_REGION", "FRA")
+    monkeypatch.setenv("WATTWISE_PRICING", "aws:p5.48xlarge")
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    assert cb.summary["region"] == "FRA" and cb.summary["pricing"] == "aws:p5.48xlarge"
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    assert (run.region, run.pricing) == ("FRA", "aws:p5.48xlarge")
+
+    # an argument still wins over the environment; nothing configured stays unrecorded
+    monkeypatch.delenv("WATTWISE_PRICING")
+    explicit = EnergyCallback(ledger=tmp_path / "w.db", region="DEU")
+    trainer(tmp_path, [explicit], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    other = Ledger(tmp_path / "w.db").get_run(explicit.run_id)
+    assert (other.region, other.pricing) == ("DEU", None)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from test_callback import TinyModel, loader, pd_isna, phase_rows, replay, trainer  # noqa: F401
 
-from lightning_callbacks import EnergyCallback
+from lightning_callbacks import BudgetGuard, EnergyCallback
 from lightning_callbacks.energy import CHECKPOINT_STAMP
 from wattwise.ledger import Ledger
 
@@ -190,3 +191,57 @@ def test_an_unreadable_parent_checkpoint_leaves_the_run_without_a_parent(
     run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
     assert run.parent_run_id is None and run.epochs == 1 and run.status == "finished"
     assert any(str(broken) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+class Crashing(TinyModel):
+    """Raises in training_step at (epoch, batch) ``crash_at``."""
+
+    def __init__(self, crash_at: tuple[int, int]) -> None:
+        super().__init__()
+        self.crash_at = crash_at
+
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == self.crash_at:
+            raise RuntimeError("crash")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resume_from_a_mid_epoch_checkpoint_counts_the_resumed_epoch(tmp_path, replay):  # noqa: F811
+    """Regression: resuming from a checkpoint saved inside an epoch (``every_n_train_steps``),
+    Lightning skips ``on_train_epoch_start`` for the resumed epoch; the callback then did not
+    count that epoch's end, merged it into the next epoch's rows and recorded one epoch too
+    few (and BudgetGuard saw an epoch of zero growth, which left the budget unenforced)."""
+    db = tmp_path / "w.db"
+    steps = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    first = EnergyCallback(ledger=db)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(tmp_path, [first, steps], max_epochs=3).fit(
+            Crashing(crash_at=(1, 6)), loader(), loader(32)
+        )
+    assert first.epochs_completed == 1
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=10.ckpt"  # 8 batches per epoch: mid-epoch 1
+
+    second = EnergyCallback(ledger=db)
+    seen: list[tuple[int, int]] = []
+
+    class EpochEnds(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append((trainer.current_epoch, second.epochs_completed))
+
+    again = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    guard = BudgetGuard(max_kwh=1e6, action="warn")
+    fit = trainer(tmp_path, [second, guard, EpochEnds(), again], max_epochs=3)
+    fit.fit(TinyModel(), loader(), loader(32), ckpt_path=ckpt)
+    # Lightning ended epochs 1 and 2 in this process; each was counted when it ended
+    assert seen == [(1, 2), (2, 3)]
+    run = Ledger(db).get_run(second.run_id)
+    assert second.run_id == first.run_id and run.epochs == 3 == second.epochs_completed
+    assert len(second.epoch_energy_j) == len(second.epoch_train_samples) == 3
+    assert all(j > 0 for j in second.epoch_energy_j)
+    assert len(guard.epoch_growth_j) == 2 and min(guard.epoch_growth_j) > 0
+    rows = phase_rows(Ledger(db), run.run_id)
+    for epoch in (1, 2):  # one training stretch per epoch, none merged into the next
+        train = {r["start_s"] for r in rows if r["epoch"] == epoch and r["stage"] == "train"}
+        assert len(train) == 1, epoch

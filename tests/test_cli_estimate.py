@@ -98,6 +98,39 @@ def test_profile_from_run_by_hand(ledger_run):
     assert profile.run_id == run_id
 
 
+def test_a_last_epoch_cut_short_by_max_steps_is_not_a_steady_epoch(tmp_path):
+    """Regression: ``Trainer(max_steps=...)`` ends the fit inside an epoch and Lightning still
+    ends that epoch, so EnergyCallback commits it (with its smaller training-sample count). The
+    profile took it as one more steady epoch, so the run's rates came out low (a 4-epoch run
+    whose fifth epoch ran half its batches: seconds and joules per epoch 10% low)."""
+    path = tmp_path / "w.db"
+    samples = [640, 640, 640, 640, 320]
+    with Ledger(path) as ledger:
+        run_id = ledger.begin_run(architecture="mlp", devices=[GPU, CPU])
+        t = 100.0
+        for epoch, (seconds, gpu_j, cpu_j) in enumerate([*EPOCHS, (5.0, 2000.0, 250.0)]):
+            phases = [
+                PhaseEnergy(
+                    "train", 2 * epoch + i, d.device_id, d.kind, t, t + seconds, j, d.method
+                )
+                for i, (d, j) in enumerate(((GPU, gpu_j), (CPU, cpu_j)))
+            ]
+            ledger.add_phases(
+                run_id,
+                phases,
+                epoch=epoch,
+                epochs_completed=epoch + 1,
+                devices=[GPU, CPU],
+                train_samples=samples[epoch],
+            )
+            t += seconds
+        ledger.finish_run(run_id)
+        profile = profile_from_run(ledger, run_id)
+    assert profile.seconds_per_epoch == pytest.approx(10.0)
+    assert profile.joules_per_epoch == pytest.approx(4500.0)
+    assert (profile.warmup_epochs, profile.epochs_measured) == (1, 4)
+
+
 def test_run_default_target_is_its_own_gpu(capsys, ledger_run):
     path, run_id = ledger_run
     data = run_json(capsys, "--run", run_id, "--ledger", str(path), "--epochs", "10")

@@ -651,6 +651,21 @@ def precision_of(lightning_precision: object) -> Literal["bf16", "fp16", "fp32"]
     return "fp32"
 
 
+def _last_epoch_cut_short(ledger: Ledger, run_id: str, epochs: Any) -> bool:
+    """Whether the last of ``epochs`` (two or more) processed fewer training samples than an
+    earlier one: a fit ended inside it (``max_steps``), and Lightning still ended the epoch, so
+    it was committed. Such an epoch is no steady epoch. Unknown counts decide nothing."""
+    import pandas as pd
+
+    if len(epochs) < 2:
+        return False
+    counts = ledger.snapshots(run_id).set_index("epoch")["train_samples"]
+    known = {int(e): int(n) for e, n in counts.items() if not pd.isna(e) and not pd.isna(n)}
+    last = known.get(int(epochs[-1]))
+    earlier = [known[int(e)] for e in epochs[:-1] if int(e) in known]
+    return last is not None and bool(earlier) and last < max(earlier)
+
+
 def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Profile:
     """The steady-state profile of a ledger run's completed training epochs.
 
@@ -678,6 +693,8 @@ def profile_from_run(ledger: Ledger, run_id: str, *, settings: Any = None) -> Pr
     per_epoch = per_epoch.fillna({"host_j": 0.0})
     if record.epochs:
         per_epoch = per_epoch.iloc[: record.epochs]
+    if _last_epoch_cut_short(ledger, record.run_id, per_epoch.index):
+        per_epoch = per_epoch.iloc[:-1]
     seconds = (per_epoch["end_s"] - per_epoch["start_s"]).tolist()
     steady = steady_state(seconds, per_epoch["energy_j"].tolist())
     host_steady_j = statistics.fmean(per_epoch["host_j"].iloc[steady.warmup_epochs :])
