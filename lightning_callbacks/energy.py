@@ -1194,11 +1194,16 @@ def _versions(trainer: Any) -> dict[str, str]:
 
 def _format_summary(summary: dict[str, Any]) -> str:
     by_kind = summary["energy_by_kind_wh"]
+    # a kind with no device says so: "GPU 0" would read as a GPU measured at zero
+    measured = {device.split(":", 1)[0] for device in summary["devices"]}
+    parts = ", ".join(
+        f"{label} {by_kind[kind]:.4g}" if kind in measured else f"no {label}"
+        for kind, label in (("gpu", "GPU"), ("cpu", "CPU"), ("ram", "RAM"))
+    )
     lines = [
         f"wattwise run {summary['run_id']} ({summary['architecture']}): "
         f"{summary['epochs']} epochs in {summary['duration_s']:.1f} s",
-        f"  energy  {summary['energy_wh']:.4g} Wh  (GPU {by_kind['gpu']:.4g}, "
-        f"CPU {by_kind['cpu']:.4g}, RAM {by_kind['ram']:.4g}; device energy before PUE)",
+        f"  energy  {summary['energy_wh']:.4g} Wh  ({parts}; device energy before PUE)",
     ]
     if "energy_above_idle_wh" in summary:
         lines.append(f"  above idle  {summary['energy_above_idle_wh']:.4g} Wh")

@@ -725,3 +725,27 @@ def test_region_and_pricing_from_the_environment_are_recorded_with_the_run(
     trainer(tmp_path, [explicit], max_epochs=1).fit(TinyModel(), loader(), loader(32))
     other = Ledger(tmp_path / "w.db").get_run(explicit.run_id)
     assert (other.region, other.pricing) == ("DEU", None)
+
+
+def test_the_printed_summary_says_no_gpu_rather_than_gpu_0():
+    """Regression: on a machine without a GPU the summary read "GPU 0", like a GPU measured at
+    zero; a kind with no device now says so, a measured kind shows its energy."""
+    from lightning_callbacks.energy import _format_summary
+
+    summary = {
+        "run_id": "r1",
+        "architecture": "mlp",
+        "epochs": 2,
+        "duration_s": 3.0,
+        "energy_wh": 0.5,
+        "energy_by_kind_wh": {"gpu": 0.0, "cpu": 0.4, "ram": 0.1},
+        "cost_usd": None,
+        "co2e_kg": None,
+        "devices": ["cpu: Intel Xeon (estimate)", "ram: RAM (estimate)"],
+        "flags": [],
+    }
+    text = _format_summary(summary)
+    assert "(no GPU, CPU 0.4, RAM 0.1;" in text and "GPU 0" not in text
+    summary["devices"].append("gpu: NVIDIA H200 (counter)")
+    summary["energy_by_kind_wh"]["gpu"] = 0.0  # a GPU that was measured at zero shows as such
+    assert "(GPU 0, CPU 0.4, RAM 0.1;" in _format_summary(summary)
