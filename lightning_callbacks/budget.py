@@ -122,9 +122,7 @@ class _BudgetLogic:
             message = self._crossing(trainer, cb)
         except Exception as err:  # e.g. a GPU the price table does not know: never stop training
             message = None
-            if str(err) not in self._errors and trainer.is_global_zero:
-                self._errors.add(str(err))
-                log.warning("BudgetGuard cannot project the budget (not enforced): %s", err)
+            self._warn_once(trainer, f"BudgetGuard cannot project the budget (not enforced): {err}")
         if trainer.world_size > 1:  # every rank follows rank 0
             message = trainer.strategy.broadcast(message, src=0)
         if message is None:
@@ -140,16 +138,32 @@ class _BudgetLogic:
                 rank_zero = importlib.import_module(f"{namespace_of(trainer)}.utilities.rank_zero")
                 rank_zero.rank_zero_warn(message)
 
+    def _warn_once(self, trainer: Any, message: str) -> None:
+        if message not in self._errors and trainer.is_global_zero:
+            self._errors.add(message)
+            log.warning("%s", message)
+
     def _crossing(self, trainer: Any, cb: Any) -> str | None:
         """Why the guard acts now, or None: ``stop`` looks at the next epoch, ``warn`` at the
         whole fit."""
         from wattwise.estimate import steady_state
 
-        growth_j = self.epoch_growth_j
-        seconds = cb.epoch_duration_s[-len(growth_j) :]
-        if min(growth_j) <= 0 or len(seconds) != len(growth_j):
-            return None  # an epoch the EnergyCallback could not measure (it has warned)
-        steady = steady_state(seconds, growth_j)
+        seconds = cb.epoch_duration_s[-len(self.epoch_growth_j) :]
+        if len(seconds) != len(self.epoch_growth_j):
+            return None
+        # An epoch that added no energy was not measured (the EnergyCallback has warned why):
+        # the rate comes from the others, rather than the guard giving up for the whole fit.
+        measured = [(s, j) for s, j in zip(seconds, self.epoch_growth_j, strict=True) if j > 0]
+        if len(measured) < len(seconds):
+            first = next(i for i, j in enumerate(self.epoch_growth_j) if j <= 0)
+            self._warn_once(  # once: the first such epoch names the message
+                trainer,
+                f"BudgetGuard: epoch {first + 1} of this fit added no measured energy; epochs "
+                "like it are left out of the rate the budget is projected with",
+            )
+        if not measured:
+            return None
+        steady = steady_state([s for s, _ in measured], [j for _, j in measured])
         done = int(trainer.current_epoch) + 1
         max_epochs = trainer.max_epochs
         bounded = max_epochs is not None and max_epochs >= 0

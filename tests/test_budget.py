@@ -427,3 +427,21 @@ def test_works_with_the_lightning_namespace_too(tmp_path):
     data = DataLoader(TensorDataset(torch.randn(8, 8)), batch_size=4)
     with pytest.raises(MisconfigurationException, match="EnergyCallback"):
         trainer.fit(Model(), data)
+
+
+def test_an_unmeasured_epoch_is_left_out_of_the_rate_and_the_guard_goes_on(caplog):
+    """Regression: one epoch that added no energy (a sensor gap, or a provisional epoch settled
+    lower) switched the guard off, silently, for the rest of the fit. Here epoch 2 adds nothing;
+    100 J per measured epoch, budget 450 J: the fit still stops after epoch 5 (400 J so far, a
+    6th epoch would make 500 J), and the user is told once."""
+    guard = BudgetGuard(max_kwh=450 / J_PER_KWH)
+    energy = ScriptedEnergy([100.0, 0.0] + [100.0] * 8)
+    with caplog.at_level("WARNING", logger="lightning_callbacks.budget"):
+        assert drive(guard, energy, fake_trainer(10)) == 5
+    assert energy.energy_j == pytest.approx(400.0)
+    assert "stopped after epoch 5" in guard.reason
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "BudgetGuard: epoch 2 of this fit added no measured energy; epochs like it are left out "
+        "of the rate the budget is projected with"
+    ]
