@@ -4,6 +4,7 @@ another run's checkpoint records that run as its parent. Real fits, the H200 tra
 from __future__ import annotations
 
 import pathlib
+import time
 
 import pytest
 import pytorch_lightning as pl
@@ -245,3 +246,41 @@ def test_resume_from_a_mid_epoch_checkpoint_counts_the_resumed_epoch(tmp_path, r
     for epoch in (1, 2):  # one training stretch per epoch, none merged into the next
         train = {r["start_s"] for r in rows if r["epoch"] == epoch and r["stage"] == "train"}
         assert len(train) == 1, epoch
+
+
+def test_a_resume_in_a_later_process_counts_only_the_time_spent_fitting(
+    tmp_path,
+    replay,  # noqa: F811
+):
+    """Regression: a fit that crashed and was resumed later (a fresh process) kept its run's
+    start, so the run's duration (and the rental cost the report makes of it) counted the time
+    between the two processes: a 13.9 s run for 0.79 s of fitting."""
+    db = tmp_path / "w.db"
+    first = EnergyCallback(ledger=db)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(tmp_path, [first, checkpointing(tmp_path)], max_epochs=2).fit(
+            Crashing(crash_at=(1, 0)), loader(), loader(32)
+        )
+    fit1_s = time.monotonic() - t0
+    assert Ledger(db).get_run(first.run_id).status == "failed"
+    ckpt = tmp_path / "ckpt" / "epoch=0-step=8.ckpt"
+    carried_s = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"][
+        first.state_key
+    ]["duration_s"]
+    time.sleep(2.0)  # the next process starts later
+
+    second = EnergyCallback(ledger=db)
+    resumed = trainer(tmp_path, [second, checkpointing(tmp_path)], max_epochs=2)
+    t1 = time.monotonic()
+    resumed.fit(TinyModel(), loader(), loader(32), ckpt_path=ckpt)
+    t2 = time.monotonic()
+    run = Ledger(db).get_run(second.run_id)
+    assert second.run_id == first.run_id and run.status == "finished" and run.epochs == 2
+    # The run lasted as long as the two fits measured it (the first whole, crash included),
+    # and the ledger's span of each lies inside its fit() call; the pause is left out.
+    measured_s = first.duration_s + (second.duration_s - carried_s)
+    assert run.duration_s == pytest.approx(measured_s, abs=0.5)
+    assert run.duration_s <= fit1_s + (t2 - t1) + 0.05
+    assert run.duration_s < (t2 - t0) - 1.5
+    assert run.paused_s >= 2.0

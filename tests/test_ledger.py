@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -62,6 +62,27 @@ def phase(stage, device, energy_j, *, start_s=0.0, end_s=10.0, flags=()):
         peak_power_w=1.5 * energy_j / (end_s - start_s),
         flags=frozenset(flags),
     )
+
+
+class Clock:
+    """The ledger's wall clock (``_now_iso``), set by the test."""
+
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def iso(self) -> str:
+        return self.at.isoformat()
+
+    def advance(self, seconds: float) -> datetime:
+        self.at += timedelta(seconds=seconds)
+        return self.at
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    monkeypatch.setattr(ledger_module, "_now_iso", fake.iso)
+    return fake
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -332,6 +353,57 @@ def test_resume_reopens_and_continues(book):
     assert rec.energy_j == pytest.approx(1150.0 + 500.0)
 
 
+def test_a_resume_leaves_the_time_between_processes_out_of_the_duration(book, clock):
+    """Regression: reopen_run kept started_at, so the hours between a finished (or crashed) fit
+    and its resume counted as run time, in durations and rental costs."""
+    t0 = clock.at
+    run_id = record_fit(book, gpu_j=(1000.0,), started_at=t0)
+    book.finish_run(run_id, ended_at=clock.advance(100.0))
+    clock.advance(3600.0)  # the next process resumes an hour later
+    book.reopen_run(run_id)
+    clock.advance(20.0)
+    assert book.get_run(run_id).duration_s == pytest.approx(100.0 + 20.0)  # while running
+    book.add_phases(run_id, [phase("train", GPU, 500.0)], epoch=1, epochs_completed=2)
+    book.finish_run(run_id, ended_at=clock.advance(30.0))
+    rec = book.get_run(run_id)
+    assert rec.duration_s == pytest.approx(100.0 + 50.0)
+    assert rec.paused_s == pytest.approx(3600.0)
+    assert rec.started_at == t0.isoformat()  # the run still began when it began
+    # A second resume (e.g. trainer.test() after the fit) adds its own gap.
+    clock.advance(600.0)
+    book.reopen_run(run_id)
+    book.finish_run(run_id, ended_at=clock.advance(25.0))
+    rec = book.get_run(run_id)
+    assert rec.duration_s == pytest.approx(175.0)
+    assert rec.to_json()["duration_s"] == pytest.approx(175.0)
+    assert book.runs().set_index("run_id").loc[run_id, "duration_s"] == pytest.approx(175.0)
+    # A clock that went back before the run's end (another host's clock) adds no pause.
+    clock.at = t0
+    book.reopen_run(run_id)
+    assert book.get_run(run_id).paused_s == pytest.approx(4200.0)
+
+
+def test_a_crashed_run_resumed_later_leaves_out_the_time_since_its_last_write(book, clock):
+    """A process that died mid-fit leaves no end: its last write (updated_at) is its end."""
+    run_id = book.begin_run(architecture="mlp", started_at=clock.at)
+    clock.advance(30.0)
+    book.add_phases(run_id, [phase("train", GPU, 500.0)], epoch=0, epochs_completed=1)
+    # The process is gone: same pid, but a process that started at another time holds it.
+    book._connection().execute("UPDATE runs SET proc_started_at = proc_started_at - 3600")
+    clock.advance(7200.0)  # found the next morning
+    rec = book.get_run(run_id)
+    assert (rec.status, rec.ended_at) == ("interrupted", None)
+    assert rec.duration_s == pytest.approx(30.0)
+    book.reopen_run(run_id)
+    clock.advance(10.0)
+    book.add_phases(run_id, [phase("train", GPU, 500.0)], epoch=1, epochs_completed=2)
+    book.finish_run(run_id, ended_at=clock.advance(30.0))
+    rec = book.get_run(run_id)
+    assert rec.status == "finished"
+    assert rec.duration_s == pytest.approx(30.0 + 40.0)
+    assert rec.paused_s == pytest.approx(7200.0)
+
+
 def test_update_settings_merges_keys_and_keeps_the_others(book):
     run_id = book.begin_run(architecture="a", settings={"precision": "bf16-mixed", "world_size": 2})
     other = book.begin_run(architecture="b", settings={"precision": "32-true"})
@@ -579,7 +651,7 @@ def test_new_file_is_marked_and_current(book):
 
 
 def test_released_migrations_are_the_frozen_fixture_schemas():
-    """MIGRATIONS[0] and [1] are released: they must stay the DDL the fixtures were built from."""
+    """MIGRATIONS[0] to [2] are released: they must stay the DDL the fixtures were built from."""
     spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
     make_fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_fixtures)
@@ -589,11 +661,12 @@ def test_released_migrations_are_the_frozen_fixture_schemas():
 
     assert statements(ledger_module.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
     assert statements(ledger_module.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
+    assert statements(ledger_module.MIGRATIONS[2]) == statements(make_fixtures.V3_STEP)
     assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
-def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
+def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version, clock):
     fixture = FIXTURES / f"v{version}.db"
     assert fixture.is_file(), f"add {fixture.name} (tests/fixtures/ledger/make_fixtures.py)"
     path = tmp_path / fixture.name
@@ -608,7 +681,10 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
         assert runs.loc[pretrain, "energy_j"] == pytest.approx(3 * (1000 + 50 + 100 + 5))
         assert runs.loc[pretrain, "gpu_energy_j"] == pytest.approx(3 * 1100)
         assert runs.loc[pretrain, "params_end"] == 1500
+        # durations stay what they were: rows from before version 4 were never paused
         assert runs.loc[pretrain, "duration_s"] == pytest.approx(1800.0)
+        assert runs.loc[finetune, "duration_s"] == pytest.approx(600.0)
+        assert book.get_run(finetune).paused_s == 0.0
         assert runs.loc[finetune, "status"] == "finished"
         assert book.cumulative_energy_j(finetune) == pytest.approx(3465.0 + 420.0)
         assert book.get_run(pretrain).reason is None
@@ -619,10 +695,18 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version):
                 (1.0, 310.0),
                 (2.0, 305.0),
             ]
-        # Epochs recorded before version 3 have no per-epoch metrics or sample counts.
         snaps = book.snapshots(pretrain)
         assert list(snaps["epoch"]) == [0, 1, 2]
-        assert snaps["metrics"].isna().all() and snaps["train_samples"].isna().all()
+        if version >= 3:  # what version 3 added survives the upgrade
+            assert list(snaps["metrics"]) == [{"val_loss": v} for v in (0.5, 0.3, 0.25)]
+            assert list(snaps["train_samples"]) == [640, 640, 640]
+        else:  # epochs recorded before version 3 have no per-epoch metrics or sample counts
+            assert snaps["metrics"].isna().all() and snaps["train_samples"].isna().all()
+        # A resume after the upgrade leaves out the day since the run ended (09:10).
+        clock.at = datetime(2026, 1, 12, 9, 10, tzinfo=UTC)
+        book.reopen_run(finetune)
+        book.finish_run(finetune, ended_at=datetime(2026, 1, 12, 9, 15, tzinfo=UTC))
+        assert book.get_run(finetune).duration_s == pytest.approx(600.0 + 300.0)
         # New features work on the upgraded file.
         book.add_timeline(finetune, "gpu:GPU-5f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", [(0.0, 1.0)])
         run_id = record_fit(book)
@@ -730,6 +814,19 @@ def test_merge_twice_gives_no_duplicates(tmp_path):
         left = a.phases().sort_values(key).reset_index(drop=True)
         right = b.phases().sort_values(key).reset_index(drop=True)
         assert left.equals(right)
+
+
+def test_merge_keeps_the_pauses_of_a_resumed_run(tmp_path, clock):
+    with Ledger(tmp_path / "a.db") as a, Ledger(tmp_path / "b.db") as b:
+        run_id = a.begin_run(architecture="resumed", started_at=clock.at)
+        a.finish_run(run_id, ended_at=clock.advance(60.0))
+        clock.advance(900.0)
+        a.reopen_run(run_id)
+        a.finish_run(run_id, ended_at=clock.advance(40.0))
+        assert a.get_run(run_id).duration_s == pytest.approx(100.0)
+        assert b.merge(a.path) == (1, 0)
+        copied = b.get_run(run_id)
+        assert (copied.duration_s, copied.paused_s) == pytest.approx((100.0, 900.0))
 
 
 def test_merge_an_older_version_leaves_it_as_it_was(tmp_path):

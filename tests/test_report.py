@@ -16,6 +16,7 @@ import pytest
 from _ledger_factory import CPU, GPU, T0, RunSpec, add_run, realistic
 
 from wattwise import config, pricing
+from wattwise import ledger as ledger_module
 from wattwise.cli import main
 from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
@@ -526,3 +527,46 @@ def test_run_without_phases_still_reports(ledger, settings, tmp_path) -> None:
     assert 'title="CUDA out of memory">failed<' in html
     alone = build_report(ledger, [rid], out_dir=tmp_path / "alone", settings=settings)
     assert alone.n_runs == 1 and pd.read_csv(alone.phases_csv).empty
+
+
+def _resume(ledger: Ledger, run_id: str, monkeypatch, *, at, run_s: float) -> None:
+    """Continue a finished run at ``at`` (a fresh process, say) for ``run_s`` more seconds."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger_module, "_now_iso", lambda: at.isoformat())
+        ledger.reopen_run(run_id)
+        ledger.finish_run(run_id, ended_at=at + timedelta(seconds=run_s))
+
+
+def test_a_resumed_run_is_priced_for_its_running_time_only(
+    ledger, settings, tmp_path, monkeypatch
+) -> None:
+    """Regression: the hours between a fit and its resume were rented time in the report."""
+    rid = add_run(ledger, RunSpec("resumed"))  # 09:00:00 .. 09:00:36
+    _resume(ledger, rid, monkeypatch, at=T0 + timedelta(hours=8), run_s=36.0)
+    result = build_report(
+        ledger, out_dir=tmp_path / "out", pricing="onprem,aws:p5.48xlarge", settings=settings
+    )
+    row = pd.read_csv(result.runs_csv).set_index("run_id").loc[rid]
+    assert row["duration_s"] == pytest.approx(72.0)
+    assert row["cost_usd[onprem]"] == pytest.approx(_onprem_usd(6.05, 72.0))
+    p5 = pricing.instance("aws:p5.48xlarge")
+    assert row["cost_usd[aws:p5.48xlarge]"] == pytest.approx(72 / 3600 * p5.price_per_hour_usd / 8)
+
+
+def test_intensity_series_covers_both_ends_of_a_resumed_run(ledger, tmp_path, monkeypatch) -> None:
+    """The run used energy before and after its pause: the series is averaged from its start to
+    its end (not start + running time, which would end before the resume)."""
+    series = tmp_path / "grid.csv"
+    series.write_text(
+        "timestamp,gco2e_per_kwh\n2026-11-02T09:00:00Z,100\n2026-11-02T10:00:00Z,300\n"
+    )
+    settings = config.load(env={}, cwd=tmp_path).with_overrides(
+        pue=PUE, intensity_series=str(series)
+    )
+    rid = add_run(ledger, RunSpec("a"))  # 09:00:00 .. 09:00:36 at 100 g/kWh
+    _resume(ledger, rid, monkeypatch, at=T0 + timedelta(hours=1), run_s=36.0)  # at 300 g/kWh
+    result = build_report(ledger, out_dir=tmp_path / "out", settings=settings)
+    row = pd.read_csv(result.runs_csv).set_index("run_id").loc[rid]
+    assert row["duration_s"] == pytest.approx(72.0)
+    # 09:00:00 .. 10:00:36: 3600 s at 100, 36 s at 300
+    assert row["gco2e_per_kwh"] == pytest.approx((3600 * 100 + 36 * 300) / 3636)

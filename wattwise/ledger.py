@@ -146,6 +146,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE snapshots ADD COLUMN metrics TEXT;
     ALTER TABLE snapshots ADD COLUMN train_samples INTEGER;
     """,
+    # 3 -> 4: seconds a run was not running (between a process that ended or crashed and the
+    # one that continued it: reopen_run adds each gap). Durations are the span minus this;
+    # runs recorded before keep their durations (0).
+    """
+    ALTER TABLE runs ADD COLUMN paused_s REAL NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -171,6 +177,7 @@ _RECORD_COLUMNS = (
     "parent_run_id",
     "epochs",
     "reason",
+    "paused_s",
 )
 _CHILD_TABLES = ("devices", "phases", "snapshots", "timeline")
 
@@ -259,6 +266,9 @@ class RunRecord:
     git_commit: str | None
     reason: str | None
     energy_by_method_j: dict[str, float] = field(default_factory=dict)
+    paused_s: float = 0.0
+    """Seconds between ``started_at`` and the end of the run when it was not running (gaps
+    before a resume); not part of ``duration_s``."""
 
     @property
     def energy_wh(self) -> float:
@@ -816,14 +826,21 @@ class Ledger:
         ).fetchone()[0]
 
     def _touch(
-        self, conn: sqlite3.Connection, run_id: str, assignments: str = "", params: tuple = ()
+        self,
+        conn: sqlite3.Connection,
+        run_id: str,
+        assignments: str = "",
+        params: tuple = (),
+        *,
+        now: str | None = None,
     ) -> int:
-        """Set ``updated_at`` (and ``assignments``) of a run; its key. BadInput if unknown."""
+        """Set ``updated_at`` (``now``, default the current time) and ``assignments`` of a run;
+        its key. BadInput if unknown."""
         row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise BadInput(f"no run {run_id!r} in ledger {str(self.path)!r}")
         sql = f"UPDATE runs SET updated_at = ?{', ' + assignments if assignments else ''} "
-        conn.execute(sql + "WHERE key = ?", (_now_iso(), *params, row[0]))
+        conn.execute(sql + "WHERE key = ?", (now or _now_iso(), *params, row[0]))
         return row[0]
 
     def add_phases(
@@ -1000,13 +1017,28 @@ class Ledger:
         self._write(lambda conn: self._touch(conn, run_id, assignments, params))
 
     def reopen_run(self, run_id: str) -> None:
-        """Continue a run (resume): status back to ``running``, owned by this process."""
+        """Continue a run (resume): status back to ``running``, owned by this process.
+
+        The time since the run was last active (its end, else its last write: a crashed
+        process's last commit) is added to its ``paused_s``, so that it is not counted in its
+        duration.
+        """
         owner = _owner()
-        assignments = "status = 'running', ended_at = NULL, reason = NULL, " + ", ".join(
-            f"{column} = ?" for column in owner
+        assignments = (
+            "status = 'running', ended_at = NULL, reason = NULL, paused_s = paused_s + ?, "
+            + ", ".join(f"{column} = ?" for column in owner)
         )
-        params = tuple(owner.values())
-        self._write(lambda conn: self._touch(conn, run_id, assignments, params))
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT COALESCE(ended_at, updated_at, started_at) FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            now = _now_iso()
+            gap_s = 0.0 if row is None else max(0.0, _seconds_between(row[0], now) or 0.0)
+            self._touch(conn, run_id, assignments, (gap_s, *owner.values()), now=now)
+
+        self._write(write)
 
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
         _check_status(status)
@@ -1230,11 +1262,13 @@ class Ledger:
             if status == "running" and self._process_gone(row, alive):
                 status = "interrupted"
             if ended is not None:
-                duration = _seconds_between(started, ended)
+                span = _seconds_between(started, ended)
             elif status == "interrupted":
-                duration = _seconds_between(started, row["updated_at"])
+                span = _seconds_between(started, row["updated_at"])
             else:
-                duration = _seconds_between(started, _now_iso())
+                span = _seconds_between(started, _now_iso())
+            paused = float(row["paused_s"] or 0.0)
+            duration = None if span is None else max(0.0, span - paused)
             methods = {device_id: m for device_id, (m, _) in agg["device_method"].items()}
             methods.update({d["device_id"]: d["method"] for d in agg["devices"] if d["method"]})
             records.append(
@@ -1263,6 +1297,7 @@ class Ledger:
                     git_commit=row["git_commit"],
                     reason=row["reason"],
                     energy_by_method_j=agg["method"],
+                    paused_s=paused,
                 )
             )
         return records

@@ -505,8 +505,12 @@ def _intensities(
 
 
 def _window(record: Any) -> dict[str, datetime]:
+    """The run's calendar interval: from its start to its end (last write, or now, for a run
+    without one), pauses before a resume included, since its energy was used at both ends of
+    them (``duration_s`` leaves them out: start + duration_s would end before a resume)."""
     start = datetime.fromisoformat(record.started_at)
-    end = start + timedelta(seconds=record.duration_s or 0.0)
+    span_s = (record.duration_s or 0.0) + record.paused_s
+    end = start + timedelta(seconds=span_s)
     return {"start": start, "end": end}
 
 
