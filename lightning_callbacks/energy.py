@@ -363,6 +363,7 @@ class _EnergyLogic:
         self.run_id = run_id
         if totals is not None:
             self.energy_by_kind_j = {kind: float(totals.get(kind, 0.0)) for kind in DEVICE_KINDS}
+            self.duration_s = float(totals.get("duration_s", self.duration_s))
         for epoch, delta_j in settled.items():
             if 0 <= epoch < len(self.epoch_energy_j):
                 self.epoch_energy_j[epoch] += delta_j
@@ -398,8 +399,8 @@ class _EnergyLogic:
     def _begin_on_rank_zero(
         self, trainer: Any, pl_module: Any
     ) -> tuple[str, dict[str, float] | None, dict[int, float]] | None:
-        """(run id, energy totals to continue from or None, per-epoch corrections); None on other
-        ranks.
+        """(run id, energy totals (and ``duration_s``) to continue from or None, per-epoch
+        corrections); None on other ranks.
 
         A run this callback already has (restored from a checkpoint, or an earlier call) is
         reopened, even a finished one, and its totals are taken from the ledger: they include
@@ -423,7 +424,12 @@ class _EnergyLogic:
                 had = known.settings or {}
                 self._note_peaks(had.get("peak_mem_gib"), had.get("peak_mem_reserved_gib"))
                 settled = self._settled_since_checkpoint(ledger)
-                return self.run_id, dict(known.energy_by_kind_j), settled
+                # the time fitted so far too (pauses before a resume left out): a checkpoint
+                # saved inside a call holds none of that call's time
+                totals = dict(known.energy_by_kind_j)
+                if known.duration_s is not None:
+                    totals["duration_s"] = known.duration_s
+                return self.run_id, totals, settled
         devices = list(self._meter.devices) if self._meter is not None else []
         region, pricing = self._guard(trainer, "settings", self._region_pricing) or (
             self.region,
