@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pathlib
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -291,27 +295,37 @@ def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
     assert rec.ended_at is not None
 
 
+@contextlib.contextmanager
+def _read_only(folder):
+    """``folder`` made read-only, the files in it left writable (chmod for a user; root, who
+    ignores modes, gets the immutable attribute where the file system has one; skipped where
+    neither works)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 @pytest.fixture
 def locked_ledger(tmp_path):
-    """Two runs in a ledger whose folder is then made read-only, the file itself left writable
-    (chmod for a user; root, who ignores modes, gets the immutable attribute where the file
-    system has one; skipped where neither works)."""
+    """Two runs in a ledger whose folder is then made read-only, the file itself left
+    writable."""
     folder = tmp_path / "locked"
     folder.mkdir()
     path = folder / "ledger.db"
     with Ledger(path) as book:
         ids = (_fit(book, "pretrain"), _fit(book, "finetune"))
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
+    with _read_only(folder):
         yield path, ids
-        folder.chmod(0o755)
-        return
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i")
-    try:
-        yield path, ids
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def test_read_only_ledger_folder_reads_and_refuses_writes(capsys, locked_ledger):
@@ -338,3 +352,36 @@ def test_read_only_ledger_folder_reads_and_refuses_writes(capsys, locked_ledger)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     assert sorted(os.listdir(path.parent)) == ["ledger.db"]
+
+
+def test_read_only_folder_an_old_ledger_is_refused_and_an_empty_file_reads_empty(capsys, tmp_path):
+    """The read-only paths besides a current ledger: a schema-3 ledger cannot be read without
+    its upgrade (which writes it), so it is refused (exit 2) and left byte for byte as it was,
+    rather than read with a schema this wattwise does not expect; an empty file (no schema yet)
+    reads as an empty ledger; a ledger to be created in a folder that cannot be made is
+    refused like one in a read-only folder."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    old, empty = folder / "v3.db", folder / "empty.db"
+    shutil.copy(pathlib.Path(__file__).parent / "fixtures" / "ledger" / "v3.db", old)
+    with contextlib.closing(sqlite3.connect(old)) as conn:  # as wattwise wrote it: WAL mode
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    empty.touch()
+    before = hashlib.sha256(old.read_bytes()).hexdigest()
+    with _read_only(folder):
+        code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(old))
+        assert code == 2, err
+        assert str(old) in err and "schema version 3" in err and "upgraded" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(empty))
+        assert code == 0, err
+        assert json.loads(out) == []
+        new = folder / "sub" / "new.db"
+        code, out, err = run_cli(
+            capsys, "run", "--ledger", str(new), "--", sys.executable, "-c", "pass"
+        )
+        assert code == 2, err
+        assert str(new) in err and "read-only" in err and "Traceback" not in err
+    assert hashlib.sha256(old.read_bytes()).hexdigest() == before
+    assert empty.stat().st_size == 0
+    assert sorted(os.listdir(folder)) == ["empty.db", "v3.db"]
