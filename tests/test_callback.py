@@ -749,3 +749,23 @@ def test_the_printed_summary_says_no_gpu_rather_than_gpu_0():
     summary["devices"].append("gpu: NVIDIA H200 (counter)")
     summary["energy_by_kind_wh"]["gpu"] = 0.0  # a GPU that was measured at zero shows as such
     assert "(GPU 0, CPU 0.4, RAM 0.1;" in _format_summary(summary)
+
+
+@pytest.mark.slow
+def test_a_configuration_that_cannot_be_read_still_opens_the_run(
+    tmp_path, replay, monkeypatch, caplog
+):
+    """Reading the configuration for the run's region and pricing happens in on_fit_start: a
+    wattwise.toml that cannot be read is a warning there, training goes on and the run is
+    still opened (no region or pricing recorded: none was given)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wattwise.toml").write_text("pue = 'abc'\n")
+    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    with caplog.at_level("WARNING", logger="lightning_callbacks.energy"):
+        trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("wattwise: settings failed (ConfigError") for m in warned), warned
+    assert "callback_error" in cb.flags
+    (run,) = Ledger(tmp_path / "w.db").list_runs()
+    assert run.run_id == cb.run_id and run.epochs == 1
+    assert (run.region, run.pricing) == (None, None)
