@@ -45,6 +45,22 @@ def test_a_value_the_flag_type_refuses_is_named(
     assert f"(got {named})" in err and "Traceback" not in err
 
 
+def test_a_value_the_message_already_names_is_not_named_twice() -> None:
+    """A typer built on click itself names the value ("'abc' is not a valid integer."):
+    nothing is added then; a message without it gets it once."""
+    import click
+
+    from wattwise.cli import _name_the_value
+
+    option = click.Option(["--epochs", "-e"])
+    named = click.BadParameter("'abc' is not a valid integer.", param=option)
+    _name_the_value(named, ["estimate", "--epochs", "abc"])
+    assert named.message == "'abc' is not a valid integer."
+    unnamed = click.BadParameter("Input should be a valid integer", param=option)
+    _name_the_value(unnamed, ["estimate", "-e", "abc"])
+    assert unnamed.message == "Input should be a valid integer (got 'abc')"
+
+
 def test_console_script_bad_value_exit_code() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "wattwise", "estimate", "--epochs", "abc"],
