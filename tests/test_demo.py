@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
         (["--seed", "4294967296"], "seed=4294967296"),
     ],
 )
-def test_bad_flags_exit_2_before_anything_is_written(tmp_path, capsys, args, named):
+def test_bad_flags_exit_2_before_anything_is_written(tmp_path, capsys, args, named, no_training):
     ledger, out = tmp_path / "demo.db", tmp_path / "out"
     code = main(["demo", "--quick", "--ledger", str(ledger), "--out", str(out), *args])
     assert code == 2
