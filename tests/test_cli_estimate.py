@@ -102,7 +102,7 @@ def test_a_last_epoch_cut_short_by_max_steps_is_not_a_steady_epoch(tmp_path):
     """Regression: ``Trainer(max_steps=...)`` ends the fit inside an epoch and Lightning still
     ends that epoch, so EnergyCallback commits it (with its smaller training-sample count). The
     profile took it as one more steady epoch, so the run's rates came out low (a 4-epoch run
-    whose fifth epoch ran half its batches: seconds and joules per epoch 10% low)."""
+    whose fifth epoch ran half its batches: seconds and joules per epoch 12.5% low)."""
     path = tmp_path / "w.db"
     samples = [640, 640, 640, 640, 320]
     with Ledger(path) as ledger:
