@@ -812,7 +812,7 @@ class _EnergyLogic:
             if any(d.kind == kind for d in self.devices.values()):
                 values[f"energy/{kind}_wh"] = units.j_to_wh(self.energy_by_kind_j[kind])
         values["energy/total_wh"] = units.j_to_wh(self.energy_j)
-        money = self._money(trainer)
+        money = self._guarded_money(trainer)
         if money["pricing_set"] and money["cost_usd"] is not None:
             values["cost/usd"] = money["cost_usd"]
         if money["region"] is not None and money["co2e_kg"] is not None:
@@ -828,6 +828,21 @@ class _EnergyLogic:
                 logger=bool(trainer.loggers),
                 sync_dist=distributed,  # identical on every rank: the mean is the value
             )
+
+    def _guarded_money(self, trainer: Any) -> dict[str, Any]:
+        """``_money``, or no cost and no CO2e where it fails (e.g. a configuration file that
+        became unreadable): a warning, never a run left unfinished or an epoch unlogged."""
+        money = self._guard(trainer, "cost and carbon", self._money, trainer)
+        if money is not None:
+            return money
+        return {
+            "cost_usd": None,
+            "co2e_kg": None,
+            "flags": set(),
+            "region": self.region,
+            "pricing": self.pricing,
+            "pricing_set": self.pricing is not None,
+        }
 
     def _money(self, trainer: Any) -> dict[str, Any]:
         """Cost and CO2e of the energy so far (cumulative); None where it cannot be worked out.
@@ -905,7 +920,7 @@ class _EnergyLogic:
         self._reset_call_state()
 
     def _finish_run(self, trainer: Any, status: str, reason: str | None) -> None:
-        money = self._money(trainer)
+        money = self._guarded_money(trainer)
         self.metrics.update(_scalar_metrics(trainer))
         self.summary = self._summary(trainer, money)
         if not self._global_zero or self.run_id is None:

@@ -769,3 +769,8 @@ def test_a_configuration_that_cannot_be_read_still_opens_the_run(
     (run,) = Ledger(tmp_path / "w.db").list_runs()
     assert run.run_id == cb.run_id and run.epochs == 1
     assert (run.region, run.pricing) == (None, None)
+    # and the run is finished: cost and CO2e, which read the configuration too, are left out
+    # (a warning) instead of the whole end of the run failing and the run staying "running"
+    assert run.status == "finished" and run.ended_at is not None
+    assert cb.summary["cost_usd"] is None and cb.summary["co2e_kg"] is None
+    assert cb.summary["energy_wh"] > 0
