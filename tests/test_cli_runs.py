@@ -372,6 +372,8 @@ def test_read_only_folder_an_old_ledger_is_refused_and_an_empty_file_reads_empty
         code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(old))
         assert code == 2, err
         assert str(old) in err and "schema version 3" in err and "upgraded" in err
+        assert "accepted: the ledger in a writable folder" in err
+        assert "reading commands" not in err  # this was one: no advice that contradicts it
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
         code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(empty))
         assert code == 0, err

@@ -650,7 +650,7 @@ class Ledger:
     def _open_read_only(self, unwritable: BadInput) -> sqlite3.Connection:
         """A connection that only reads the unwritable file (nothing is created beside it).
         A file with no schema yet reads as an empty ledger; one that needs an upgrade to this
-        schema version cannot be read without writing it: ``unwritable`` is raised then."""
+        schema version cannot be read without writing it: BadInput says so."""
         try:
             conn = sqlite3.connect(
                 _read_only_uri(self.path),
@@ -675,9 +675,11 @@ class Ledger:
                 empty.executescript(step)
             return empty
         raise BadInput(
-            f"{unwritable} (ledger schema version {version} must be upgraded to "
-            f"{SCHEMA_VERSION} before this wattwise can read it, which writes the file)"
-        )
+            f"ledger {str(self.path)!r} has schema version {version}: this wattwise reads "
+            f"version {SCHEMA_VERSION} and must have it upgraded first, which writes the file, "
+            "but its folder, the file or the file system is read-only; accepted: the ledger in "
+            "a writable folder (a copy of it will do)"
+        ) from None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
