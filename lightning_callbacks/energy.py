@@ -833,16 +833,7 @@ class _EnergyLogic:
         """``_money``, or no cost and no CO2e where it fails (e.g. a configuration file that
         became unreadable): a warning, never a run left unfinished or an epoch unlogged."""
         money = self._guard(trainer, "cost and carbon", self._money, trainer)
-        if money is not None:
-            return money
-        return {
-            "cost_usd": None,
-            "co2e_kg": None,
-            "flags": set(),
-            "region": self.region,
-            "pricing": self.pricing,
-            "pricing_set": self.pricing is not None,
-        }
+        return money or _no_money(self.region, self.pricing, self.pricing is not None)
 
     def _money(self, trainer: Any) -> dict[str, Any]:
         """Cost and CO2e of the energy so far (cumulative); None where it cannot be worked out.
@@ -855,14 +846,8 @@ class _EnergyLogic:
 
         settings = self._config = self._config or config.load()
         region, scenario = _money_scenario(self.region, self.pricing, settings)
-        out: dict[str, Any] = {
-            "cost_usd": None,
-            "co2e_kg": None,
-            "flags": set(),
-            "region": region,
-            "pricing": scenario,
-            "pricing_set": self.pricing is not None or settings.source("pricing") != "default",
-        }
+        pricing_set = self.pricing is not None or settings.source("pricing") != "default"
+        out = _no_money(region, scenario, pricing_set)
         gpu_name, n_gpus = _priced_gpus(self.devices.values())
         cost = None
         try:
@@ -1063,6 +1048,18 @@ def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:
     if host:
         return "visible", True
     return None
+
+
+def _no_money(region: str | None, pricing: str | None, pricing_set: bool) -> dict[str, Any]:
+    """``_money``'s figures before any is worked out: no cost, no CO2e, no flags."""
+    return {
+        "cost_usd": None,
+        "co2e_kg": None,
+        "flags": set(),
+        "region": region,
+        "pricing": pricing,
+        "pricing_set": pricing_set,
+    }
 
 
 def _cuda_peak_gib(trainer: Any) -> tuple[float, float] | None:
