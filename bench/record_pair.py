@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import statistics
 import tempfile
 import time
@@ -49,21 +48,12 @@ def host_probe_ms(rounds: int = 5) -> float:
     return statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fit_width(width: int, args: argparse.Namespace, ledger: pathlib.Path) -> dict:
     import pytorch_lightning as pl
     import torch
 
     from lightning_callbacks import EnergyCallback
+    from wattwise import units
     from wattwise.ledger import Ledger
 
     cuda = args.device == "cuda"
@@ -125,7 +115,9 @@ def fit_width(width: int, args: argparse.Namespace, ledger: pathlib.Path) -> dic
     return {
         "gpu": gpu_name,
         "params": sum(p.numel() for p in model.parameters()),
-        "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / units.BYTES_PER_GIB, 3)
+        if cuda
+        else None,
         "methods": sorted(set(gpu["method"])),
         "epochs": epochs,
     }
@@ -134,9 +126,11 @@ def fit_width(width: int, args: argparse.Namespace, ledger: pathlib.Path) -> dic
 def record(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
+    from wattwise.sensors._cpuinfo import model_name, read_cpuinfo
+
     widths = [int(w) for w in args.widths.split(",")]
     out: dict = {
-        "host": {"cpu": cpu_model(), "python_probe_ms": round(host_probe_ms(), 2)},
+        "host": {"cpu": model_name(read_cpuinfo()), "python_probe_ms": round(host_probe_ms(), 2)},
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "workloads": [],
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -68,9 +67,10 @@ def first_scenario(pricing: str | list[str]) -> str:
 def config_command(as_json: bool = _JSON) -> None:
     """Every setting in force and where it came from."""
     from wattwise import config
+    from wattwise.zoo.settings import check_resolvable
 
     settings = config.load()
-    _check_resolvable(settings)
+    check_resolvable(settings)  # a region or scenario that resolves to nothing is refused
     if as_json:
         print_json(settings.to_json())
         return
@@ -80,27 +80,6 @@ def config_command(as_json: bool = _JSON) -> None:
         for key in config.KEYS
     ]
     _table(["key", "value", "source"], rows, "settings in force")
-
-
-def _check_resolvable(settings: Any) -> None:
-    """A region or pricing scenario that resolves to nothing is bad configuration too (carbon,
-    estimate and the callback refuse it): say so here, naming where the value came from."""
-    from wattwise import carbon, pricing
-    from wattwise.errors import BadInput
-
-    checks: list[tuple[str, Callable[[], object]]] = []
-    region = settings.get("region")
-    if region:
-        checks.append(("region", lambda: carbon.intensity(region, settings)))
-    names = settings.get("pricing")
-    for name in [names] if isinstance(names, str) else names:
-        if ":" in name:
-            checks.append(("pricing", lambda name=name: pricing.instance(name, settings)))
-    for key, check in checks:
-        try:
-            check()
-        except BadInput as err:
-            raise BadInput(f"{settings.source(key)}: {err}") from None
 
 
 def hardware_command(as_json: bool = _JSON) -> None:
