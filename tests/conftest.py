@@ -61,6 +61,17 @@ def read_only() -> Callable[[pathlib.Path], contextlib.AbstractContextManager[No
 
 
 @pytest.fixture
+def no_wattwise_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the empty ``tmp_path`` with no ``WATTWISE_*`` variable: the defaults, whatever the
+    shell that runs the tests has set (CLI tests, which load the configuration themselves)."""
+    from wattwise import config
+
+    monkeypatch.chdir(tmp_path)
+    for var in config.ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
 def settings(tmp_path):
     """The defaults: settings loaded in an empty directory, with no environment."""
     from wattwise import config
