@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -29,6 +32,43 @@ def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> Non
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", str(tmp_path / "no-powercap"))
     monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: pathlib.Path) -> Iterator[None]:
+    """``folder`` made read-only, the files in it left writable (chmod for a user; root, who
+    ignores modes, gets the immutable attribute where the file system has one; skipped where
+    neither works)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only() -> Callable[[pathlib.Path], contextlib.AbstractContextManager[None]]:
+    """``with read_only(folder):`` the folder cannot be written (nor files made in it)."""
+    return _read_only_folder
+
+
+@pytest.fixture
+def no_wattwise_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the empty ``tmp_path`` with no ``WATTWISE_*`` variable: the defaults, whatever the
+    shell that runs the tests has set (CLI tests, which load the configuration themselves)."""
+    from wattwise import config
+
+    monkeypatch.chdir(tmp_path)
+    for var in config.ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

@@ -222,8 +222,11 @@ def test_peak_figures_keep_the_larger_known_number():
     assert max_gib(None, 3) == 3.0
     assert max_gib(5.0, 3.0) == 5.0 and max_gib(3.0, 5.0) == 5.0
     # no figure: nothing a corrupted checkpoint or settings value could hold
+    # and with no figure yet none is made of it (against 7.0, True, 0 and -1 lose to max() even
+    # unfiltered: that check alone passed without the bool and > 0 filters)
     for junk in (0, 0.0, -1.0, float("nan"), float("inf"), "30", True, [30]):
         assert max_gib(7.0, junk) == 7.0
+        assert max_gib(None, junk) is None, junk
 
 
 def test_every_rank_learns_the_run_peak_that_rank_0_read_back_on_resume(monkeypatch):

@@ -9,12 +9,7 @@ import pytest
 from wattwise import config, pricing
 from wattwise.cli import main
 
-
-@pytest.fixture(autouse=True)
-def clean(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for var in config.ENV_VARS.values():
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_wattwise_env")  # see conftest.py
 
 
 def run_json(capsys, *argv):

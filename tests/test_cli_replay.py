@@ -218,13 +218,10 @@ def test_ledger_stages_nest_like_the_hooks(tmp_path):
     assert completed == 2
 
 
-def test_ledger_warns_of_a_gpu_the_spec_table_lacks(capsys, nvml_fixtures, tmp_path, monkeypatch):
+def test_ledger_warns_of_a_gpu_the_spec_table_lacks(
+    capsys, nvml_fixtures, tmp_path, no_wattwise_env
+):
     """Regression: `--gpu Nope` was recorded silently and `estimate --run` failed on it later."""
-    from wattwise import config
-
-    monkeypatch.chdir(tmp_path)
-    for var in config.ENV_VARS.values():
-        monkeypatch.delenv(var, raising=False)
     db = tmp_path / "w.db"
     args = ["replay", str(nvml_fixtures / MLP), "--marks", str(nvml_fixtures / MLP_MARKS)]
     args += ["--ledger", str(db), "--json"]

@@ -295,28 +295,8 @@ def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
     assert rec.ended_at is not None
 
 
-@contextlib.contextmanager
-def _read_only(folder):
-    """``folder`` made read-only, the files in it left writable (chmod for a user; root, who
-    ignores modes, gets the immutable attribute where the file system has one; skipped where
-    neither works)."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 @pytest.fixture
-def locked_ledger(tmp_path):
+def locked_ledger(tmp_path, read_only):
     """Two runs in a ledger whose folder is then made read-only, the file itself left
     writable."""
     folder = tmp_path / "locked"
@@ -324,7 +304,7 @@ def locked_ledger(tmp_path):
     path = folder / "ledger.db"
     with Ledger(path) as book:
         ids = (_fit(book, "pretrain"), _fit(book, "finetune"))
-    with _read_only(folder):
+    with read_only(folder):
         yield path, ids
 
 
@@ -354,7 +334,9 @@ def test_read_only_ledger_folder_reads_and_refuses_writes(capsys, locked_ledger)
     assert sorted(os.listdir(path.parent)) == ["ledger.db"]
 
 
-def test_read_only_folder_an_old_ledger_is_refused_and_an_empty_file_reads_empty(capsys, tmp_path):
+def test_read_only_folder_an_old_ledger_is_refused_and_an_empty_file_reads_empty(
+    capsys, tmp_path, read_only
+):
     """The read-only paths besides a current ledger: a schema-3 ledger cannot be read without
     its upgrade (which writes it), so it is refused (exit 2) and left byte for byte as it was,
     rather than read with a schema this wattwise does not expect; an empty file (no schema yet)
@@ -368,7 +350,7 @@ def test_read_only_folder_an_old_ledger_is_refused_and_an_empty_file_reads_empty
         assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
     empty.touch()
     before = hashlib.sha256(old.read_bytes()).hexdigest()
-    with _read_only(folder):
+    with read_only(folder):
         code, out, err = run_cli(capsys, "runs", "--json", "--ledger", str(old))
         assert code == 2, err
         assert str(old) in err and "schema version 3" in err and "upgraded" in err

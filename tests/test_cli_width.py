@@ -27,10 +27,7 @@ TYPED_IN = ["--measured-gpu", "H200", "--seconds-per-epoch", "1.1", "--joules-pe
 
 
 @pytest.fixture(autouse=True)
-def clean(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for var in config.ENV_VARS.values():
-        monkeypatch.delenv(var, raising=False)
+def clean(no_wattwise_env, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
 
 

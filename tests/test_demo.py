@@ -77,24 +77,16 @@ def test_unwritable_out_exits_2_before_training(tmp_path, capsys, no_training):
         assert not ledger.exists()
 
 
-def test_a_ledger_that_cannot_be_written_exits_2_before_training(tmp_path, capsys, no_training):
+def test_a_ledger_that_cannot_be_written_exits_2_before_training(
+    tmp_path, capsys, no_training, read_only
+):
     """Regression: a ledger in a read-only folder trained every model (minutes), recorded
-    nothing, and ended in exit code 1. Root ignores modes: the immutable attribute then, where
-    the file system has one."""
+    nothing, and ended in exit code 1 (read_only: see conftest.py)."""
     folder = tmp_path / "locked"
     folder.mkdir()
     ledger, out = folder / "demo.db", tmp_path / "out"
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i")
-    try:
+    with read_only(folder):
         code = main(["demo", "--quick", "--ledger", str(ledger), "--out", str(out)])
-    finally:
-        if os.geteuid() != 0:
-            folder.chmod(0o755)
-        else:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(ledger) in err and "read-only" in err and "accepted" in err

@@ -416,21 +416,16 @@ def test_cloud_pricing_uses_an_instance_with_each_targets_gpu():
     )
 
 
-def test_onprem_break_even_is_against_the_cheapest_rental(tmp_path):
-    from wattwise import config
+def with_cheap_instance(settings, name: str, gpu: str):
+    """``settings`` (the conftest fixture's defaults) plus a custom one-GPU instance ``name`` on
+    ``gpu`` at 0.01 USD an hour, far below any GPU's own electricity."""
+    row = {"gpus": 1, "gpu": gpu, "price_per_hour_usd": 0.01, "source": "test", "date": "2025-01"}
+    return settings.with_overrides(instances={name: row})
 
+
+def test_onprem_break_even_is_against_the_cheapest_rental(settings):
     # a custom instance far below the H100's own electricity: renting always wins (inf -> null)
-    settings = config.load(env={}, cwd=tmp_path).with_overrides(
-        instances={
-            "lab:h100": {
-                "gpus": 1,
-                "gpu": "H100",
-                "price_per_hour_usd": 0.01,
-                "source": "test",
-                "date": "2025-01",
-            }
-        }
-    )
+    settings = with_cheap_instance(settings, "lab:h100", "H100")
     (t,) = estimate(h100_profile(), Plan(epochs=1), [H100], settings=settings).targets
     assert t.break_even_instance == "lab:h100"
     assert t.break_even_gpu_hours_per_year == float("inf")
@@ -444,22 +439,10 @@ def test_onprem_break_even_is_against_the_cheapest_rental(tmp_path):
     assert t.break_even_instance == min(per_gpu_hour, key=per_gpu_hour.get)
 
 
-def test_a_custom_instance_on_an_unknown_gpu_is_passed_over(tmp_path):
-    from wattwise import config
-
+def test_a_custom_instance_on_an_unknown_gpu_is_passed_over(settings):
     # pricing.instances_for_gpu skips a row whose GPU the hardware table does not know: the
     # estimate prices the H100 as without it instead of failing on that row
-    settings = config.load(env={}, cwd=tmp_path).with_overrides(
-        instances={
-            "lab:mystery": {
-                "gpus": 1,
-                "gpu": "Mystery 9000",
-                "price_per_hour_usd": 0.01,
-                "source": "test",
-                "date": "2025-01",
-            }
-        }
-    )
+    settings = with_cheap_instance(settings, "lab:mystery", "Mystery 9000")
     (t,) = estimate(h100_profile(), Plan(epochs=1), [H100], settings=settings).targets
     (plain,) = estimate(h100_profile(), Plan(epochs=1), [H100]).targets
     assert t.break_even_instance == plain.break_even_instance != "lab:mystery"
