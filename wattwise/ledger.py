@@ -1444,17 +1444,29 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
-    def _child_filter(self, run_id: str | None, alias: str = "") -> tuple[str, tuple]:
-        """SQL condition on ``run_key`` selecting one run (by id or prefix) or every run."""
+    def _child_filter(
+        self, run_id: str | None, alias: str = "", run_filter: RunFilter | None = None
+    ) -> tuple[str, tuple]:
+        """SQL condition on ``run_key`` selecting one run (by id or prefix), the runs a filter
+        narrows to in SQL (a superset for running/interrupted), or every run."""
         if run_id is None:
-            return "1", ()
+            if run_filter is None or run_filter.empty:
+                return "1", ()
+            condition, values = run_filter.sql()
+            return f"{alias}run_key IN (SELECT key FROM runs WHERE {condition})", tuple(values)
         return f"{alias}run_key = (SELECT key FROM runs WHERE run_id = ?)", (self._resolve(run_id),)
 
-    def phases(self, run_id: str | None = None) -> pandas.DataFrame:
-        """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order."""
+    def phases(
+        self,
+        run_id: str | None = None,
+        filter: RunFilter | None = None,
+    ) -> pandas.DataFrame:
+        """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order;
+        of one run, or of the runs ``filter`` selects in SQL (it may include running runs
+        whose process is gone: ``list_runs(filter)`` says which runs match)."""
         import pandas as pd
 
-        condition, params = self._child_filter(run_id)
+        condition, params = self._child_filter(run_id, run_filter=filter)
         rows = self._read(
             "SELECT run_key, epoch, stage, device_key, start_s, end_s, energy_j, mean_power_w, "
             f"peak_power_w, method, flags FROM phases WHERE {condition} ORDER BY id",
@@ -1503,13 +1515,17 @@ class Ledger:
         )
         return frame
 
-    def snapshots(self, run_id: str | None = None) -> pandas.DataFrame:
+    def snapshots(
+        self,
+        run_id: str | None = None,
+        filter: RunFilter | None = None,
+    ) -> pandas.DataFrame:
         """One row per committed epoch (columns: SNAPSHOTS_COLUMNS): the model's size, the
         scalar ``metrics`` at the epoch's end (a dict; None where not recorded) and the
         ``train_samples`` it processed (<NA>: unknown or not recorded)."""
         import pandas as pd
 
-        condition, params = self._child_filter(run_id, "s.")
+        condition, params = self._child_filter(run_id, "s.", filter)
         rows = self._read(
             "SELECT r.run_id, s.epoch, s.trainable_params, s.total_params, s.model_class, "
             f"s.label, s.metrics, s.train_samples FROM snapshots s JOIN runs r "
