@@ -41,7 +41,7 @@ def add(book, architecture, *, user, job, start, status="finished", tags=()):
 
 @pytest.fixture
 def lab(book):
-    """Eight runs of three users over four days; returns name -> run id."""
+    """Nine runs of four users over six days; returns name -> run id."""
     runs = {
         "a1": add(book, "resnet", user="alice", job="123", start=T0, tags=("sweep",)),
         "a2": add(book, "resnet", user="alice", job="123_4", start=T0 + timedelta(days=1)),
@@ -50,6 +50,10 @@ def lab(book):
         "b2": add(book, "mlp", user="bob", job=None, start=T0 + timedelta(days=3, hours=5)),
         "c1": add(book, "mlp", user="carol", job="pod-x", start=T0 + timedelta(hours=1)),
         "c2": add(book, "mlp", user="carol", job="pod-x_2", start=T0, status="running"),
+        # stored as interrupted (a Meter stopped by Ctrl-C), not derived
+        "d1": add(
+            book, "cnn", user="dave", job=None, start=T0 + timedelta(days=5), status="interrupted"
+        ),
     }
     # a run whose process is gone: written by a child process that has ended
     child = (
@@ -117,14 +121,14 @@ def test_merge_carries_the_scheduler(tmp_path):
         (RunFilter(architecture="mlp"), ["b2", "c1", "c2", "gone"]),
         (RunFilter(status="failed"), ["b1"]),
         (RunFilter(status="running"), ["c2"]),  # this process is alive
-        (RunFilter(status="interrupted"), ["gone"]),
+        (RunFilter(status="interrupted"), ["d1", "gone"]),
         (RunFilter(user="carol", status="running"), ["c2"]),
         (RunFilter.from_cli(since="2026-11-03", until="2026-11-04"), ["a2", "a3"]),
         (RunFilter.from_cli(until="2026-11-02"), ["a1", "b1", "c1", "c2"]),
-        (RunFilter.from_cli(since="2026-11-02T09:30"), ["a2", "a3", "b2", "c1", "gone"]),
+        (RunFilter.from_cli(since="2026-11-02T09:30"), ["a2", "a3", "b2", "c1", "d1", "gone"]),
         (RunFilter.from_cli(user="alice", since="2026-11-03T00:00:00+00:00"), ["a2", "a3"]),
         (RunFilter(user="nobody"), []),
-        (RunFilter(), ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "gone"]),
+        (RunFilter(), ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "d1", "gone"]),
     ],
 )
 def test_list_runs_filters(book, lab, flt, expected):
