@@ -456,14 +456,18 @@ def test_update_settings_beside_a_reader_in_another_connection(book):
     # and a reader thread polling through its own Ledger while the run is updated 50 times
     seen: list[dict] = []
     stop = threading.Event()
+    reading = threading.Event()
 
     def poll():
         with Ledger(book.path) as other:
             while not stop.is_set():
                 seen.append(other.get_run(run_id).settings)
+                reading.set()
 
     thread = threading.Thread(target=poll)
     thread.start()
+    # on a loaded machine the 50 writes could all be done before the reader's first read
+    assert reading.wait(timeout=60)
     try:
         for i in range(1, 51):
             book.update_settings(run_id, {"peak_mem_gib": float(i)})
