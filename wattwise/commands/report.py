@@ -21,13 +21,26 @@ def report_command(
         pathlib.Path | None,
         typer.Option("--ledger", help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db)."),
     ] = None,
+    out: Annotated[
+        pathlib.Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder for report.html, runs.csv and phases.csv (as `wattwise demo --out`); "
+            "--html and --csv, when given, win for their files.",
+        ),
+    ] = pathlib.Path("reports"),
     html: Annotated[
         pathlib.Path | None,
-        typer.Option("--html", help="HTML file to write (default: reports/report.html)."),
+        typer.Option(
+            "--html", metavar="FILE", help="HTML file to write (default: report.html in --out)."
+        ),
     ] = None,
     csv_dir: Annotated[
         pathlib.Path | None,
-        typer.Option("--csv", help="Folder for runs.csv and phases.csv (default: reports/)."),
+        typer.Option(
+            "--csv", metavar="DIR", help="Folder for runs.csv and phases.csv (default: --out)."
+        ),
     ] = None,
     region: Annotated[
         str | None,
@@ -61,7 +74,13 @@ def report_command(
         )
     with Ledger(path) as opened:
         result = build_report(
-            opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
+            opened,
+            run_ids or None,
+            out_dir=out,
+            html_path=html,
+            csv_dir=csv_dir,
+            region=region,
+            pricing=pricing,
         )
     if as_json:
         print_json(result.to_json())
