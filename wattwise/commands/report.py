@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from wattwise._safe_text import printable
 from wattwise.commands import print_json
 
 
@@ -86,9 +87,9 @@ def report_command(
         print_json(result.to_json())
         return
     typer.echo(f"report of {result.n_runs} run{'s' if result.n_runs != 1 else ''}:")
-    typer.echo(f"  html:       {result.html_path}")
-    typer.echo(f"  runs.csv:   {result.runs_csv}")
-    typer.echo(f"  phases.csv: {result.phases_csv}")
+    typer.echo(printable(f"  html:       {result.html_path}"))
+    typer.echo(printable(f"  runs.csv:   {result.runs_csv}"))
+    typer.echo(printable(f"  phases.csv: {result.phases_csv}"))
 
 
 def register(app: typer.Typer) -> None:

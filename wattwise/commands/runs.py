@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal, printable
+from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.errors import BadInput
 from wattwise.units import j_to_wh
 
@@ -62,8 +63,6 @@ def runs_command(
     """List the runs in the ledger (a run whose process is gone shows as interrupted)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
-
     with _ledger(ledger, ctx) as book:
         records = book.list_runs()
     if json_out:
@@ -71,9 +70,9 @@ def runs_command(
         return
     out = console()
     if not records:
-        out.print(f"No runs in {book.path}.", highlight=False)
+        out.print(literal(f"No runs in {book.path}."))
         return
-    table = Table(title=str(book.path))
+    table = make_table(title=str(book.path))
     # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
     # names stay whole (see print_table)
     for name in ("id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"):
@@ -137,7 +136,7 @@ def show_command(
 
 
 def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
     out = console()
     duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
@@ -162,21 +161,23 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("region / pricing", f"{rec.region or '-'} / {rec.pricing or '-'}"),
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
     ):
-        out.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+        out.print(Text.assemble((f"{label:>17}", "bold"), "  ", literal(value)))
     if lineage:
         out.print(
-            f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
-            f"{len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
-            highlight=False,
+            Text.assemble(
+                (f"{'lineage':>17}", "bold"),
+                f"  own {_wh(own_j)} Wh, with {len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
+            )
         )
         for item in lineage:
             out.print(
-                f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
-                f"{item['own_energy_wh']:.4g} Wh",
-                highlight=False,
+                literal(
+                    f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
+                    f"{item['own_energy_wh']:.4g} Wh"
+                )
             )
     if phase_rows:
-        table = Table(title="Energy per epoch x stage x device")
+        table = make_table(title="Energy per epoch x stage x device")
         for name in ("epoch", "stage", "device", "s", "Wh", "mean W", "peak W", "method", "flags"):
             table.add_column(name, overflow="fold" if name == "device" else "ellipsis")
         for row in phase_rows:
@@ -193,7 +194,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
             )
         print_table(out, table)
     if snapshot_rows:
-        table = Table(title="Model size per epoch")
+        table = make_table(title="Model size per epoch")
         for name in ("epoch", "trainable", "total", "class", "label"):
             table.add_column(name)
         for row in snapshot_rows:
@@ -221,7 +222,7 @@ def rm_command(
     if _want_json(json_out, ctx):
         print_json({"removed": run_id})
     else:
-        typer.echo(f"removed run {run_id}")
+        typer.echo(printable(f"removed run {run_id}"))
 
 
 @runs_app.command("merge")
@@ -238,7 +239,9 @@ def merge_command(
         print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
-            f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+            printable(
+                f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+            )
         )
 
 
@@ -303,9 +306,11 @@ def run_command(
         print_json(summary)
     else:
         typer.echo(
-            f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
-            f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
-            + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items())),
+            printable(
+                f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
+                f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
+                + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items()))
+            ),
             err=True,
         )
     if code != 0:
