@@ -13,6 +13,7 @@ import pathlib
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 
 import pytest
@@ -187,6 +188,37 @@ def test_runs_table_shows_labels_escaped_on_one_row(capsys, plain_terminal, evil
 
     code, out, _ = _cli(capsys, "runs", "--ledger", str(ledger), "--json")
     assert json.loads(out)[0]["architecture"] == EVIL  # JSON stays exact
+
+
+def test_runs_on_a_real_terminal_draws_no_label_escape(evil_ledger, tmp_path) -> None:
+    """On a terminal rich adds escapes of its own (bold headers): the label's are shown, not
+    sent."""
+    import os
+
+    pty = pytest.importorskip("pty")
+    ledger, run_id = evil_ledger
+    main_fd, child_fd = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "300"}
+    argv = [sys.executable, "-m", "wattwise", "runs", "--ledger", str(ledger)]
+    child = subprocess.Popen(argv, stdout=child_fd, stderr=child_fd, env=env, cwd=tmp_path)
+    os.close(child_fd)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    assert child.wait(timeout=120) == 0
+    text = out.decode()
+    assert "\x1b[1m" in text  # rich did style the header: this was a terminal
+    for raw in ("\x1b[2J", "\x1b[31m", "evil\nrow", "evil\r\nrow"):
+        assert raw not in text
+    (row,) = [line for line in text.splitlines() if run_id[:8] in line]
+    assert EVIL_SHOWN in row
 
 
 def test_runs_show_escapes_every_label(capsys, plain_terminal, evil_ledger) -> None:
