@@ -16,7 +16,7 @@ places would otherwise obey them:
   :func:`printable` shows every control character escaped (``\\x1b``, ``\\n``, ``\\r``,
   ``\\t``, ``\\u202e``), and :func:`literal` makes of that a rich ``Text``, which rich never
   reads markup or emoji codes from. The CLI's tables turn every plain-string cell into one
-  (``wattwise.commands.LiteralTable``); other lines pass their labels through these two.
+  (``wattwise.commands.make_table``); other lines pass their labels through these two.
 
 Backslashes are left as they are: a label that holds the four characters ``\\x1b`` prints like
 one holding an escape character, which is ambiguous but harmless.
@@ -58,7 +58,7 @@ def csv_cell(value: Any) -> Any:
 
 def csv_column(values: Iterable[Any]) -> tuple[list[Any], bool]:
     """:func:`csv_cell` of every value (a new list), and whether any string holds a carriage
-    return: Python's csv writer does not quote a field for a lone ``\r`` unless it is in the
+    return: Python's csv writer does not quote a field for a lone ``\\r`` unless it is in the
     line terminator, and a reader (csv, a spreadsheet) ends the row there, so that the rest of
     the cell, a formula perhaps, becomes a row of its own; the writer must quote it then.
 
