@@ -166,7 +166,13 @@ def evil_ledger(tmp_path) -> tuple[pathlib.Path, str]:
     path = tmp_path / "evil.db"
     with Ledger(path) as book:
         device = DeviceInfo("gpu:GPU-1f0b2c1e-8d6a-4f3b-9e21-7c4d8a9b0e12", "gpu", EVIL, "counter")
-        run_id = book.begin_run(architecture=EVIL, tags=[EVIL], devices=[device], region=EVIL)
+        run_id = book.begin_run(
+            architecture=EVIL,
+            tags=[EVIL],
+            devices=[device],
+            region=EVIL,
+            scheduler={"user": EVIL, "job_id": "42", "slurm": {"job_name": EVIL}},
+        )
         book.add_phases(
             run_id,
             [PhaseEnergy(EVIL, 0, device.device_id, "gpu", 0.0, 4.0, 3600.0, "counter")],
@@ -234,6 +240,9 @@ def test_runs_show_escapes_every_label(capsys, plain_terminal, evil_ledger) -> N
     assert any(line.strip().startswith("host / pid") and HOST_SHOWN in line for line in lines)
     assert any(re.match(rf"\s*region / pricing\s+{re.escape(EVIL_SHOWN)} /", ln) for ln in lines)
     assert any(line.split() == ["metrics", *f"{EVIL_SHOWN}=1".split()] for line in lines)
+    # scheduler metadata comes from the job's environment: another user's text too
+    assert any(line.split() == ["user", *EVIL_SHOWN.split()] for line in lines)
+    assert any(line.split() == ["SLURM", *f"job_name={EVIL_SHOWN}".split()] for line in lines)
     (phase_row,) = [line for line in lines if line.startswith("│ 0 ") and "counter" in line]
     assert EVIL_SHOWN in phase_row  # the stage
     (size_row,) = [line for line in lines if line.startswith("│ 0 ") and "│ 10 " in line]
