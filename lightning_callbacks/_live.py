@@ -3,14 +3,16 @@
 Local rank 0 of each node serves what its own Meter holds, read at scrape time (the host and
 the GPUs no rank trains on, or its own CUDA GPU), plus the GPUs of the node's other local
 ranks as their phases arrive with each epoch's gather (those advance at epoch ends, not
-live). The exporter lives as long as the callback in this process, across its Trainer calls,
-so a run's series keep growing from fit to test, and its final figures stay served after the
-fit; it is never part of the callback's picklable state. Every function here is called
-through the callback's ``_guard``: a failure is a warning, never an exception in training.
+live). A resumed run's series go on from its rows in the ledger. The exporter lives as long
+as the callback in this process, across its Trainer calls, so a run's series keep growing
+from fit to test, and its final figures stay served after the fit; it is never part of the
+callback's picklable state. Every function here is called through the callback's
+``_guard``: a failure is a warning, never an exception in training.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,7 +69,24 @@ def set_run(cb: Any, trainer: Any, pl_module: Any) -> None:
     except Exception as err:  # a region or scenario that cannot be used: series without money
         cb._warn_once(f"wattwise: live metrics without cost and CO2e: {err}")
         money = None
-    cb._metrics.set_run(cb.run_id, cb._architecture(pl_module), region=region, money=money)
+    # a resumed run (its totals restored): its series go on from the ledger's rows, so they
+    # end at the run's total; on one node only (rank 0 reads every node's rows)
+    earlier = None
+    if cb._global_zero and int(trainer.num_nodes) == 1 and cb.energy_j > 0:
+        earlier = functools.partial(_ledger_figures, cb)
+    cb._metrics.set_run(
+        cb.run_id, cb._architecture(pl_module), region=region, money=money, earlier=earlier
+    )
+
+
+def _ledger_figures(cb: Any) -> tuple[dict[tuple[str, str, str, str], float], float]:
+    """The run's energy in the ledger by (device, kind, stage, method), and its duration."""
+    rows = cb._open_ledger().phases(cb.run_id)
+    energy: dict[tuple[str, str, str, str], float] = {}
+    for r in rows.itertuples(index=False):
+        key = (r.device_id, r.kind, r.stage, r.method)
+        energy[key] = energy.get(key, 0.0) + float(r.energy_j)
+    return energy, cb.duration_s
 
 
 def note(cb: Any, trainer: Any, reports: Sequence[Any]) -> None:

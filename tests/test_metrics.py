@@ -469,3 +469,29 @@ def test_the_promql_name_check_can_fail():
         'sum by (run_id) (rate(wattwise_energy_joules_total{kind="gpu"}[5m]))'
     ) == {"wattwise_energy_joules_total"}
     assert _metric_names("sum(wattwise_power_watt)") == {"wattwise_power_watt"}  # a typo shows
+
+
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_from_its_ledger_rows(tmp_path, monkeypatch, nvml_fixtures):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from test_callback import TRACE, TinyModel, loader, trainer
+
+    from lightning_callbacks import EnergyCallback
+
+    monkeypatch.setenv("WATTWISE_REPLAY_NVML", str(nvml_fixtures / TRACE))
+    db = tmp_path / "w.db"
+    first = EnergyCallback(ledger=db, metrics_port="127.0.0.1:0")
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer(tmp_path, [first, saving], max_epochs=2).fit(TinyModel(), loader(), loader(16))
+    first_j = Ledger(db).get_run(first.run_id).energy_j
+    resumed = EnergyCallback(ledger=db, metrics_port="127.0.0.1:0")  # a new exporter
+    again = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=16.ckpt"
+    trainer(tmp_path, [resumed, again], max_epochs=4).fit(
+        TinyModel(), loader(), loader(16), ckpt_path=ckpt
+    )
+    run = Ledger(db).get_run(first.run_id)
+    assert resumed.run_id == run.run_id and run.energy_j > 1.5 * first_j
+    samples = _scrape(resumed.metrics_url)[1]["wattwise_energy_joules"].samples
+    assert {s.labels["run_id"] for s in samples} == {run.run_id}
+    assert sum(s.value for s in samples) == pytest.approx(run.energy_j, rel=0.01)

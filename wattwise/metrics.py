@@ -291,13 +291,19 @@ class Exporter:
         *,
         region: str | None = None,
         money: Money | None = None,
+        earlier: Callable[[], tuple[Mapping[Key, float], float]] | None = None,
     ) -> None:
-        """The run the figures belong to. A different run id starts its series from zero
-        (what was measured before, e.g. a call that opened no run, is not that run's)."""
+        """The run the figures belong to. A different run id starts its series from what
+        ``earlier()`` returns (energy by key and seconds a resumed run had before this
+        process), else from zero: what was measured before (e.g. a call that opened no run)
+        is not that run's. The same run id again (fit, then test) goes on counting."""
         run_id = run_id or str(uuid.uuid4())
+        if self._run is None or self._run["run_id"] != run_id:
+            before, before_s = earlier() if earlier is not None else ({}, 0.0)
         with self._lock:
             if self._run is None or self._run["run_id"] != run_id:
-                self._base, self._exported, self._base_duration_s = {}, {}, 0.0
+                self._base, self._exported = dict(before), {}
+                self._base_duration_s = before_s
                 self._seen, self._power = {}, {}
             self._run = {
                 "run_id": run_id,
