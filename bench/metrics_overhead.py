@@ -5,7 +5,11 @@ and every 0.1 s (ten times as often, to magnify a scrape's cost). Interleaved ro
 run, so every variant sees the same machine; prints each variant's fit-time ratio to the
 plain fit (median and spread over the rounds) and the scrapes made.
 
-    python bench/metrics_overhead.py [--epochs 6] [--rounds 5]
+    python bench/metrics_overhead.py [--epochs 6] [--rounds 5] [--device cpu|cuda]
+
+``--device cuda`` fits on the GPU and measures it through NVML (no replayed trace). Also
+printed: the ratio of the training process's CPU time (all its threads: the metrics server's
+work shows there however loaded the machine is).
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fit(epochs: int, scrape_every_s: float | None) -> tuple[float, int]:
-    """(fit seconds, scrapes made during it) of one fit; no metrics when ``scrape_every_s``
-    is None."""
+def fit(epochs: int, scrape_every_s: float | None, device: str) -> tuple[float, float, int]:
+    """(fit seconds, process CPU seconds, scrapes made during it) of one fit; no metrics when
+    ``scrape_every_s`` is None."""
     import pytorch_lightning as pl
 
     from lightning_callbacks import EnergyCallback
@@ -60,7 +64,8 @@ def fit(epochs: int, scrape_every_s: float | None) -> tuple[float, int]:
         cb = EnergyCallback(ledger=pathlib.Path(tmp) / "w.db", **kwargs)
         trainer = pl.Trainer(
             max_epochs=epochs,
-            accelerator="cpu",
+            accelerator=device,
+            devices=1,
             callbacks=[cb],
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -78,9 +83,9 @@ def fit(epochs: int, scrape_every_s: float | None) -> tuple[float, int]:
             assert scraper.stdout is not None
             scraper.stdout.readline()  # started (its interpreter's start-up is not timed)
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainer.fit(BaselineMLP(), build_datamodule(seed=0))
-            fit_s = time.perf_counter() - t0
+            fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         finally:
             scrapes = 0
             if scraper is not None:
@@ -89,15 +94,17 @@ def fit(epochs: int, scrape_every_s: float | None) -> tuple[float, int]:
                 scrapes = len(out.split())  # "ready" was read before
             if cb._metrics is not None:
                 cb._metrics.close()
-    return fit_s, scrapes
+    return fit_s, cpu_s, scrapes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    os.environ["WATTWISE_REPLAY_NVML"] = str(TRACE / "h200-mlp6144-8epochs-20hz.csv")
+    if args.device == "cpu":
+        os.environ["WATTWISE_REPLAY_NVML"] = str(TRACE / "h200-mlp6144-8epochs-20hz.csv")
     for var in ("WATTWISE_METRICS_PORT", "WATTWISE_PUSHGATEWAY"):
         os.environ.pop(var, None)
     warnings.filterwarnings("ignore")
@@ -107,27 +114,33 @@ def main() -> None:
 
     variants = {"off": None, "scraped every 1 s": 1.0, "scraped every 0.1 s": 0.1}
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     scrapes: dict[str, list[int]] = {name: [] for name in variants}
     with one_cpu_thread():
-        fit(1, 1.0)  # warm-up: imports (prometheus_client too), data set, first calls
+        fit(1, 1.0, args.device)  # warm-up: imports (prometheus_client too), data set, first calls
         for _ in range(args.rounds):  # interleaved, so every variant sees the same machine
             for name, every_s in variants.items():
-                fit_s, n = fit(args.epochs, every_s)
+                fit_s, cpu_s, n = fit(args.epochs, every_s, args.device)
                 times[name].append(fit_s)
+                cpu[name].append(cpu_s)
                 scrapes[name].append(n)
-    print(f"{args.rounds} rounds of {args.epochs}-epoch fits, variants interleaved")
+    print(
+        f"{args.rounds} rounds of {args.epochs}-epoch fits on {args.device}, variants interleaved"
+    )
     for name in variants:
         print(
             f"{name:20s}: fit median {statistics.median(times[name]):.2f} s "
-            f"(min {min(times[name]):.2f}, max {max(times[name]):.2f}); "
+            f"(min {min(times[name]):.2f}, max {max(times[name]):.2f}), CPU "
+            f"{statistics.median(cpu[name]):.2f} s; "
             f"scrapes per fit {statistics.median(scrapes[name]):g}"
         )
-    for name in list(variants)[1:]:
-        ratios = sorted(on / off for on, off in zip(times[name], times["off"], strict=True))
-        print(
-            f"fit time, {name} / off: median {statistics.median(ratios):.3f} "
-            f"(spread {ratios[0]:.3f}-{ratios[-1]:.3f} over {len(ratios)} rounds)"
-        )
+    for what, table in (("fit time", times), ("CPU time", cpu)):
+        for name in list(variants)[1:]:
+            ratios = sorted(on / off for on, off in zip(table[name], table["off"], strict=True))
+            print(
+                f"{what}, {name} / off: median {statistics.median(ratios):.3f} "
+                f"(spread {ratios[0]:.3f}-{ratios[-1]:.3f} over {len(ratios)} rounds)"
+            )
 
 
 if __name__ == "__main__":

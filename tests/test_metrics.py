@@ -6,6 +6,7 @@ counters and pushes, what the endpoint serves, the CLI, and the Grafana dashboar
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -494,4 +495,35 @@ def test_a_resumed_run_goes_on_from_its_ledger_rows(tmp_path, monkeypatch, nvml_
     assert resumed.run_id == run.run_id and run.energy_j > 1.5 * first_j
     samples = _scrape(resumed.metrics_url)[1]["wattwise_energy_joules"].samples
     assert {s.labels["run_id"] for s in samples} == {run.run_id}
+    assert sum(s.value for s in samples) == pytest.approx(run.energy_j, rel=0.01)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_cuda_fit_serves_the_gpu_counter_live_and_ends_at_its_ledger_run(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+    from test_callback import TinyModel, loader, trainer
+
+    from lightning_callbacks import EnergyCallback
+
+    monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
+    cb = EnergyCallback(ledger=tmp_path / "w.db", metrics_port="127.0.0.1:0")
+    seen: list[tuple[float, dict]] = []
+
+    class Scrape(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            families = _scrape(cb.metrics_url)[1]
+            total = sum(s.value for s in families["wattwise_energy_joules"].samples)
+            power = {s.labels["kind"]: s.value for s in families["wattwise_power_watts"].samples}
+            seen.append((total, power))
+
+    fit = trainer(tmp_path, [cb, Scrape()], accelerator="cuda", max_epochs=4)
+    fit.fit(TinyModel(step_s=0.05), loader(), loader(16))
+    run = Ledger(tmp_path / "w.db").get_run(cb.run_id)
+    samples = _scrape(cb.metrics_url)[1]["wattwise_energy_joules"].samples
+    gpu = [s for s in samples if s.labels["kind"] == "gpu"]
+    assert gpu and {s.labels["method"] for s in gpu} == {"counter"}  # NVML's energy counter
+    totals = [total for total, _ in seen]
+    assert len(totals) == 4 and all(b > a for a, b in itertools.pairwise(totals))
+    assert all(power["gpu"] > 20.0 for _, power in seen)  # an H100/H200 idles at 70 W or more
     assert sum(s.value for s in samples) == pytest.approx(run.energy_j, rel=0.01)
