@@ -46,6 +46,8 @@ def attach(cb: Any, trainer: Any, meter: Any) -> None:
             return
         where = None if endpoint is None else metrics.parse_endpoint(endpoint)
         cb._metrics = metrics.Exporter(where, gateway).start()  # port in use: one warning
+        if int(trainer.num_nodes) > 1:  # each node's push its own group, not the last one's
+            cb._metrics.push_group = {"node": str(int(trainer.node_rank))}
     node = int(trainer.node_rank)
     from lightning_callbacks.energy import _node_device_id
 

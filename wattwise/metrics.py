@@ -211,6 +211,8 @@ class Exporter:
         self.gateway = gateway
         self.url: str | None = None
         """``http://HOST:PORT/metrics`` once serving (the port the system chose for port 0)."""
+        self.push_group: dict[str, str] = {}
+        """Grouping-key labels pushed besides ``run_id`` (the callback's ``node`` on several)."""
         self.warnings: list[str] = []
         self._clock = clock
         self._lock = threading.Lock()
@@ -451,7 +453,7 @@ class Exporter:
                     self.gateway,
                     job=PUSH_JOB,
                     registry=self._registry,
-                    grouping_key={"run_id": run_id},
+                    grouping_key={"run_id": run_id, **self.push_group},
                     timeout=PUSH_TIMEOUT_S,
                 )
             except Exception as err:  # unreachable, refused, timed out: training goes on
