@@ -149,3 +149,35 @@ def test_a_port_in_use_is_one_warning_and_the_fit_finishes(tmp_path, caplog):
     refused = [r.getMessage() for r in caplog.records if "cannot listen" in r.getMessage()]
     assert len(refused) == 1 and f"127.0.0.1:{port}" in refused[0], refused
     assert cb.metrics_url is None
+
+
+def test_a_meter_pushes_its_final_figures_and_nodes_keep_their_own_groups(tmp_path):
+    from fakes import FakeSensor
+
+    from wattwise import metrics
+    from wattwise.meter import Meter
+
+    with pushgateway(tmp_path / "pushgateway") as gateway:
+        meter = Meter(
+            ledger=tmp_path / "w.db",
+            architecture="job",
+            sensors=[FakeSensor(250.0, counter_period_s=0.1)],
+            pushgateway=gateway,
+        )
+        with meter:
+            wait_for(lambda: sum(meter.live()[0].values()) > 0, WAIT_S, "energy to accrue")
+        group = _group(gateway, meter.run_id)  # stop() waited for its push
+        assert group is not None
+        assert _pushed_j(group) == pytest.approx(meter.result.energy_j, rel=1e-9)
+        # the callback's exporter on node 1 of several: a group of its own beside node 0's
+        for node in ("0", "1"):
+            exporter = metrics.Exporter(gateway=gateway).start()
+            exporter.push_group = {"node": node}
+            exporter.attach(lambda: ({("cpu:machine", "train", "rapl"): 5.0}, {}), [])
+            exporter.set_run("multi-node-run", "mlp")
+            exporter.push(wait=True)
+        groups = get_json(f"{gateway}/api/v1/metrics")["data"]
+        nodes = {
+            g["labels"].get("node") for g in groups if g["labels"]["run_id"] == "multi-node-run"
+        }
+        assert nodes == {"0", "1"}
