@@ -180,9 +180,14 @@ def test_other_ranks_phases_count_their_final_figures_once():
     exporter.add_phase(1, other, 3, "train", "counter", 52.0, 200.0)  # settled: +2 J
     exporter.add_phase(1, other, 4, "train", "counter", 10.0, 210.0)
     exporter.add_phase(2, other, 4, "train", "counter", 10.0, 210.0)  # rank 2, same GPU
+    exporter.attach(Scripted(1.0), [_device(GPU)])  # this process's own GPU: counted live
+    exporter.add_phase(1, _device(GPU), 4, "train", "counter", 99.0, 210.0)
     snap = exporter.snapshot()
-    assert snap["energy"] == {(other.device_id, "gpu", "train", "counter"): 62.0}
-    assert snap["power"] == {other.device_id: ("gpu", 210.0)}
+    assert snap["energy"] == {
+        (other.device_id, "gpu", "train", "counter"): 62.0,
+        (GPU, "gpu", "train", "counter"): 1.0,
+    }
+    assert snap["power"] == {other.device_id: ("gpu", 210.0), GPU: ("gpu", 250.0)}
 
 
 def test_money_is_exported_only_where_set(settings):

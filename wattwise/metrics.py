@@ -226,6 +226,7 @@ class Exporter:
         self._exported: dict[tuple[str, ...], float] = {}  # monotone hold, this run
         self._seen: dict[tuple[int, int, str], float] = {}  # other ranks' provisional phases
         self._owner: dict[str, int] = {}  # other ranks' GPUs: the rank that counts each
+        self._own: set[str] = set()  # devices of every source attached (counted live)
         self._registry: Any = None
         self._server: Any = None
         self._push_thread: threading.Thread | None = None
@@ -333,6 +334,7 @@ class Exporter:
             for d in devices:
                 names[d.device_id] = name = rename(d) if rename is not None else d.device_id
                 self._devices[name] = d
+                self._own.add(name)
             self._attached = _Attached(source, names, self._clock())
 
     def detach(self) -> None:
@@ -377,8 +379,11 @@ class Exporter:
         """A phase another process measured (another local rank's GPU), counted once: a phase
         sent again (provisional, then final) adds only its difference."""
         with self._lock:
-            if self._owner.setdefault(device.device_id, rank) != rank:
-                return  # two ranks on one GPU: counted once, as the callback counts it
+            if (
+                device.device_id in self._own
+                or self._owner.setdefault(device.device_id, rank) != rank
+            ):
+                return  # a GPU two ranks measure: counted once, as the callback counts it
             key = (rank, index, device.device_id)
             delta = energy_j - self._seen.get(key, 0.0)
             self._seen[key] = energy_j
@@ -428,8 +433,8 @@ class Exporter:
     # ---- push ------------------------------------------------------------------------------
     def push(self, *, wait: bool = False) -> None:
         """Push to the gateway on a background thread; never blocks unless ``wait`` (the run's
-        end: at most :data:`PUSH_TIMEOUT_S` more). A push asked for while one is in flight is
-        made once after it, with the figures of that moment."""
+        end: at most twice :data:`PUSH_TIMEOUT_S`, a push in flight and this one). A push asked
+        for while one is in flight is made once after it, with the figures of that moment."""
         if self.gateway is None or self._registry is None or self.run_id is None:
             return
         with self._push_lock:
