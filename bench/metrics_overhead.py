@@ -97,6 +97,38 @@ def fit(epochs: int, scrape_every_s: float | None, device: str) -> tuple[float, 
     return fit_s, cpu_s, scrapes
 
 
+def scrape_cost(n: int = 300) -> None:
+    """Per-scrape cost in isolation, a Meter running on the replayed trace: what the server
+    thread does (the sampler's live figures, the exporter's snapshot, rendering the text) and a
+    whole HTTP GET of the endpoint from this process (client and server both counted)."""
+    import urllib.request
+
+    from prometheus_client import generate_latest
+
+    from wattwise.meter import Meter
+
+    meter = Meter(metrics_port="127.0.0.1:0").start()
+    exporter = meter._metrics
+    assert exporter is not None and meter.metrics_url is not None
+    url = meter.metrics_url
+    time.sleep(1.0)  # a few readings and a counter anchor
+    meter.mark("train")
+    steps = {
+        "Sampler.live": meter.live,
+        "Exporter.snapshot": exporter.snapshot,
+        "render (generate_latest)": lambda: generate_latest(exporter._registry),
+        "HTTP GET /metrics": lambda: urllib.request.urlopen(url, timeout=30).read(),
+    }
+    for name, step in steps.items():
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            step()
+        wall_ms = (time.perf_counter() - t0) / n * 1e3
+        cpu_ms = (time.process_time() - c0) / n * 1e3
+        print(f"per scrape, {name:24s}: {wall_ms:.3f} ms wall, {cpu_ms:.3f} ms CPU")
+    meter.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
@@ -134,6 +166,7 @@ def main() -> None:
             f"{statistics.median(cpu[name]):.2f} s; "
             f"scrapes per fit {statistics.median(scrapes[name]):g}"
         )
+    scrape_cost()
     for what, table in (("fit time", times), ("CPU time", cpu)):
         for name in list(variants)[1:]:
             ratios = sorted(on / off for on, off in zip(table[name], table["off"], strict=True))
