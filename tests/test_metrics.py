@@ -260,7 +260,9 @@ def _scrape(url: str, openmetrics: bool = True):
     return kind, {f.name: f for f in parse(text)}
 
 
-def test_a_meter_serves_openmetrics_and_ends_equal_to_its_ledger_run(tmp_path):
+def test_a_meter_serves_openmetrics_and_ends_equal_to_its_ledger_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_USER", "alice")
     sensors = [
         FakeSensor(300.0, counter_period_s=0.1),
         FakeSensor(40.0, device_id="cpu:machine", kind="cpu", counter=False),
@@ -300,7 +302,8 @@ def test_a_meter_serves_openmetrics_and_ends_equal_to_its_ledger_run(tmp_path):
     }
     info = families["wattwise_run"].samples[0].labels
     assert (info["architecture"], info["region"]) == ("job", "FRA")
-    assert info["user"] == metrics.scheduler_labels()["user"]
+    # the scheduler's join keys, as the ledger records them with the run
+    assert (info["user"], info["job_id"]) == (run.user, run.job_id) == ("alice", "4242")
     co2e = families["wattwise_co2e_grams"].samples[0]
     assert co2e.value == pytest.approx(_fra_co2e_g(run.energy_j), rel=1e-9)
     assert "wattwise_cost_usd" not in families  # no pricing given

@@ -27,11 +27,9 @@ flight is made once after it (never queued twice); failures are one warning.
 
 from __future__ import annotations
 
-import getpass
 import ipaddress
 import logging
 import math
-import os
 import threading
 import time
 import urllib.parse
@@ -121,15 +119,13 @@ def parse_gateway(value: Any, what: str = "pushgateway") -> str:
 
 
 def scheduler_labels() -> dict[str, str]:
-    """``user`` and ``job_id`` of the run_info series ("" where unknown).
+    """``user`` and ``job_id`` of the run_info series, as the ledger records them with the run
+    (:func:`wattwise.scheduler.collect`: SLURM's job user, else the OS user; SLURM's job, else
+    the Kubernetes pod, else the torchrun run id), "" where unknown."""
+    from wattwise import scheduler
 
-    The one place these come from: switch to ``wattwise.scheduler.collect()`` (keys ``user``
-    and ``job_id``) once it lands."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        user = ""
-    return {"user": user, "job_id": os.environ.get("SLURM_JOB_ID", "")}
+    found = scheduler.collect()
+    return {key: str(found.get(key) or "") for key in ("user", "job_id")}
 
 
 # --------------------------------------------------------------------- money

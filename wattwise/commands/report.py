@@ -8,6 +8,16 @@ from typing import Annotated
 import typer
 
 from wattwise.commands import print_json
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+)
 
 
 def report_command(
@@ -47,12 +57,21 @@ def report_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
     ] = False,
+    user: UserFilter = None,
+    job: JobFilter = None,
+    tag: TagFilter = None,
+    architecture: ArchitectureFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    status: StatusFilter = None,
 ) -> None:
-    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs."""
+    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs
+    (those given, or all; of them, those the run filters match)."""
     from wattwise.errors import BadInput
     from wattwise.ledger import Ledger, default_path
     from wattwise.report import build_report
 
+    run_filter = build(user, job, tag, architecture, since, until, status)
     path = ledger if ledger is not None else default_path()
     if not path.exists():
         raise BadInput(
@@ -61,7 +80,13 @@ def report_command(
         )
     with Ledger(path) as opened:
         result = build_report(
-            opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
+            opened,
+            run_ids or None,
+            html_path=html,
+            csv_dir=csv_dir,
+            region=region,
+            pricing=pricing,
+            run_filter=run_filter,
         )
     if as_json:
         print_json(result.to_json())
