@@ -1,0 +1,368 @@
+"""wattwise's GPU path through the real nvidia-ml-py binding and the stand-in libnvidia-ml.so.1
+(tests/nvml_standin), which replays the real H200 recordings of tests/fixtures/nvml.
+
+Every test here selects the stand-in explicitly (fixture ``nvml_standin``) because it asserts
+what only a known trace or a scripted fault gives: exact counter values, faults, 2 or 8 GPUs,
+MIG. Tests that must also hold on a real GPU carry the ``gpu`` marker (tests/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import NVML_FIXTURES, STANDIN_TRACE, Standin
+from wattwise.errors import SensorError, SensorNotSupported
+from wattwise.sensors.discovery import discover
+from wattwise.sensors.nvml import NvmlSensor
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+MLP_TRACE = NVML_FIXTURES / "h200-mlp6144-8epochs-20hz.csv"
+CLI_TIMEOUT_S = 120
+
+
+class Trace:
+    """A fixture trace as the stand-in plays it: rows hold until the next one (times since the
+    first row), and the trace starts again past its end, its counter going on."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        t0 = float(rows[0]["t_s"])
+        self.t = [float(r["t_s"]) - t0 for r in rows]
+        self.energy_mj = [int(r["energy_mJ"]) for r in rows]
+        self.instant_mw = [int(r["instant_mW"]) for r in rows]
+        self.power_mw = [int(r["power_mW"]) for r in rows]
+
+    def row(self, t_s: float) -> tuple[int, int]:
+        passes, rest = divmod(t_s, self.t[-1])
+        i = max(k for k, t in enumerate(self.t) if t <= rest)
+        return i, int(passes)
+
+    def energy_j(self, t_s: float) -> float:
+        i, passes = self.row(t_s)
+        return (self.energy_mj[i] + passes * (self.energy_mj[-1] - self.energy_mj[0])) / 1000
+
+
+TRACE = Trace(STANDIN_TRACE)
+
+
+def energy_reads(log: pathlib.Path) -> list[tuple[int, float, int]]:
+    """(device, seconds since init, mJ) of each counter read the stand-in logged."""
+    rows = [line.split() for line in log.read_text().splitlines()]
+    return [(int(d), float(t), int(mj)) for kind, d, t, mj in (r for r in rows if len(r) == 4)]
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def opened(**kwargs) -> tuple[NvmlSensor, list]:
+    sensor = NvmlSensor(**kwargs)
+    return sensor, sensor.open()
+
+
+# -- the binding itself ---------------------------------------------------------------------------
+
+
+def test_the_binding_reads_the_standin_structs(nvml_standin: Standin) -> None:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        assert pynvml.nvmlDeviceGetName(h) == "NVIDIA H200"  # str, not bytes
+        assert pynvml.nvmlDeviceGetMemoryInfo(h).total == 150754820096
+        assert pynvml.nvmlDeviceGetEnforcedPowerLimit(h) == 700_000
+        (instant, energy) = pynvml.nvmlDeviceGetFieldValues(h, [186, 83])
+        assert (instant.fieldId, instant.nvmlReturn, instant.valueType) == (186, 0, 1)
+        assert instant.value.uiVal in TRACE.instant_mw
+        assert (energy.nvmlReturn, energy.valueType) == (0, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG)
+        counter = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        assert TRACE.energy_mj[0] <= energy.value.ullVal <= counter
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            pynvml.nvmlDeviceGetHandleByIndex(1)
+    finally:
+        pynvml.nvmlShutdown()
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetCount()
+
+
+def test_counter_read_costs_the_configured_cpu(nvml_standin: Standin) -> None:
+    import pynvml
+
+    nvml_standin.set(read_cost_ms=20)
+    pynvml.nvmlInit()
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        cpu = time.thread_time()
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        assert time.thread_time() - cpu >= 0.019
+    finally:
+        pynvml.nvmlShutdown()
+
+
+# -- NvmlSensor -----------------------------------------------------------------------------------
+
+
+def test_sensor_on_an_h200(nvml_standin: Standin) -> None:
+    sensor, (info,) = opened()
+    try:
+        assert (info.name, info.method, info.index, info.flags) == (
+            "NVIDIA H200",
+            "counter",
+            0,
+            frozenset(),
+        )
+        assert info.uuid.startswith("GPU-") and info.device_id == f"gpu:{info.uuid}"
+        assert info.details == {
+            "power_limit_w": 700.0,
+            "memory_total_bytes": 150754820096,
+            "driver": "580.159.04",
+            "architecture": "hopper",
+            "power_source": "instant",
+        }
+        (a,) = sensor.read(0.0, counter=True)
+        (b,) = sensor.read(0.1, counter=False)
+        assert a.energy_j * 1000 in TRACE.energy_mj and b.energy_j is None
+        assert round(a.power_w * 1000) in TRACE.instant_mw
+        assert a.utilisation == 0.0  # the trace opens idle
+    finally:
+        sensor.close()
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "faults", "method", "source", "flags"),
+    [
+        ("hopper", "NVIDIA H200", "fields:NO_PERMISSION", "counter", "average", {"averaged_power"}),
+        ("ada", "NVIDIA L40S", "instant:NOT_SUPPORTED", "counter", "average", {"averaged_power"}),
+        ("ampere", "NVIDIA A10G", "instant:NOT_SUPPORTED", "counter", "average", {"averaged_power"}),
+        ("ampere", "NVIDIA A100-SXM4-80GB", "instant:NOT_SUPPORTED", "counter", "average", set()),
+        ("volta", "Tesla V100-SXM2-32GB", None, "counter", "average", set()),
+        ("pascal", "Tesla P100-PCIE-16GB", None, "power", "average", {"power_only"}),
+    ],
+)
+def test_methods_follow_what_each_architecture_offers(
+    nvml_standin: Standin, arch, name, faults, method, source, flags
+) -> None:
+    """NVML: the counter from Volta; GetPowerUsage a 1 s average on Ampere (except GA100) and
+    newer, instantaneous before; field 186 where the driver has it."""
+    nvml_standin.set(arch=arch, name=name, faults=faults)
+    sensor, (info,) = opened()
+    sensor.close()
+    assert (info.method, info.details["power_source"], info.flags) == (method, source, flags)
+    assert info.details["architecture"] == arch
+
+
+def test_no_driver_is_not_supported_with_the_reason(nvml_standin: Standin) -> None:
+    nvml_standin.set(faults="init:DRIVER_NOT_LOADED")
+    with pytest.raises(SensorNotSupported, match="kernel driver is not loaded"):
+        NvmlSensor().open()
+    found = discover(measure_host=False)
+    assert found.devices == [] and "GPU: not measured" in found.notes[0]
+
+
+def test_lost_gpu_reads_nothing_and_warns_once(
+    nvml_standin: Standin, caplog: pytest.LogCaptureFixture
+) -> None:
+    nvml_standin.set(faults="all:GPU_IS_LOST@1.0")
+    sensor, (info,) = opened()
+    try:
+        (before,) = sensor.read(0.0, counter=True)
+        assert before.energy_j is not None and before.flags == frozenset()
+        deadline = time.monotonic() + 30
+        while sensor.read(1.0, counter=True)[0].flags != {"sensor_lost"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (after,) = sensor.read(2.0, counter=True)
+        assert (after.energy_j, after.power_w, after.flags) == (None, None, {"sensor_lost"})
+        (message,) = warnings_of(caplog)
+        assert info.uuid in message and "GPU is lost" in message
+    finally:
+        sensor.close()
+
+
+def test_counter_reset_is_flagged(nvml_standin: Standin) -> None:
+    nvml_standin.set(faults="energy:RESET@1.0")
+    sensor, _ = opened()
+    try:
+        (first,) = sensor.read(0.0, counter=True)
+        assert first.energy_j > 7000  # the recorded counter, kJ since driver load
+        deadline = time.monotonic() + 30
+        while not (s := sensor.read(1.0, counter=True)[0]).flags:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert s.flags == {"counter_reset"} and s.energy_j < first.energy_j
+    finally:
+        sensor.close()
+
+
+def test_other_processes_on_the_gpu_are_flagged(nvml_standin: Standin) -> None:
+    nvml_standin.set(procs=f"{os.getpid()}")
+    sensor, _ = opened()
+    assert sensor.read(0.0, counter=True)[0].flags == frozenset()
+    sensor.close()
+    stranger = 2**22 + 7  # above pid_max's default: no process of ours
+    nvml_standin.set(procs=f"{os.getpid()},{stranger}")
+    sensor, _ = opened()
+    assert sensor.read(0.0, counter=True)[0].flags == {"shared_gpu"}
+    sensor.close()
+
+
+def test_two_sensors_share_one_nvml(nvml_standin: Standin) -> None:
+    """NVML counts inits: closing one sensor leaves the other reading."""
+    first, _ = opened()
+    second, _ = opened()
+    assert nvml_standin.init_count() == 2
+    first.close()
+    assert second.read(0.0, counter=True)[0].energy_j is not None
+    second.close()
+    assert nvml_standin.init_count() == 0
+
+
+# -- which GPUs (CUDA_VISIBLE_DEVICES) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_every_gpu_is_found_once(nvml_standin: Standin, n: int) -> None:
+    nvml_standin.set(devices=n)
+    found = discover(measure_host=False)
+    try:
+        gpus = found.devices
+        assert [d.index for d in gpus] == list(range(n))
+        assert len({d.uuid for d in gpus}) == n
+        samples = [s for sensor in found.sensors for s in sensor.read(0.0, counter=True)]
+        assert all(s.energy_j is not None and s.power_w > 0 for s in samples)
+    finally:
+        found.close()
+
+
+def uuids(nvml_standin: Standin, devices: int, mig: int = 0) -> tuple[list[str], list[str]]:
+    import pynvml
+
+    nvml_standin.set(devices=devices, mig=mig)
+    pynvml.nvmlInit()
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(devices)]
+        gpus = [pynvml.nvmlDeviceGetUUID(h) for h in handles]
+        migs = [
+            pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, 0))
+            for h in handles
+            if mig
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+    return gpus, migs
+
+
+def test_cuda_visible_devices_by_index_and_uuid(
+    nvml_standin: Standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus, _ = uuids(nvml_standin, 8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"5,{gpus[2][:12]},3")
+    sensor, infos = opened()
+    sensor.close()
+    assert [(d.index, d.uuid) for d in infos] == [(5, gpus[5]), (2, gpus[2]), (3, gpus[3])]
+    sensor, (info,) = opened(gpus=[1])  # CUDA index 1: the second visible GPU
+    sensor.close()
+    assert info.uuid == gpus[2]
+
+
+def test_cuda_visible_devices_by_mig_uuid(
+    nvml_standin: Standin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus, migs = uuids(nvml_standin, 2, mig=2)
+    assert all(m.startswith("MIG-") for m in migs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", migs[1])
+    sensor, (info,) = opened()
+    try:
+        assert info.uuid == gpus[1] and "mig" in info.flags and info.method == "counter"
+        assert sensor.read(0.0, counter=True)[0].energy_j is not None  # through the parent
+    finally:
+        sensor.close()
+
+
+# -- the CLI, as a user runs it (the library found through LD_LIBRARY_PATH) -------------------------
+
+
+def wattwise(*args: str, env: dict[str, str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "wattwise", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def test_devices_json_lists_the_h200(nvml_standin: Standin, tmp_path: pathlib.Path) -> None:
+    done = wattwise("devices", "--json", env={}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (gpu,) = [d for d in json.loads(done.stdout) if d["kind"] == "gpu"]
+    assert (gpu["name"], gpu["method"]) == ("NVIDIA H200", "counter")
+
+
+def run_json(tmp_path: pathlib.Path, seconds: float, **env: str) -> dict:
+    done = wattwise(
+        "run", "--json", "--ledger", str(tmp_path / "w.db"), "--", "sleep", str(seconds),
+        env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_run_records_the_trace_counter_change(nvml_standin: Standin, tmp_path: pathlib.Path):
+    """``wattwise run -- sleep 15``: GPU energy within 3% of the trace's counter change between
+    the run's first and last counter read (times from the stand-in's log)."""
+    log = tmp_path / "standin.log"
+    run = run_json(tmp_path, 15, NVML_STANDIN_LOG=str(log))
+    (gpu_id,) = [d for d in run["methods"] if d.startswith("gpu:")]
+    assert run["methods"][gpu_id] == "counter"
+    reads = energy_reads(log)
+    # the first read is the sensor's probe when it opens; the run starts at the second
+    (_, t_start, _), (_, t_end, _) = reads[1], reads[-1]
+    expected_j = TRACE.energy_j(t_end) - TRACE.energy_j(t_start)
+    assert expected_j > 4000  # the fit's load is inside these 15 s
+    assert run["energy_by_kind_wh"]["gpu"] * 3600 == pytest.approx(expected_j, rel=0.03)
+
+
+def test_run_without_counter_uses_power_and_is_flagged(
+    nvml_standin: Standin, tmp_path: pathlib.Path
+) -> None:
+    run = run_json(tmp_path, 2, NVML_STANDIN_FAULTS="energy:NOT_SUPPORTED")
+    (method,) = [m for d, m in run["methods"].items() if d.startswith("gpu:")]
+    assert method == "power" and "power_only" in run["flags"]
+    assert run["energy_by_kind_wh"]["gpu"] > 0  # integrated power, never silently zero
+
+
+def test_run_with_a_gpu_lost_midway_finishes_flagged(
+    nvml_standin: Standin, tmp_path: pathlib.Path
+) -> None:
+    run = run_json(tmp_path, 3, NVML_STANDIN_FAULTS="all:GPU_IS_LOST@1.5")
+    assert run["status"] == "finished" and "sensor_lost" in run["flags"]
+    assert run["energy_by_kind_wh"]["gpu"] > 0  # what was measured before the loss
+
+
+def test_standin_names_a_bad_trace(
+    nvml_standin: Standin, tmp_path: pathlib.Path, capfd: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_s,energy_mJ,power_mW\n0,5,1\n1,4,1\n")
+    nvml_standin.set(trace=bad)
+    with pytest.raises(SensorError, match="NVML error 999"):
+        NvmlSensor().open()
+    assert f"NVML_STANDIN_TRACE {bad}, line 3: t_s and energy_mJ must not go back" in (
+        capfd.readouterr().err
+    )
