@@ -147,6 +147,20 @@ def _standin_buildable() -> bool:
     return sys.platform.startswith("linux") and shutil.which("gcc") is not None
 
 
+def _build_standin(folder: pathlib.Path, driver: str = "") -> pathlib.Path:
+    if not _standin_buildable():
+        pytest.skip("the NVML stand-in needs Linux and gcc")
+    build = subprocess.run(
+        ["bash", str(STANDIN_SRC / "build.sh"), str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STANDIN_DRIVER": driver},
+    )
+    if build.returncode != 0:
+        pytest.fail(f"building the NVML stand-in failed:\n{build.stderr}")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """The folder of the stand-in ``libnvidia-ml.so.1``: $WATTWISE_NVML_STANDIN_DIR, or built
@@ -157,15 +171,14 @@ def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         if not (folder / "libnvidia-ml.so.1").is_file():
             pytest.fail(f"{STANDIN_DIR_ENV}={prebuilt} holds no libnvidia-ml.so.1")
         return folder
-    if not _standin_buildable():
-        pytest.skip("the NVML stand-in needs Linux and gcc")
-    folder = tmp_path_factory.mktemp("nvml-standin")
-    build = subprocess.run(
-        ["bash", str(STANDIN_SRC / "build.sh"), str(folder)], capture_output=True, text=True
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building the NVML stand-in failed:\n{build.stderr}")
-    return folder
+    return _build_standin(tmp_path_factory.mktemp("nvml-standin"))
+
+
+@pytest.fixture(scope="session")
+def standin_r470_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The stand-in built as an R470 driver (no ``_v3`` running-process calls), once per
+    session."""
+    return _build_standin(tmp_path_factory.mktemp("nvml-standin-r470"), "r470")
 
 
 @dataclasses.dataclass
@@ -191,16 +204,10 @@ class Standin:
         return self.lib.nvmlStandinInitCount()
 
 
-@pytest.fixture
-def nvml_standin(standin_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Standin]:
-    """The unmodified pynvml talking to the stand-in: in this process (its ``nvmlLib`` is the
-    stand-in, as after its own ``CDLL("libnvidia-ml.so.1")``) and in subprocesses (through
-    LD_LIBRARY_PATH), replaying tests/fixtures/nvml/h200-lightning-fit-50hz.csv on one GPU
-    until ``set()`` says otherwise. Fails a test that leaves NVML initialised."""
+def _use_standin(folder: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Standin]:
     import pynvml
 
-    path = standin_dir / "libnvidia-ml.so.1"
-    lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(folder / "libnvidia-ml.so.1"), mode=ctypes.RTLD_GLOBAL)
     lib.nvmlStandinVersion.restype = ctypes.c_char_p
     assert lib.nvmlStandinVersion().startswith(b"wattwise-nvml-standin")
     lib.nvmlStandinReset()
@@ -209,17 +216,34 @@ def nvml_standin(standin_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("WATTWISE_REPLAY_NVML", raising=False)
     old = os.environ.get("LD_LIBRARY_PATH")
-    monkeypatch.setenv("LD_LIBRARY_PATH", f"{standin_dir}:{old}" if old else str(standin_dir))
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{folder}:{old}" if old else str(folder))
     monkeypatch.setenv("NVML_STANDIN_TRACE", str(STANDIN_TRACE))
     monkeypatch.setattr(pynvml, "nvmlLib", lib)
     monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
     monkeypatch.setattr(pynvml, "_nvmlLib_refcount", 0)
-    standin = Standin(standin_dir, lib, monkeypatch)
+    standin = Standin(folder, lib, monkeypatch)
     yield standin
     gc.collect()  # sensors dropped without close() shut NVML down in their finalizers
     left = standin.init_count()
     lib.nvmlStandinReset()
     assert left == 0, f"the test left NVML initialised {left} time(s) more than shut down"
+
+
+@pytest.fixture
+def nvml_standin(standin_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Standin]:
+    """The unmodified pynvml talking to the stand-in: in this process (its ``nvmlLib`` is the
+    stand-in, as after its own ``CDLL("libnvidia-ml.so.1")``) and in subprocesses (through
+    LD_LIBRARY_PATH), replaying tests/fixtures/nvml/h200-lightning-fit-50hz.csv on one GPU
+    until ``set()`` says otherwise. Fails a test that leaves NVML initialised."""
+    yield from _use_standin(standin_dir, monkeypatch)
+
+
+@pytest.fixture
+def nvml_standin_r470(
+    standin_r470_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Standin]:
+    """``nvml_standin`` as an R470 driver (older than nvidia-ml-py's ``_v3`` calls)."""
+    yield from _use_standin(standin_r470_dir, monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -366,3 +366,19 @@ def test_standin_names_a_bad_trace(
     assert f"NVML_STANDIN_TRACE {bad}, line 3: t_s and energy_mJ must not go back" in (
         capfd.readouterr().err
     )
+
+
+def test_an_r470_driver_still_measures_and_sees_other_processes(
+    nvml_standin_r470: Standin,
+) -> None:
+    """nvidia-ml-py asks for the ``_v3`` process calls (R510+); an older driver makes it raise
+    NVMLLibraryMismatchError, which is no NVMLError: wattwise falls back to ``_v2``."""
+    stranger = 2**22 + 7
+    nvml_standin_r470.set(procs=f"{os.getpid()},{stranger}")
+    sensor, (info,) = opened()
+    try:
+        assert info.details["driver"] == "470.256.02"
+        (sample,) = sensor.read(0.0, counter=True)
+        assert sample.energy_j is not None and sample.flags == {"shared_gpu"}
+    finally:
+        sensor.close()

@@ -21,6 +21,8 @@
  *                             all:GPU_IS_LOST@5.0, fields:NO_PERMISSION, init:DRIVER_NOT_LOADED,
  *                             energy:RESET@4.0 (the counter restarts from 0 at 4 s)
  *   NVML_STANDIN_READ_COST_MS CPU busy time per energy-counter read (default 4.0)
+ * Built with -DSTANDIN_R470 (build.sh: STANDIN_DRIVER=r470) it is an R470 driver: version
+ * 470.256.02, without the _v3 running-process calls that came with R510.
  *   NVML_STANDIN_LOG          file to append "init <CLOCK_MONOTONIC ns>" and
  *                             "energy <device> <t_s since init> <mJ>" lines to
  */
@@ -566,7 +568,11 @@ static nvmlReturn_t copy_string(char *out, unsigned int length, const char *s) {
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     NEED_INIT();
     nvmlReturn_t f = fault("driver", -1);
+#ifdef STANDIN_R470
+    return f ? f : copy_string(version, length, "470.256.02");
+#else
     return f ? f : copy_string(version, length, "580.159.04");
+#endif
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
@@ -888,28 +894,38 @@ static nvmlReturn_t processes(nvmlDevice_t device, unsigned int *count, nvmlProc
     return NVML_SUCCESS;
 }
 
+#ifndef STANDIN_R470 /* the _v3 process calls came with R510 */
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c,
                                                             nvmlProcessInfo_t *p) {
     return processes(d, c, p);
 }
+
+#endif
 
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c,
                                                             nvmlProcessInfo_t *p) {
     return processes(d, c, p);
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c,
-                                                             nvmlProcessInfo_t *p) {
-    (void)p;
+static nvmlReturn_t graphics(nvmlDevice_t d, unsigned int *c) {
     NEED_INIT();
     if (check(d) < 0 || !c) return NVML_ERROR_INVALID_ARGUMENT;
     *c = 0; /* compute-only GPUs: no graphics clients */
     return NVML_SUCCESS;
 }
 
+#ifndef STANDIN_R470
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c,
+                                                             nvmlProcessInfo_t *p) {
+    (void)p;
+    return graphics(d, c);
+}
+#endif
+
 EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t d, unsigned int *c,
                                                              nvmlProcessInfo_t *p) {
-    return nvmlDeviceGetGraphicsRunningProcesses_v3(d, c, p);
+    (void)p;
+    return graphics(d, c);
 }
 
 /* Marks this library as the stand-in (tests check they are not talking to a real driver). */

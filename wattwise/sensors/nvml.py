@@ -100,10 +100,15 @@ class _Nvml:
             fn = getattr(self.module, name)
         except AttributeError as err:
             raise SensorNotSupported(f"NVML {name}: missing from this nvidia-ml-py") from err
+        # nvidia-ml-py raises NVMLLibraryMismatchError, which is no NVMLError, where a driver
+        # lacks the versioned function an unversioned name calls (e.g. _v3 before R510)
+        mismatch = getattr(self.module, "NVMLLibraryMismatchError", self.module.NVMLError)
         try:
             return fn(*args)
         except self.module.NVMLError as err:
             raise translate(err, name) from err
+        except mismatch as err:
+            raise SensorNotSupported(f"NVML {name}: {err}") from err
 
     def optional(self, name: str, *args: Any) -> Any:
         """The call's result, or None where the device or driver does not offer it."""
@@ -332,7 +337,10 @@ class NvmlSensor(Sensor):
         pids = set()
         for kind in ("Compute", "Graphics"):
             call = f"nvmlDeviceGet{kind}RunningProcesses"
-            pids.update(proc.pid for proc in self._nv.optional(call, gpu.handle) or ())
+            procs = self._nv.optional(call, gpu.handle)
+            if procs is None:  # a driver older than the binding's default (_v3, R510)
+                procs = self._nv.optional(f"{call}_v2", gpu.handle)
+            pids.update(proc.pid for proc in procs or ())
         return pids - self._own_pids() if pids else set()
 
     def _read_one(self, gpu: _Gpu, t_s: float, counter: bool) -> Sample:
