@@ -27,6 +27,7 @@ from wattwise.sensors.nvml import NvmlSensor
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MLP_TRACE = NVML_FIXTURES / "h200-mlp6144-8epochs-20hz.csv"
 CLI_TIMEOUT_S = 120
+AVERAGED = "averaged_power"
 
 
 class Trace:
@@ -85,7 +86,8 @@ def test_the_binding_reads_the_standin_structs(nvml_standin: Standin) -> None:
         (instant, energy) = pynvml.nvmlDeviceGetFieldValues(h, [186, 83])
         assert (instant.fieldId, instant.nvmlReturn, instant.valueType) == (186, 0, 1)
         assert instant.value.uiVal in TRACE.instant_mw
-        assert (energy.nvmlReturn, energy.valueType) == (0, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG)
+        ull = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        assert (energy.nvmlReturn, energy.valueType) == (0, ull)
         counter = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
         assert TRACE.energy_mj[0] <= energy.value.ullVal <= counter
         with pytest.raises(pynvml.NVMLError_InvalidArgument):
@@ -142,9 +144,9 @@ def test_sensor_on_an_h200(nvml_standin: Standin) -> None:
 @pytest.mark.parametrize(
     ("arch", "name", "faults", "method", "source", "flags"),
     [
-        ("hopper", "NVIDIA H200", "fields:NO_PERMISSION", "counter", "average", {"averaged_power"}),
-        ("ada", "NVIDIA L40S", "instant:NOT_SUPPORTED", "counter", "average", {"averaged_power"}),
-        ("ampere", "NVIDIA A10G", "instant:NOT_SUPPORTED", "counter", "average", {"averaged_power"}),
+        ("hopper", "NVIDIA H200", "fields:NO_PERMISSION", "counter", "average", {AVERAGED}),
+        ("ada", "NVIDIA L40S", "instant:NOT_SUPPORTED", "counter", "average", {AVERAGED}),
+        ("ampere", "NVIDIA A10G", "instant:NOT_SUPPORTED", "counter", "average", {AVERAGED}),
         ("ampere", "NVIDIA A100-SXM4-80GB", "instant:NOT_SUPPORTED", "counter", "average", set()),
         ("volta", "Tesla V100-SXM2-32GB", None, "counter", "average", set()),
         ("pascal", "Tesla P100-PCIE-16GB", None, "power", "average", {"power_only"}),
@@ -228,7 +230,7 @@ def test_two_sensors_share_one_nvml(nvml_standin: Standin) -> None:
     assert nvml_standin.init_count() == 0
 
 
-# -- which GPUs (CUDA_VISIBLE_DEVICES) ---------------------------------------------------------------
+# -- which GPUs (CUDA_VISIBLE_DEVICES) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n", [1, 2, 8])
@@ -290,7 +292,7 @@ def test_cuda_visible_devices_by_mig_uuid(
         sensor.close()
 
 
-# -- the CLI, as a user runs it (the library found through LD_LIBRARY_PATH) -------------------------
+# -- the CLI, as a user runs it (the library found through LD_LIBRARY_PATH) ------------------------
 
 
 def wattwise(*args: str, env: dict[str, str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
@@ -382,3 +384,40 @@ def test_an_r470_driver_still_measures_and_sees_other_processes(
         assert sample.energy_j is not None and sample.flags == {"shared_gpu"}
     finally:
         sensor.close()
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_on_two_gpus_count_each_gpu_once(
+    nvml_standin: Standin, tmp_path: pathlib.Path
+) -> None:
+    """Lightning's real ddp launcher, 2 CPU ranks, 2 stand-in GPUs playing different recordings:
+    local rank 0 measures both (no rank trains on them), each by its counter, each once, each
+    matching its own trace's counter change."""
+    from test_callback_ddp_launcher import run_fit
+
+    square = NVML_FIXTURES / "h200-square-wave.csv"
+    nvml_standin.set(devices=2, trace=f"{STANDIN_TRACE},{square}", log=tmp_path / "standin-%p.log")
+    ledger, ranks = run_fit(tmp_path, None, "--epochs", "2", "--step-s", "0.05")
+    assert sorted(ranks) == [0, 1]
+    (run,) = ledger.list_runs()
+    rows = ledger.phases(run.run_id).to_dict("records")
+    gpu_rows = [r for r in rows if r["kind"] == "gpu"]
+    assert {r["method"] for r in gpu_rows} == {"counter"}
+    logs = [p for p in tmp_path.glob("standin-*.log") if energy_reads(p)]
+    (log,) = logs  # one process read the counters: local rank 0
+    reads = energy_reads(log)
+    traces = {0: TRACE, 1: Trace(square)}
+    gpu_ids = sorted({r["device_id"] for r in gpu_rows})
+    assert len(gpu_ids) == 2
+    measured = {}
+    for device_id in gpu_ids:
+        measured[device_id] = sum(r["energy_j"] for r in gpu_rows if r["device_id"] == device_id)
+    # each GPU's rows against its own trace: its first read after the probe .. its last read
+    for index, trace in traces.items():
+        mine = [t for d, t, _ in reads if d == index]
+        expected_j = trace.energy_j(mine[-1]) - trace.energy_j(mine[1])
+        peak_w = max(trace.instant_mw) / 1000
+        matches = [
+            d for d, j in measured.items() if j == pytest.approx(expected_j, abs=0.2 * peak_w)
+        ]
+        assert len(matches) == 1, (index, expected_j, measured)

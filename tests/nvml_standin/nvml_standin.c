@@ -24,7 +24,7 @@
  * Built with -DSTANDIN_R470 (build.sh: STANDIN_DRIVER=r470) it is an R470 driver: version
  * 470.256.02, without the _v3 running-process calls that came with R510.
  *   NVML_STANDIN_LOG          file to append "init <CLOCK_MONOTONIC ns>" and
- *                             "energy <device> <t_s since init> <mJ>" lines to
+ *                             "energy <device> <t_s since init> <mJ>" lines to (%p: the pid)
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -38,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -506,8 +507,12 @@ static nvmlReturn_t configure(void) {
         free(pcopy);
     }
     read_cost_s = env_double("NVML_STANDIN_READ_COST_MS", 4.0) / 1000.0;
-    const char *lp = getenv("NVML_STANDIN_LOG");
-    snprintf(log_path, sizeof log_path, "%s", lp ? lp : "");
+    const char *lp = getenv("NVML_STANDIN_LOG"), *pid = lp ? strstr(lp, "%p") : NULL;
+    if (pid) /* one log per process */
+        snprintf(log_path, sizeof log_path, "%.*s%d%s", (int)(pid - lp), lp, (int)getpid(),
+                 pid + 2);
+    else
+        snprintf(log_path, sizeof log_path, "%s", lp ? lp : "");
     for (int i = 0; i < n_devices; i++) {
         handles[i] = (struct nvmlDevice_st){i, -1};
         for (int m = 0; m < MAX_MIG; m++) mig_handles[i][m] = (struct nvmlDevice_st){i, m};
