@@ -7,7 +7,10 @@ ZeusMonitor where it is installed. Each run is a fresh Python process; the track
 interleaved, round after round, so drift of the machine hits them all alike. For each tracker it
 prints the throughput ratio against the no-tracker run of the same round (median and range over
 rounds) and its start-up time (import + construction + start; for EnergyCallback the callback's
-set-up hook, where its meter starts), stop time and what energy it reported.
+set-up hook, where its meter starts), stop time and what energy it reported. Where NVML has GPUs,
+EnergyCallback's GPU energy is also set against NVML's raw energy counters read just before its
+set-up hook and just after its teardown (it can only be a little below: the two reads bracket
+the run it measures).
 
     python bench/overhead.py                      # a few minutes on a laptop CPU
     python bench/overhead.py --rounds 10 --steps 2000 --json bench/results/overhead.json
@@ -94,8 +97,10 @@ def _worker(args: argparse.Namespace) -> dict:
         out["construct_s"] = time.perf_counter() - t
         setup = cb.setup
         teardown = cb.teardown
+        counter = _RawCounter()
 
         def timed_setup(*a, **k):
+            counter.read()  # outside the timed span: ~4 ms per GPU on Hopper
             t = time.perf_counter()
             setup(*a, **k)
             out["setup_s"] = time.perf_counter() - t
@@ -104,12 +109,16 @@ def _worker(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             teardown(*a, **k)
             out["stop_s"] = time.perf_counter() - t
+            out["nvml_counter_wh"] = counter.read()
 
         cb.setup, cb.teardown = timed_setup, timed_teardown
         callbacks.append(cb)
     elif args.worker.startswith("codecarbon"):
         t = time.perf_counter()
-        from codecarbon import OfflineEmissionsTracker
+        try:
+            from codecarbon import OfflineEmissionsTracker
+        except ImportError as err:
+            return {"tracker": args.worker, "skipped": f"codecarbon is not importable ({err})"}
 
         out["import_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -171,8 +180,37 @@ def _worker(args: argparse.Namespace) -> dict:
     if args.worker.startswith("energy"):
         out["startup_s"] += out.get("setup_s", 0.0)
         out["energy_wh"] = callbacks[1].summary.get("energy_wh")
+        out["gpu_wh"] = callbacks[1].summary.get("energy_by_kind_wh", {}).get("gpu")
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
+
+
+class _RawCounter:
+    """NVML's own energy counters, summed over every GPU, read straight through pynvml: the
+    yardstick for EnergyCallback's GPU energy. ``read()`` returns Wh since the first read
+    (None where NVML or a counter is missing)."""
+
+    def __init__(self) -> None:
+        self.first_mj: int | None = None
+
+    def read(self) -> float | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                n = pynvml.nvmlDeviceGetCount()
+                mj = sum(
+                    pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(i))
+                    for i in range(n)
+                )
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # no NVML, no GPU, no counter: no yardstick
+            return None
+        if self.first_mj is None:
+            self.first_mj = mj
+        return (mj - self.first_mj) / 3.6e6
 
 
 def _run_one(tracker: str, args: argparse.Namespace) -> dict:
@@ -265,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{tracker:>12}  {_spread(ratios):>38}  {start_ms:11.1f}  {stop_ms:8.1f}  "
             f"{energy:>10}  {rss:8.0f}"
+        )
+    gpu = [
+        (r["tracker"], r["gpu_wh"], r["nvml_counter_wh"])
+        for r in runs
+        if r.get("gpu_wh") and r.get("nvml_counter_wh")
+    ]
+    for tracker, wh, raw in gpu:
+        print(
+            f"{tracker:>12}  GPU {wh:.5f} Wh vs NVML counter over set-up..teardown {raw:.5f} Wh: "
+            f"{(wh - raw) / raw * 100:+.2f}%"
         )
     setup = [r["setup_s"] * 1000 for r in runs if r["tracker"] == "energy" and "setup_s" in r]
     if setup:

@@ -8,7 +8,7 @@
  * used} as unsigned long long, nvmlUtilization_t {uint gpu, uint memory}, nvmlProcessInfo_t
  * (_v2 / _v3) {uint pid, ull usedGpuMemory, uint gpuInstanceId, uint computeInstanceId}.
  *
- * Environment (read at the first nvmlInit*, i.e. when the init count goes from 0 to 1):
+ * Environment (read at each first nvmlInit*, i.e. when the init count goes from 0 to 1):
  *   NVML_STANDIN_TRACE        CSV trace(s) in tests/fixtures/nvml's format; a comma list gives one
  *                             per device (cycled). Unset: nvmlInit returns DRIVER_NOT_LOADED.
  *   NVML_STANDIN_DEVICES      number of GPUs (default: the number of traces)
@@ -23,8 +23,10 @@
  *   NVML_STANDIN_READ_COST_MS CPU busy time per energy-counter read (default 4.0)
  * Built with -DSTANDIN_R470 (build.sh: STANDIN_DRIVER=r470) it is an R470 driver: version
  * 470.256.02, without the _v3 running-process calls that came with R510.
+ *   NVML_STANDIN_T0           the trace's time 0 (CLOCK_MONOTONIC ns); unset, the process's first
+ *                             init sets it (and exports it to the processes it starts)
  *   NVML_STANDIN_LOG          file to append "init <CLOCK_MONOTONIC ns>" and
- *                             "energy <device> <t_s since init> <mJ>" lines to (%p: the pid)
+ *                             "energy <device> <t_s since time 0> <mJ>" lines to (%p: the pid)
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -522,13 +524,35 @@ static nvmlReturn_t configure(void) {
 
 /* -- library ------------------------------------------------------------------------------- */
 
+/* The trace's time 0. A driver's counter runs on whatever the process does, so this is set once
+ * per process (at its first successful init), not at each 0 -> 1 init; and it is passed on to
+ * child processes through NVML_STANDIN_T0 (CLOCK_MONOTONIC ns, one clock for the machine), so
+ * processes started from one another (DDP ranks, `wattwise run`'s command) read one timeline. */
+static int t_init_set;
+
+static void set_time_base(void) {
+    const char *t0 = getenv("NVML_STANDIN_T0");
+    char *end = NULL;
+    long long ns = t0 && *t0 ? strtoll(t0, &end, 10) : -1;
+    if (ns >= 0 && end && !*end) {
+        t_init.tv_sec = ns / 1000000000LL;
+        t_init.tv_nsec = ns % 1000000000LL;
+    } else {
+        char buf[32];
+        clock_gettime(CLOCK_MONOTONIC, &t_init);
+        snprintf(buf, sizeof buf, "%lld", (long long)t_init.tv_sec * 1000000000LL + t_init.tv_nsec);
+        setenv("NVML_STANDIN_T0", buf, 1);
+    }
+    t_init_set = 1;
+}
+
 EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
     pthread_mutex_lock(&lock);
     nvmlReturn_t rc = NVML_SUCCESS;
     if (init_count == 0) {
         rc = configure();
-        if (rc == NVML_SUCCESS) clock_gettime(CLOCK_MONOTONIC, &t_init);
+        if (rc == NVML_SUCCESS && !t_init_set) set_time_base();
         if (rc == NVML_SUCCESS) {
             nvmlReturn_t f = fault("init", -1);
             if (f) rc = f;
@@ -943,5 +967,7 @@ EXPORT int nvmlStandinInitCount(void) { return init_count; }
 EXPORT void nvmlStandinReset(void) {
     pthread_mutex_lock(&lock);
     init_count = 0;
+    t_init_set = 0; /* the next init starts the trace again */
+    unsetenv("NVML_STANDIN_T0");
     pthread_mutex_unlock(&lock);
 }
