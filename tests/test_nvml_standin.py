@@ -141,27 +141,52 @@ def test_sensor_on_an_h200(nvml_standin: Standin) -> None:
         sensor.close()
 
 
+SQUARE = Trace(NVML_FIXTURES / "h200-square-wave.csv")  # averaged and instant power differ
+
+
 @pytest.mark.parametrize(
     ("arch", "name", "faults", "method", "source", "flags"),
     [
+        ("hopper", "NVIDIA H200", "energy:NOT_SUPPORTED", "power", "instant", {"power_only"}),
+        ("hopper", "NVIDIA H200", "energy:FUNCTION_NOT_FOUND", "power", "instant", {"power_only"}),
         ("hopper", "NVIDIA H200", "fields:NO_PERMISSION", "counter", "average", {AVERAGED}),
         ("ada", "NVIDIA L40S", "instant:NOT_SUPPORTED", "counter", "average", {AVERAGED}),
         ("ampere", "NVIDIA A10G", "instant:NOT_SUPPORTED", "counter", "average", {AVERAGED}),
         ("ampere", "NVIDIA A100-SXM4-80GB", "instant:NOT_SUPPORTED", "counter", "average", set()),
         ("volta", "Tesla V100-SXM2-32GB", None, "counter", "average", set()),
         ("pascal", "Tesla P100-PCIE-16GB", None, "power", "average", {"power_only"}),
+        # no architecture from the driver: the name decides
+        (None, "NVIDIA H100 80GB HBM3", "arch:FUNCTION_NOT_FOUND,instant:NOT_SUPPORTED",
+         "counter", "average", {AVERAGED}),
     ],
-)
+)  # fmt: skip
 def test_methods_follow_what_each_architecture_offers(
     nvml_standin: Standin, arch, name, faults, method, source, flags
 ) -> None:
     """NVML: the counter from Volta; GetPowerUsage a 1 s average on Ampere (except GA100) and
-    newer, instantaneous before; field 186 where the driver has it."""
-    nvml_standin.set(arch=arch, name=name, faults=faults)
+    newer, instantaneous before; field 186 where the driver has it. Read from the square-wave
+    recording, whose averaged and instant power differ, so each reading shows its source."""
+    nvml_standin.set(
+        arch=arch, name=name, faults=faults, trace=NVML_FIXTURES / "h200-square-wave.csv"
+    )
     sensor, (info,) = opened()
-    sensor.close()
-    assert (info.method, info.details["power_source"], info.flags) == (method, source, flags)
-    assert info.details["architecture"] == arch
+    try:
+        assert (info.method, info.details["power_source"], info.flags) == (method, source, flags)
+        assert info.details["architecture"] == (arch or "unknown")
+        (sample,) = sensor.read(0.0, counter=True)
+    finally:
+        sensor.close()
+    instant_column = source == "instant" or AVERAGED not in flags
+    column = SQUARE.instant_mw if instant_column else SQUARE.power_mw
+    other = SQUARE.power_mw if instant_column else SQUARE.instant_mw
+    assert round(sample.power_w * 1000) in set(column) - set(other)
+    assert (sample.energy_j is None) == (method == "power")
+
+
+def test_no_gpu_is_not_supported(nvml_standin: Standin) -> None:
+    nvml_standin.set(devices=0)
+    with pytest.raises(SensorNotSupported, match="no GPU"):
+        NvmlSensor().open()
 
 
 def test_no_driver_is_not_supported_with_the_reason(nvml_standin: Standin) -> None:
@@ -175,19 +200,26 @@ def test_no_driver_is_not_supported_with_the_reason(nvml_standin: Standin) -> No
 def test_lost_gpu_reads_nothing_and_warns_once(
     nvml_standin: Standin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    nvml_standin.set(faults="all:GPU_IS_LOST@1.0")
-    sensor, (info,) = opened()
+    """GPU 1 of 3 falls off the bus 1 s in: it reads nothing from then on, the others go on."""
+    nvml_standin.set(devices=3, faults="all#1:GPU_IS_LOST@1.0")
+    sensor, infos = opened()
     try:
-        (before,) = sensor.read(0.0, counter=True)
-        assert before.energy_j is not None and before.flags == frozenset()
+        before = sensor.read(0.0, counter=True)
+        assert all(s.energy_j is not None and s.flags == frozenset() for s in before)
         deadline = time.monotonic() + 30
-        while sensor.read(1.0, counter=True)[0].flags != {"sensor_lost"}:
+        while sensor.read(1.0, counter=True)[1].flags != {"sensor_lost"}:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        (after,) = sensor.read(2.0, counter=True)
-        assert (after.energy_j, after.power_w, after.flags) == (None, None, {"sensor_lost"})
+        after = sensor.read(2.0, counter=True)
+        assert (after[1].energy_j, after[1].power_w, after[1].flags) == (
+            None,
+            None,
+            {"sensor_lost"},
+        )
+        assert [s.flags for s in after] == [frozenset(), {"sensor_lost"}, frozenset()]
+        assert after[0].energy_j >= before[0].energy_j and after[2].power_w > 0
         (message,) = warnings_of(caplog)
-        assert info.uuid in message and "GPU is lost" in message
+        assert infos[1].uuid in message and "GPU is lost" in message
     finally:
         sensor.close()
 
