@@ -453,3 +453,42 @@ def test_ddp_two_ranks_on_two_gpus_count_each_gpu_once(
             d for d, j in measured.items() if j == pytest.approx(expected_j, abs=0.2 * peak_w)
         ]
         assert len(matches) == 1, (index, expected_j, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("faults", "method", "flag"),
+    [
+        (None, "counter", None),
+        ("energy:NOT_SUPPORTED", "power", "power_only"),
+        ("all:GPU_IS_LOST@2.0", "counter", "sensor_lost"),
+    ],
+)
+def test_energy_callback_through_the_binding(
+    nvml_standin: Standin, tmp_path: pathlib.Path, one_torch_thread, faults, method, flag
+) -> None:
+    """A Lightning fit measured by EnergyCallback through pynvml and the stand-in: it always
+    finishes; the GPU's method and flag are the ones its driver allows; its energy is never a
+    silent zero, and without a fault it matches the trace's counter over the counter reads."""
+    from test_callback import TinyModel, loader, trainer
+
+    from lightning_callbacks import EnergyCallback
+    from wattwise.ledger import Ledger
+
+    log = tmp_path / "standin.log"
+    nvml_standin.set(faults=faults, log=log)
+    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    fit = trainer(tmp_path, [energy], max_epochs=3)
+    fit.fit(TinyModel(step_s=0.1), loader(64), loader(16))
+    run = Ledger(tmp_path / "w.db").get_run(energy.run_id)
+    assert run.status == "finished"
+    (gpu_id,) = [d for d in run.methods if d.startswith("gpu:")]
+    assert run.methods[gpu_id] == method
+    assert run.energy_by_kind_j["gpu"] > 0
+    if flag:
+        assert flag in run.flags
+        return
+    reads = energy_reads(log)
+    expected_j = TRACE.energy_j(reads[-1][1]) - TRACE.energy_j(reads[1][1])
+    peak_w = max(TRACE.instant_mw) / 1000
+    assert run.energy_by_kind_j["gpu"] == pytest.approx(expected_j, rel=0.03, abs=0.2 * peak_w)
