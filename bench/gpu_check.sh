@@ -122,9 +122,9 @@ for s in steps:
             if r["tracker"] != "none" and r["round"] in base:
                 s["fit_time_ratio"].setdefault(r["tracker"], []).append(
                     round(base[r["round"]] / r["steps_per_s"], 4))
-        s["gpu_vs_counter_pct"] = [
-            round((r["gpu_wh"] - r["nvml_counter_wh"]) / r["nvml_counter_wh"] * 100, 3)
-            for r in runs["runs"] if r.get("gpu_wh") and r.get("nvml_counter_wh")]
+        s["gpu_wh_vs_nvml_counter"] = [  # inner <= gpu <= outer expected
+            {k: r[k] for k in ("round", "gpu_wh", "nvml_inner_wh", "nvml_outer_wh")}
+            for r in runs["runs"] if r.get("gpu_wh") and r.get("nvml_outer_wh")]
         s["skipped_trackers"] = runs["skipped"]
     if s["step"] == "per_phase" and (work / "gpu_check.json").exists():
         s.update(json.loads((work / "gpu_check.json").read_text()))

@@ -8,9 +8,9 @@ interleaved, round after round, so drift of the machine hits them all alike. For
 prints the throughput ratio against the no-tracker run of the same round (median and range over
 rounds) and its start-up time (import + construction + start; for EnergyCallback the callback's
 set-up hook, where its meter starts), stop time and what energy it reported. Where NVML has GPUs,
-EnergyCallback's GPU energy is also set against NVML's raw energy counters read just before its
-set-up hook and just after its teardown (it can only be a little below: the two reads bracket
-the run it measures).
+EnergyCallback's GPU energy is also set against NVML's raw energy counters read just before and
+just after its set-up hook and its teardown: its run starts inside set-up and ends inside
+teardown, so its GPU energy must lie between the inner and the outer counter change.
 
     python bench/overhead.py                      # a few minutes on a laptop CPU
     python bench/overhead.py --rounds 10 --steps 2000 --json bench/results/overhead.json
@@ -98,18 +98,24 @@ def _worker(args: argparse.Namespace) -> dict:
         setup = cb.setup
         teardown = cb.teardown
         counter = _RawCounter()
+        raw: list[float | None] = []
 
         def timed_setup(*a, **k):
-            counter.read()  # outside the timed span: ~4 ms per GPU on Hopper
+            raw.append(counter.read())  # outside the timed span: ~4 ms per GPU on Hopper
             t = time.perf_counter()
             setup(*a, **k)
             out["setup_s"] = time.perf_counter() - t
+            raw.append(counter.read())
 
         def timed_teardown(*a, **k):
+            raw.append(counter.read())
             t = time.perf_counter()
             teardown(*a, **k)
             out["stop_s"] = time.perf_counter() - t
-            out["nvml_counter_wh"] = counter.read()
+            raw.append(counter.read())
+            if None not in raw:  # the run lies inside the outer reads, around the inner ones
+                out["nvml_outer_wh"] = raw[3] - raw[0]
+                out["nvml_inner_wh"] = raw[2] - raw[1]
 
         cb.setup, cb.teardown = timed_setup, timed_teardown
         callbacks.append(cb)
@@ -304,16 +310,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{tracker:>12}  {_spread(ratios):>38}  {start_ms:11.1f}  {stop_ms:8.1f}  "
             f"{energy:>10}  {rss:8.0f}"
         )
-    gpu = [
-        (r["tracker"], r["gpu_wh"], r["nvml_counter_wh"])
-        for r in runs
-        if r.get("gpu_wh") and r.get("nvml_counter_wh")
-    ]
-    for tracker, wh, raw in gpu:
-        print(
-            f"{tracker:>12}  GPU {wh:.5f} Wh vs NVML counter over set-up..teardown {raw:.5f} Wh: "
-            f"{(wh - raw) / raw * 100:+.2f}%"
-        )
+    for r in runs:
+        if r.get("gpu_wh") and r.get("nvml_outer_wh"):
+            inner, wh, outer = r["nvml_inner_wh"], r["gpu_wh"], r["nvml_outer_wh"]
+            verdict = "inside" if inner <= wh <= outer else "OUTSIDE"
+            print(
+                f"{r['tracker']:>12}  GPU {wh:.5f} Wh; NVML counter from after set-up to "
+                f"before teardown {inner:.5f} Wh, from before set-up to after teardown "
+                f"{outer:.5f} Wh: {verdict}"
+            )
     setup = [r["setup_s"] * 1000 for r in runs if r["tracker"] == "energy" and "setup_s" in r]
     if setup:
         print(
