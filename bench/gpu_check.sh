@@ -44,7 +44,7 @@ if [ "$dry" = 1 ]; then
   export NVML_STANDIN_TRACE="$repo/tests/fixtures/nvml/h200-lightning-fit-50hz.csv"
   export WATTWISE_NVML_STANDIN_DIR="$work/standin"
   # a small CPU fit; CodeCarbon left out (installed here, its 15 s tracker too slow for 2 cores)
-  fit=(--device cpu --steps 150 --width 128 --batch 32 --trackers none,energy,zeus)
+  fit=(--device cpu --steps 90 --width 128 --batch 32 --trackers none,energy,zeus)
 else
   fit=(--device cuda --steps 1500 --width 1024 --batch 256 --trackers none,energy,codecarbon15,zeus)
 fi

@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skip {tracker}: {result['skipped']}", flush=True)
                 continue
             runs.append(result)
+            if args.json:  # after every run: a run cut short by a timeout keeps what it measured
+                with open(args.json, "w") as fh:
+                    json.dump({"args": vars(args), "runs": runs, "skipped": skipped}, fh, indent=1)
             print(
                 f"round {round_} {tracker:>12}: {result['steps_per_s']:8.1f} steps/s, "
                 f"start-up {result['startup_s'] * 1000:7.1f} ms",
