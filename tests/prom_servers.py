@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from _require import missing
 
 T = TypeVar("T")
 READY_TIMEOUT_S = 60.0
@@ -60,7 +61,7 @@ def _ready(url: str) -> bool:
 def _server(argv: list[str], base: str, log: pathlib.Path) -> Iterator[str]:
     binary = shutil.which(argv[0])
     if binary is None:
-        pytest.skip(f"{argv[0]} is not installed")
+        missing(f"{argv[0]} is not installed")
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, *argv[1:]], stdout=out, stderr=subprocess.STDOUT)
     try:
