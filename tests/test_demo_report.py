@@ -50,11 +50,12 @@ def test_wh_to_target_is_the_energy_to_the_first_epoch_at_the_target(tmp_path):
     table, html = _report(tmp_path, db)
     assert TARGET_FRACTION == 0.9
     assert table.loc[a, "wh_to_target_val"] == pytest.approx(3 * 3600.0 / J_PER_WH)  # epoch 2
-    assert table.loc[b, "wh_to_target_val"] == pytest.approx(2 * 7200.0 / J_PER_WH)  # epoch 1, not its best epoch 2
+    # b: epoch 1, not its best epoch 2
+    assert table.loc[b, "wh_to_target_val"] == pytest.approx(2 * 7200.0 / J_PER_WH)
     assert pd.isna(table.loc[c, "wh_to_target_val"])  # never reached
     assert "Wh to val_acc ≥ 0.810" in html
     assert "not reached" in html
-    assert f"never reached by <span title=\"{c}\">c · {c[:8]}</span>" in html
+    assert f'never reached by <span title="{c}">c · {c[:8]}</span>' in html
     assert "90% of the best val_acc any run here reached (0.900)" in html
 
 
@@ -74,10 +75,7 @@ def test_growth_in_width_and_depth_is_drawn_against_energy(tmp_path):
         grown = _record(
             ledger,
             "adaptive",
-            [
-                (3600.0, {"val_acc": 0.5, "arch/width": w, "arch/depth": d}, p)
-                for w, d, p in shapes
-            ],
+            [(3600.0, {"val_acc": 0.5, "arch/width": w, "arch/depth": d}, p) for w, d, p in shapes],
         )
         fixed = _record(
             ledger, "baseline", [(3600.0, {"val_acc": 0.6, "arch/width": 8, "arch/depth": 3}, 90)]

@@ -185,7 +185,8 @@ def test_constrained_loss_is_cross_entropy_plus_aux_heads_plus_decov():
         assert model.training_loss(x, y).item() == pytest.approx(base.item(), rel=1e-5)
         model.decov_weight, model.aux_weight = 1.0, 0.5
         hs = model.features(x)
-        aux = sum(torch.nn.functional.cross_entropy(h(f), y) for h, f in zip(model.aux_heads, hs))
+        heads = zip(model.aux_heads, hs[:-1], strict=True)
+        aux = sum(torch.nn.functional.cross_entropy(h(f), y) for h, f in heads)
         expected = base + 0.5 * aux / 2 + sum(decov_loss(h) for h in hs)
         assert model.training_loss(x, y).item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -256,11 +257,12 @@ def test_a_grown_resnet_reloads_from_its_checkpoint(tmp_path):
 
 
 def test_registry_names_the_three_nets():
-    assert IMAGE_MODELS == {
+    expected = {
         "baseline": BaselineResNet,
         "constrained": ConstrainedResNet,
         "adaptive": AdaptiveResNet,
     }
+    assert expected == IMAGE_MODELS
 
 
 # ------------------------------------------------------------------------------ ledger, report
@@ -308,6 +310,7 @@ def test_the_three_image_runs_in_one_report(tmp_path):
         notice=notes.append,
     )
     assert result.task == "images" and result.sizes == TINY and notes == []
+    assert result.device == "cpu" and result.generation_s > 0
     by_arch = {run.architecture: run for run in result.runs}
     assert sorted(by_arch) == ["adaptive", "baseline", "constrained"]
     grown = by_arch["adaptive"]

@@ -96,6 +96,10 @@ def _show(result: DemoResult) -> None:
         )
     out = console()
     print_table(out, table)
+    if result.generation_s is not None and result.sizes:
+        total = sum(result.sizes.values())
+        made = f"{total:,} images generated on {result.device} in {result.generation_s:.2f} s"
+        out.print(f"image set: {made}")
     out.print(f"ledger: {result.ledger_path}")
     out.print(f"report: {result.html_path}")
     out.print(f"csv:    {result.runs_csv}, {result.phases_csv}")

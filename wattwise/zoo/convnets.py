@@ -210,7 +210,7 @@ class AdaptiveResNet(PlateauGrowth, BaselineResNet):
         max_width: int = 64,
         max_blocks: int = 3,
         patience: int = 1,
-        min_delta: float = 0.02,
+        min_delta: float = 0.05,
         growth: float = 2.0,
         noise_std: float = 1e-3,
     ) -> None:

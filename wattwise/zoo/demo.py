@@ -70,12 +70,18 @@ class DemoResult:
     """Samples per split (images; None for the digits' fixed split)."""
     notes: tuple[str, ...] = ()
     """What differs from the task's full form on this device."""
+    generation_s: float | None = None
+    """Seconds the image set took to generate on the training device (None: digits)."""
+    device: str | None = None
+    """The device the data were made on (``cuda:0``, ``cpu``; None: digits)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "sizes": self.sizes,
             "notes": list(self.notes),
+            "generation_s": self.generation_s,
+            "device": self.device,
             "ledger": self.ledger_path,
             "report": {
                 "html_path": self.html_path,
@@ -251,6 +257,8 @@ def run_demo(
             task=task,
             sizes=setup.sizes or None,
             notes=setup.notes,
+            generation_s=getattr(setup.datamodule, "generation_s", None),
+            device=getattr(setup.datamodule, "made_on", None),
         )
 
 

@@ -180,6 +180,8 @@ class ImagesDataModule(pl.LightningDataModule):
         self.datasets: dict[str, _Batches] = {}
         self.generation_s: float | None = None
         """Seconds the set took to generate (the device synchronised), once made."""
+        self.made_on: str | None = None
+        """The device the set was made on, once made."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -199,6 +201,7 @@ class ImagesDataModule(pl.LightningDataModule):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.generation_s = time.perf_counter() - t0
+        self.made_on = str(device)
 
     def _loader(self, name: str, *, shuffle: bool) -> DataLoader:
         data = self.datasets[name]
