@@ -11,10 +11,8 @@ flags, region, gco2e_per_kwh``, then ``cost_usd[<scenario>]`` and ``co2e_kg[<sce
 pricing scenario, one ``metric/<name>`` column per final metric, ``j_per_train_sample``
 (energy of every stage of the training epochs per training sample they processed; empty when any
 epoch's count is unknown), ``wh_to_best_val`` (the run's energy up to the end of the epoch with
-the best per-epoch validation metric: the headline metric if it is one, else ``val_loss``),
-``wh_to_target_val`` (the energy up to the first epoch whose validation metric reached 90 % of
-the best value any reported run reached) and ``cumulative_wh`` (own energy plus every
-ancestor's). docs/internals.md defines the derived columns precisely.
+the best per-epoch validation metric: the headline metric if it is one, else ``val_loss``) and
+``cumulative_wh`` (own energy plus every ancestor's). docs/internals.md defines both precisely.
 """
 
 from __future__ import annotations
