@@ -347,3 +347,24 @@ def test_demo_refuses_an_unknown_task_before_importing_torch(tmp_path):
     assert out.stdout.split() == ["2", "False"]
     assert "'cifar'" in out.stderr and "digits, images" in out.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("losses", "relative", "grows_after"),
+    [
+        # 2.3 -> 2.1 is 8.7 % better, 2.1 -> 2.05 only 2.4 %: a plateau at 5 %, not at 0.04
+        ([2.3, 2.1, 2.05], True, [2]),
+        ([2.3, 2.1, 2.05], False, []),
+        ([2.3, 2.3, 2.0, 1.99], True, [1, 3]),
+    ],
+)
+def test_plateau_by_relative_or_absolute_improvement(losses, relative, grows_after):
+    model = _tiny_adaptive(min_delta=0.05 if relative else 0.04, relative=relative)
+    grown, now = [], {}
+    model.grow = lambda: grown.append(now["epoch"]) or True
+    model.rebuild_optimizers = lambda: None
+    for epoch, loss in enumerate(losses):
+        now["epoch"] = epoch
+        model.last_val_loss = loss
+        model.on_train_epoch_end()
+    assert grown == grows_after

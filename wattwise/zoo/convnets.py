@@ -193,7 +193,8 @@ class ConstrainedResNet(DeeplySupervised, BaselineResNet):
 
 
 class AdaptiveResNet(PlateauGrowth, BaselineResNet):
-    """A ResNet that grows while it trains: on each plateau (:class:`PlateauGrowth`) it widens
+    """A ResNet that grows while it trains: on each plateau (:class:`PlateauGrowth`; by default
+    an epoch whose validation loss is not 5 % below the best so far) it widens
     the inner channels of every block by ``growth`` (at most to ``max_width`` in the first
     stage, in proportion in the others) or appends an identity-initialised block to every stage
     (at most ``max_blocks`` per stage), alternately, starting with widening; when one way is
@@ -211,6 +212,7 @@ class AdaptiveResNet(PlateauGrowth, BaselineResNet):
         max_blocks: int = 3,
         patience: int = 1,
         min_delta: float = 0.05,
+        relative: bool = True,
         growth: float = 2.0,
         noise_std: float = 1e-3,
     ) -> None:
@@ -227,7 +229,7 @@ class AdaptiveResNet(PlateauGrowth, BaselineResNet):
                 f"stage ({max(self.blocks)})"
             )
         _check_growth(growth, noise_std)
-        self._init_plateau(patience, min_delta)
+        self._init_plateau(patience, min_delta, relative)
         self.max_width = max_width
         self.max_blocks = max_blocks
         self.growth = growth

@@ -149,7 +149,8 @@ class PlateauGrowth:
     """A zoo model that grows while it trains (mixed in before the model class).
 
     After each training epoch whose validation loss has not improved on the best so far by more
-    than ``min_delta`` for ``patience`` epochs in a row, :meth:`grow` is called (the model says
+    than ``min_delta`` (with ``relative``: by more than that fraction of the best) for
+    ``patience`` epochs in a row, :meth:`grow` is called (the model says
     how it grows; it returns False when it has reached its limits), and the optimizer is rebuilt
     over the new parameters by :meth:`rebuild_optimizers`. Call :meth:`_init_plateau` in
     ``__init__``; a subclass saves its shape in checkpoints through :meth:`_shape_state` /
@@ -161,13 +162,16 @@ class PlateauGrowth:
     epochs_without_improvement: int
     last_val_loss: float | None
 
-    def _init_plateau(self, patience: int, min_delta: float) -> None:
+    relative: bool
+
+    def _init_plateau(self, patience: int, min_delta: float, relative: bool = False) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise BadInput(f"patience={patience!r}: expected an integer >= 1")
         if not min_delta >= 0:
             raise BadInput(f"min_delta={min_delta!r}: expected a number >= 0")
         self.patience = patience
         self.min_delta = min_delta
+        self.relative = bool(relative)
         self.best_val_loss = float("inf")
         self.epochs_without_improvement = 0
         self.last_val_loss = None
@@ -193,7 +197,9 @@ class PlateauGrowth:
         if self.last_val_loss is None:
             return
         val_loss, self.last_val_loss = self.last_val_loss, None
-        if val_loss < self.best_val_loss - self.min_delta:
+        best = self.best_val_loss
+        margin = self.min_delta * abs(best) if self.relative else self.min_delta
+        if best == float("inf") or val_loss < best - margin:
             self.best_val_loss = val_loss
             self.epochs_without_improvement = 0
             return
