@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal
+from wattwise.commands import console, make_table, print_json, print_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
@@ -54,7 +55,7 @@ def _notice(note: str) -> None:
     """A note on how this run differs from the task's full form, on stderr before training."""
     from rich.console import Console
 
-    Console(stderr=True).print(f"note: {note}", soft_wrap=True)
+    Console(stderr=True).print(literal(f"note: {note}"), soft_wrap=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -62,10 +63,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _show(result: DemoResult) -> None:
-    from rich.table import Table
-
     epochs = sorted({run.epochs for run in result.runs})
-    table = Table(
+    table = make_table(
         title=f"wattwise demo ({result.task}): what each architecture cost",
         caption=f"{', '.join(map(str, epochs))} training epochs each, then the test set; "
         "cost and CO2e include PUE; shape: width x depth"
@@ -99,10 +98,10 @@ def _show(result: DemoResult) -> None:
     if result.generation_s is not None and result.sizes:
         total = sum(result.sizes.values())
         made = f"{total:,} images generated on {result.device} in {result.generation_s:.2f} s"
-        out.print(f"image set: {made}")
-    out.print(f"ledger: {result.ledger_path}")
-    out.print(f"report: {result.html_path}")
-    out.print(f"csv:    {result.runs_csv}, {result.phases_csv}")
+        out.print(literal(f"image set: {made}"))
+    out.print(literal(f"ledger: {result.ledger_path}"))
+    out.print(literal(f"report: {result.html_path}"))
+    out.print(literal(f"csv:    {result.runs_csv}, {result.phases_csv}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal
+from wattwise.commands import console, make_table, print_json, print_table
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+    pick_run,
+)
 from wattwise.errors import BadInput
 from wattwise.types import FLAGS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.text import Text
+
     from wattwise.estimate import EstimateResult
 
 
@@ -34,17 +48,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g}d"
 
 
-def _band(value: str, lo: str, hi: str) -> str:
-    return f"{value}\n[dim]{lo}-{hi}[/dim]"
+def _band(value: str, lo: str, hi: str) -> Text:
+    from rich.text import Text
+
+    return Text.assemble(value, "\n", (f"{lo}-{hi}", "dim"))
 
 
 def _show(result: EstimateResult) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
-    def yes_no(value: bool | None) -> str:
-        return {True: "yes", False: "[red]no[/red]", None: "?"}[value]
+    def yes_no(value: bool | None) -> Text:
+        return {True: Text("yes"), False: Text("no", "red"), None: Text("?")}[value]
 
-    table = Table(
+    table = make_table(
         title=f"Estimate for {result.epochs:g} epochs ({result.pricing}, "
         f"{result.region or 'world average'}: {result.gco2e_per_kwh:.0f} gCO2e/kWh, "
         f"PUE {result.pue:g})",
@@ -73,32 +89,48 @@ def _show(result: EstimateResult) -> None:
     print_table(out, table)
     if result.budgets:
         limits = ", ".join(f"{name} {limit:g}" for name, limit in result.budgets.items())
-        out.print(f"budgets ({limits}):")
+        out.print(literal(f"budgets ({limits}):"))
         for t in result.targets:
             over = [name for name, ok in t.verdicts.items() if not ok]
-            verdict = f"[red]over: {', '.join(over)}[/red]" if over else "within"
-            out.print(f"  {t.gpu}: {verdict}")
+            verdict = literal(f"over: {', '.join(over)}", "red") if over else "within"
+            out.print(Text.assemble("  ", literal(t.gpu), ": ", verdict))
     for label, name in (
         ("cheapest", result.cheapest),
         ("fastest", result.fastest),
         ("greenest", result.greenest),
     ):
-        out.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+        out.print(
+            literal(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+        )
     for t in result.targets:
         hours = t.break_even_gpu_hours_per_year
         if t.pricing != result.pricing:
-            out.print(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})")
+            out.print(literal(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})"))
         if hours is None:
             continue
         if math.isinf(hours):
-            out.print(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper")
+            out.print(literal(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper"))
         else:
             out.print(
-                f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
-                f"{hours:,.0f} GPU-hours a year"
+                literal(
+                    f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
+                    f"{hours:,.0f} GPU-hours a year"
+                )
             )
     for flag in result.flags:
-        out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False)
+        out.print(literal(f"flag {flag}: {FLAGS.get(flag, '')}"))
+
+
+def _used_run(record) -> dict:
+    """Which ledger run an estimate took its rates from (when filters or 'latest' picked it)."""
+    return {
+        "run_id": record.run_id,
+        "architecture": record.architecture,
+        "status": record.status,
+        "started_at": record.started_at,
+        "user": record.user,
+        "job_id": record.job_id,
+    }
 
 
 def register(app: typer.Typer) -> None:
@@ -109,7 +141,9 @@ def register(app: typer.Typer) -> None:
         run: Annotated[
             str | None,
             typer.Option(
-                "--run", help="Ledger run (id or unique prefix) to take the measured rates from."
+                "--run",
+                help="Ledger run (id or unique prefix) to take the measured rates from; "
+                "'latest': the newest finished run (that the run filters match).",
             ),
         ] = None,
         ledger: Annotated[
@@ -164,8 +198,18 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--budget-kgco2e", help="Carbon budget in kg CO2e.")
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        user: UserFilter = None,
+        job: JobFilter = None,
+        tag: TagFilter = None,
+        architecture: ArchitectureFilter = None,
+        since: SinceFilter = None,
+        until: UntilFilter = None,
+        status: StatusFilter = None,
     ) -> None:
-        """Predict time, energy, cost and CO2e of a planned run, from a measured one."""
+        """Predict time, energy, cost and CO2e of a planned run, from a measured one.
+
+        With run filters, --run picks among the runs they match; without --run they pick the
+        newest finished matching run."""
         from wattwise import config, hardware
         from wattwise.commands.money import first_scenario
         from wattwise.estimate import Budgets, Plan, Profile, estimate, profile_from_run
@@ -198,16 +242,23 @@ def register(app: typer.Typer) -> None:
             "--peak-mem-gib": peak_mem_gib,
         }
         settings = config.load()
-        if run is not None:
+        run_filter = build(user, job, tag, architecture, since, until, status)
+        from_ledger = run is not None or not run_filter.empty
+        used = None  # the run the rates come from, when picked by filters or 'latest'
+        if from_ledger:
             if measured_gpu is not None or any(v is not None for v in typed.values()):
+                given = "--run" if run is not None else "run filters"
                 raise BadInput(
-                    "--run takes the measured numbers from the ledger: leave out --measured-gpu, "
-                    "--seconds-per-epoch, --joules-per-epoch and --peak-mem-gib"
+                    f"{given} take the measured numbers from the ledger: leave out "
+                    "--measured-gpu, --seconds-per-epoch, --joules-per-epoch and --peak-mem-gib"
                 )
             from wattwise.ledger import Ledger
 
             with Ledger(ledger) as store:
-                profile = profile_from_run(store, run, settings=settings)
+                record = pick_run(store, run, run_filter)
+                if run is None or run.strip() == "latest" or not run_filter.empty:
+                    used = record
+                profile = profile_from_run(store, record.run_id, settings=settings)
         elif measured_gpu is not None:
             missing = [
                 flag
@@ -234,7 +285,7 @@ def register(app: typer.Typer) -> None:
             if not names:
                 raise BadInput(f"--gpu {gpu!r} names no GPU: give NAME[,NAME...]")
             targets = [hardware.lookup(name, settings) for name in names]
-        elif run is not None:
+        elif from_ledger:
             targets = [profile.gpu]
         else:
             targets = hardware.all_gpus(settings)
@@ -249,6 +300,21 @@ def register(app: typer.Typer) -> None:
             settings=settings,
         )
         if as_json:
-            print_json(result.to_json())
+            shown = result.to_json()
+            if used is not None:
+                shown["run"] = _used_run(used)
+            print_json(shown)
         else:
+            if used is not None:
+                latest = run is None or run.strip() == "latest"
+                newest = "the newest run" if run_filter.status else "the newest finished run"
+                how = newest if latest else f"--run {run}"
+                if not run_filter.empty:
+                    how += f" {'matching' if latest else 'among runs matching'} "
+                    how += run_filter.describe()
+                console().print(
+                    f"rates from run {used.run_id} ({used.architecture}, {used.status}, started "
+                    f"{used.started_at[:16].replace('T', ' ')} UTC): {how}",
+                    highlight=False,
+                )
             _show(result)

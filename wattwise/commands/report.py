@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
+from wattwise._safe_text import printable
 from wattwise.commands import print_json
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+)
 
 
 def report_command(
@@ -21,13 +32,26 @@ def report_command(
         pathlib.Path | None,
         typer.Option("--ledger", help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db)."),
     ] = None,
+    out: Annotated[
+        pathlib.Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder for report.html, runs.csv and phases.csv (as `wattwise demo --out`); "
+            "--html and --csv, when given, win for their files.",
+        ),
+    ] = pathlib.Path("reports"),
     html: Annotated[
         pathlib.Path | None,
-        typer.Option("--html", help="HTML file to write (default: reports/report.html)."),
+        typer.Option(
+            "--html", metavar="FILE", help="HTML file to write (default: report.html in --out)."
+        ),
     ] = None,
     csv_dir: Annotated[
         pathlib.Path | None,
-        typer.Option("--csv", help="Folder for runs.csv and phases.csv (default: reports/)."),
+        typer.Option(
+            "--csv", metavar="DIR", help="Folder for runs.csv and phases.csv (default: --out)."
+        ),
     ] = None,
     region: Annotated[
         str | None,
@@ -47,12 +71,21 @@ def report_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
     ] = False,
+    user: UserFilter = None,
+    job: JobFilter = None,
+    tag: TagFilter = None,
+    architecture: ArchitectureFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    status: StatusFilter = None,
 ) -> None:
-    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs."""
+    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs
+    (those given, or all; of them, those the run filters match)."""
     from wattwise.errors import BadInput
     from wattwise.ledger import Ledger, default_path
     from wattwise.report import build_report
 
+    run_filter = build(user, job, tag, architecture, since, until, status)
     path = ledger if ledger is not None else default_path()
     if not path.exists():
         raise BadInput(
@@ -61,15 +94,22 @@ def report_command(
         )
     with Ledger(path) as opened:
         result = build_report(
-            opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
+            opened,
+            run_ids or None,
+            out_dir=out,
+            html_path=html,
+            csv_dir=csv_dir,
+            region=region,
+            pricing=pricing,
+            run_filter=run_filter,
         )
     if as_json:
         print_json(result.to_json())
         return
     typer.echo(f"report of {result.n_runs} run{'s' if result.n_runs != 1 else ''}:")
-    typer.echo(f"  html:       {result.html_path}")
-    typer.echo(f"  runs.csv:   {result.runs_csv}")
-    typer.echo(f"  phases.csv: {result.phases_csv}")
+    typer.echo(printable(f"  html:       {result.html_path}"))
+    typer.echo(printable(f"  runs.csv:   {result.runs_csv}"))
+    typer.echo(printable(f"  phases.csv: {result.phases_csv}"))
 
 
 def register(app: typer.Typer) -> None:

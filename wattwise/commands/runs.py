@@ -11,7 +11,18 @@ from typing import Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal, printable
+from wattwise.commands import console, make_table, print_json, print_table
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+)
 from wattwise.errors import BadInput
 from wattwise.units import j_to_wh
 
@@ -58,40 +69,54 @@ def runs_command(
     ctx: typer.Context,
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
+    user: UserFilter = None,
+    job: JobFilter = None,
+    tag: TagFilter = None,
+    architecture: ArchitectureFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    status: StatusFilter = None,
 ) -> None:
     """List the runs in the ledger (a run whose process is gone shows as interrupted)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
-
+    run_filter = build(user, job, tag, architecture, since, until, status)
     with _ledger(ledger, ctx) as book:
-        records = book.list_runs()
+        records = book.list_runs(run_filter)
     if json_out:
         print_json([rec.to_json() for rec in records])
         return
     out = console()
     if not records:
-        out.print(f"No runs in {book.path}.", highlight=False)
+        matching = "" if run_filter.empty else f" matching {run_filter.describe()}"
+        out.print(literal(f"No runs{matching} in {book.path}."))
         return
-    table = Table(title=str(book.path))
+    table = make_table(title=str(book.path))
     # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
     # names stay whole (see print_table)
-    for name in ("id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"):
+    columns = ["id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"]
+    # a lab's ledger: who ran it and as which job (a ledger of one person's runs shows neither)
+    if any(rec.job_id for rec in records) or len({rec.user for rec in records}) > 1:
+        columns[2:2] = ["user", "job"]
+    for name in columns:
         table.add_column(
             name,
-            no_wrap=name in ("id", "epochs", "Wh"),
-            overflow="fold" if name == "architecture" else "ellipsis",
+            no_wrap=name in ("id", "epochs", "Wh", "job"),
+            overflow="fold" if name in ("architecture", "user") else "ellipsis",
         )
     for rec in records:
-        table.add_row(
-            rec.run_id[:_ID_PREFIX],
-            rec.architecture,
-            rec.status,
-            rec.started_at[:16].replace("T", " "),
-            str(rec.epochs),
-            _wh(rec.energy_j),
-            rec.method_mix,
-        )
+        cells = {
+            "id": rec.run_id[:_ID_PREFIX],
+            "architecture": rec.architecture,
+            "user": rec.user or "-",
+            "job": rec.job_id or "-",
+            "status": rec.status,
+            "started (UTC)": rec.started_at[:16].replace("T", " "),
+            "epochs": str(rec.epochs),
+            "Wh": _wh(rec.energy_j),
+            "method mix": rec.method_mix,
+        }
+        table.add_row(*(cells[name] for name in columns))
     print_table(out, table)
 
 
@@ -137,7 +162,7 @@ def show_command(
 
 
 def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
     out = console()
     duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
@@ -162,21 +187,24 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("region / pricing", f"{rec.region or '-'} / {rec.pricing or '-'}"),
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
     ):
-        out.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+        out.print(Text.assemble((f"{label:>17}", "bold"), "  ", literal(value)))
+    _show_scheduler(out, rec.scheduler)
     if lineage:
         out.print(
-            f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
-            f"{len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
-            highlight=False,
+            Text.assemble(
+                (f"{'lineage':>17}", "bold"),
+                f"  own {_wh(own_j)} Wh, with {len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
+            )
         )
         for item in lineage:
             out.print(
-                f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
-                f"{item['own_energy_wh']:.4g} Wh",
-                highlight=False,
+                literal(
+                    f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
+                    f"{item['own_energy_wh']:.4g} Wh"
+                )
             )
     if phase_rows:
-        table = Table(title="Energy per epoch x stage x device")
+        table = make_table(title="Energy per epoch x stage x device")
         for name in ("epoch", "stage", "device", "s", "Wh", "mean W", "peak W", "method", "flags"):
             table.add_column(name, overflow="fold" if name == "device" else "ellipsis")
         for row in phase_rows:
@@ -193,7 +221,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
             )
         print_table(out, table)
     if snapshot_rows:
-        table = Table(title="Model size per epoch")
+        table = make_table(title="Model size per epoch")
         for name in ("epoch", "trainable", "total", "class", "label"):
             table.add_column(name)
         for row in snapshot_rows:
@@ -205,6 +233,30 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
                 str(row["label"]),
             )
         print_table(out, table)
+
+
+_SECTION_TITLES = {"slurm": "SLURM", "kubernetes": "Kubernetes", "torchrun": "torchrun"}
+
+
+def _show_scheduler(out, scheduler: dict) -> None:
+    """The Scheduler section: the join keys, then each scheduler's fields that were set."""
+    from rich.text import Text
+
+    out.print(Text("Scheduler", "bold"))
+    if not scheduler:
+        out.print(literal(f"{'':>19}not recorded (a run from before wattwise recorded it)"))
+        return
+    rows = [(label, scheduler.get(key) or "-") for label, key in _JOIN_KEYS]
+    for section, title in _SECTION_TITLES.items():
+        values = scheduler.get(section)
+        if values:
+            shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+            rows.append((title, shown or "-"))
+    for label, value in rows:
+        out.print(Text.assemble((f"{label:>17}", "bold"), "  ", literal(str(value))))
+
+
+_JOIN_KEYS = (("user", "user"), ("job", "job_id"), ("OS user", "os_user"))
 
 
 @runs_app.command("rm")
@@ -221,7 +273,7 @@ def rm_command(
     if _want_json(json_out, ctx):
         print_json({"removed": run_id})
     else:
-        typer.echo(f"removed run {run_id}")
+        typer.echo(printable(f"removed run {run_id}"))
 
 
 @runs_app.command("merge")
@@ -238,7 +290,9 @@ def merge_command(
         print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
-            f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+            printable(
+                f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+            )
         )
 
 
@@ -303,9 +357,11 @@ def run_command(
         print_json(summary)
     else:
         typer.echo(
-            f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
-            f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
-            + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items())),
+            printable(
+                f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
+                f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
+                + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items()))
+            ),
             err=True,
         )
     if code != 0:
