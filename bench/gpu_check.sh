@@ -13,7 +13,7 @@
 # Steps: 1. the `gpu` tests against the driver; 2. EnergyCallback vs no tracker (fit-time ratio,
 # 3 interleaved rounds) and its GPU energy vs NVML's raw counter (CodeCarbon and Zeus where
 # importable, else skipped and said so); 3. per-phase energy vs the counter (bench/gpu_check.py);
-# 4. `wattwise demo --quick`; 5. `wattwise demo --task images --quick` where `--task` exists.
+# 4. `wattwise demo --task images --quick` where `--task` exists; 5. `wattwise demo --task digits --quick`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -83,7 +83,7 @@ step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu.py tests/test_sensor_nvml.py tests/test_callback_settings.py
 
 # 2. EnergyCallback vs no tracker, 3 interleaved rounds, and its GPU energy vs the raw counter
-step overhead 170 "$py" bench/overhead.py "${fit[@]}" --rounds 3 --epochs 3 \
+step overhead 150 "$py" bench/overhead.py "${fit[@]}" --rounds 3 --epochs 3 \
   --json "$work/overhead.json"
 
 # 3. per-phase energy of a live Meter vs the counter it recorded
@@ -91,10 +91,7 @@ step per_phase 90 "$py" bench/gpu_check.py --load-s 15 --out "$work/gpu_check" \
   --json "$work/gpu_check.json"
 cp "$work/gpu_check/gpu-check-trace.csv" "$out/" 2>/dev/null
 
-# 4. the demo
-step demo 100 "$py" -m wattwise demo --quick --ledger "$work/demo.db" --out "$work/demo"
-
-# 5. the images demo (issue 17), where this checkout has it
+# 4. the images demo (issue 17): on CUDA the ResNets in bf16 and channels_last
 if "$py" -m wattwise demo --help 2>/dev/null | grep -q -- "--task"; then
   step demo_images 200 "$py" -m wattwise demo --task images --quick \
     --ledger "$work/demo-images.db" --out "$work/demo-images"
@@ -102,6 +99,15 @@ else
   echo '{"step": "demo_images", "status": "skipped", "why": "demo has no --task here"}' \
     >>"$steps"
 fi
+
+# 5. the digits demo (the CPU default; on CUDA `demo` alone now means the images task)
+step demo 80 "$py" -m wattwise demo --task digits --quick --ledger "$work/demo.db" \
+  --out "$work/demo"
+
+# the images demo's per-run figures and page, and the overhead rounds, for a look afterwards
+cp "$work/demo-images/runs.csv" "$out/images-runs.csv" 2>/dev/null
+cp "$work/demo-images/report.html" "$out/images-report.html" 2>/dev/null
+cp "$work/overhead.json" "$out/overhead.json" 2>/dev/null
 
 "$py" - "$out" "$work" "$dry" "$((SECONDS - t_start))" <<'EOF'
 import json, pathlib, re, sys
