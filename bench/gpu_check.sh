@@ -129,7 +129,7 @@ for s in steps:
                 s["fit_time_ratio"].setdefault(r["tracker"], []).append(
                     round(base[r["round"]] / r["steps_per_s"], 4))
         s["gpu_wh_vs_nvml_counter"] = [  # inner <= gpu <= outer expected
-            {k: r[k] for k in ("round", "gpu_wh", "nvml_inner_wh", "nvml_outer_wh", "nvml_outer_s")}
+            {k: r.get(k) for k in ("round", "tracker", "gpu_wh", "nvml_inner_wh", "nvml_outer_wh", "nvml_outer_s")}
             for r in runs["runs"] if r.get("gpu_wh") and r.get("nvml_outer_wh")]
         s["skipped_trackers"] = runs["skipped"]
     if s["step"] == "per_phase" and (work / "gpu_check.json").exists():

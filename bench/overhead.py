@@ -98,31 +98,22 @@ def _worker(args: argparse.Namespace) -> dict:
         out["construct_s"] = time.perf_counter() - t
         setup = cb.setup
         teardown = cb.teardown
-        counter = _RawCounter()
-        raw: list[float | None] = []
-        stamps: list[float] = []
-
-        def read_raw() -> None:
-            raw.append(counter.read())
-            stamps.append(time.perf_counter())
+        bracket = _Bracket()
 
         def timed_setup(*a, **k):
-            read_raw()  # outside the timed span: ~4 ms per GPU on Hopper
+            bracket.read()  # outside the timed span: ~4 ms per GPU on Hopper
             t = time.perf_counter()
             setup(*a, **k)
             out["setup_s"] = time.perf_counter() - t
-            read_raw()
+            bracket.read()
 
         def timed_teardown(*a, **k):
-            read_raw()
+            bracket.read()
             t = time.perf_counter()
             teardown(*a, **k)
             out["stop_s"] = time.perf_counter() - t
-            read_raw()
-            if None not in raw:  # the run lies inside the outer reads, around the inner ones
-                out["nvml_outer_wh"] = raw[3] - raw[0]
-                out["nvml_inner_wh"] = raw[2] - raw[1]
-                out["nvml_outer_s"] = stamps[3] - stamps[0]
+            bracket.read()
+            bracket.into(out)
 
         cb.setup, cb.teardown = timed_setup, timed_teardown
         callbacks.append(cb)
@@ -134,6 +125,8 @@ def _worker(args: argparse.Namespace) -> dict:
             return {"tracker": args.worker, "skipped": f"codecarbon is not importable ({err})"}
 
         out["import_s"] = time.perf_counter() - t
+        bracket = _Bracket()
+        bracket.read()  # outer: before the tracker starts
         t = time.perf_counter()
         tracker = OfflineEmissionsTracker(
             country_iso_code="FRA",
@@ -143,11 +136,16 @@ def _worker(args: argparse.Namespace) -> dict:
         )
         tracker.start()
         out["construct_s"] = time.perf_counter() - t
+        bracket.read()  # inner: it has started
 
         def stop() -> None:
+            bracket.read()
             tracker.stop()
+            bracket.read()
             data = tracker.final_emissions_data
             out["energy_wh"] = data.energy_consumed * 1000.0
+            out["gpu_wh"] = data.gpu_energy * 1000.0  # kWh; GPU alone, as the counter
+            bracket.into(out)
 
     elif args.worker == "zeus":
         t = time.perf_counter()
@@ -158,16 +156,24 @@ def _worker(args: argparse.Namespace) -> dict:
         out["import_s"] = time.perf_counter() - t
         t = time.perf_counter()
         gpus = [] if not torch.cuda.is_available() else None
+        bracket = _Bracket()
+        bracket.read()
         try:
             tracker = ZeusMonitor(gpu_indices=gpus)
             tracker.begin_window("fit")
         except Exception as err:  # e.g. no GPU and no RAPL: Zeus refuses to start
             return {"tracker": "zeus", "skipped": f"ZeusMonitor did not start: {err!r}"}
         out["construct_s"] = time.perf_counter() - t
+        bracket.read()
 
         def stop() -> None:
+            bracket.read()
             measurement = tracker.end_window("fit")
+            bracket.read()
             out["energy_wh"] = measurement.total_energy / 3600.0
+            if measurement.gpu_energy:
+                out["gpu_wh"] = sum(measurement.gpu_energy.values()) / 3600.0
+            bracket.into(out)
 
     trainer = pl.Trainer(
         max_epochs=args.epochs,
@@ -196,6 +202,27 @@ def _worker(args: argparse.Namespace) -> dict:
         out["gpu_wh"] = callbacks[1].summary.get("energy_by_kind_wh", {}).get("gpu")
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
+
+
+class _Bracket:
+    """NVML's raw counter around a peer tracker's measured span: read before it starts, after it
+    started, before it stops and after it stopped (the span lies inside the outer reads and
+    around the inner ones)."""
+
+    def __init__(self) -> None:
+        self.counter = _RawCounter()
+        self.wh: list[float | None] = []
+        self.t: list[float] = []
+
+    def read(self) -> None:
+        self.wh.append(self.counter.read())
+        self.t.append(time.perf_counter())
+
+    def into(self, out: dict) -> None:
+        if len(self.wh) == 4 and None not in self.wh:
+            out["nvml_outer_wh"] = self.wh[3] - self.wh[0]
+            out["nvml_inner_wh"] = self.wh[2] - self.wh[1]
+            out["nvml_outer_s"] = self.t[3] - self.t[0]
 
 
 class _RawCounter:
@@ -327,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             step_wh = 0.1 * outer / r["nvml_outer_s"]
             verdict = "inside" if inner - 2 * step_wh <= wh <= outer + 2 * step_wh else "OUTSIDE"
             print(
-                f"{r['tracker']:>12}  GPU {wh:.5f} Wh; NVML counter from after set-up to "
-                f"before teardown {inner:.5f} Wh, from before set-up to after teardown "
+                f"{r['tracker']:>12}  GPU {wh:.5f} Wh; NVML counter from after its start to "
+                f"before its stop {inner:.5f} Wh, from before its start to after its stop "
                 f"{outer:.5f} Wh: {verdict}"
             )
     setup = [r["setup_s"] * 1000 for r in runs if r["tracker"] == "energy" and "setup_s" in r]
