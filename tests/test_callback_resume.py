@@ -151,6 +151,58 @@ def test_a_new_fit_from_another_runs_checkpoint_records_its_parent(tmp_path, rep
     assert ledger.ancestors(by_id.run_id) == [child.run_id, parent.run_id]
 
 
+def test_a_callback_reused_for_a_new_fit_records_a_new_run(tmp_path, replay):  # noqa: F811
+    """Regression (issue 14, item 5): a second fit with the same callback (a new Trainer, no
+    ckpt_path) continued the first run (one run, 6 epochs). A new fit is a new run; a fit
+    resumed from a checkpoint holding this callback's state stays that run; test() after a fit
+    adds to that fit's run."""
+    db = tmp_path / "w.db"
+    cb = EnergyCallback(ledger=db)
+    model = TinyModel()
+    trainer(tmp_path, [cb], max_epochs=3).fit(model, loader(), loader(32))
+    first = cb.run_id
+    ledger = Ledger(db)
+
+    # the same module trained further: a new run, descended from the first (its weights)
+    again = trainer(tmp_path, [cb, checkpointing(tmp_path)], max_epochs=3)
+    again.fit(model, loader(), loader(32))
+    second = cb.run_id
+    assert second != first and len(ledger.list_runs()) == 2
+    runs = {first: ledger.get_run(first), second: ledger.get_run(second)}
+    assert [runs[first].epochs, runs[second].epochs] == [3, 3]
+    assert cb.epochs_completed == 3 and len(cb.epoch_energy_j) == 3
+    assert runs[second].parent_run_id == first and runs[first].parent_run_id is None
+    assert runs[second].status == "finished" and not runs[second].reason
+    # the callback's numbers are the second run's alone
+    assert cb.energy_j == pytest.approx(runs[second].energy_j, rel=1e-9)
+    assert cb.summary["run_id"] == second and cb.summary["epochs"] == 3
+    assert ledger.get_run(first).energy_j == pytest.approx(runs[first].energy_j, rel=1e-12)
+
+    # test() after that fit: rows added to the second run, no new run
+    before_j = cb.energy_j
+    again.test(model, loader(32))
+    assert cb.run_id == second and len(ledger.list_runs()) == 2
+    assert any(r["stage"] == "test" for r in phase_rows(ledger, second))
+    assert ledger.get_run(second).energy_j == pytest.approx(cb.energy_j, rel=1e-9)
+    assert cb.energy_j > before_j
+
+    # a resume of the second run's checkpoint, in this process, with this callback: that run
+    ckpt = tmp_path / "ckpt" / "epoch=2-step=24.ckpt"
+    trainer(tmp_path, [cb, checkpointing(tmp_path)], max_epochs=4).fit(
+        model, loader(), loader(32), ckpt_path=ckpt
+    )
+    assert cb.run_id == second and len(ledger.list_runs()) == 2
+    assert ledger.get_run(second).epochs == 4 and cb.epochs_completed == 4
+    assert ledger.get_run(first).epochs == 3  # untouched
+
+    # a new module: a new run without a parent
+    trainer(tmp_path, [cb], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    third = ledger.get_run(cb.run_id)
+    assert cb.run_id not in (first, second) and len(ledger.list_runs()) == 3
+    assert third.epochs == 1 and third.parent_run_id is None
+    assert cb.energy_j == pytest.approx(third.energy_j, rel=1e-9)
+
+
 def test_state_dict_round_trip_and_defaults():
     cb = EnergyCallback()
     cb.run_id = "r1"
