@@ -255,10 +255,10 @@ def run_command(
 ) -> None:
     """Measure any command: its energy becomes a run in the ledger; its exit code is passed on.
 
-    SIGHUP, SIGINT and SIGTERM sent to wattwise are passed on to the command (one the terminal
-    sent it has already, see wattwise/_supervise.py); wattwise waits for it to end, records
-    the run ``interrupted`` with the energy measured until then and a reason naming the
-    signal, and exits as the command did (128 + N when signal N killed it)."""
+    SIGHUP, SIGINT and SIGTERM sent to wattwise are passed on to the command (Ctrl+C in a
+    terminal reaches it directly, once); wattwise waits for it to end however many signals
+    come, records the run as interrupted, with the energy measured until then and the signal
+    as its reason, and exits as the command did (128 + N when signal N killed it)."""
     from wattwise.ledger import Ledger
     from wattwise.meter import Meter
 
