@@ -59,12 +59,25 @@ while not (here / "release").exists() and time.monotonic() < deadline:
 note("released")
 """
 
-# Makes its stdin (a pty) the controlling terminal of the new session it leads, then becomes
-# the given program: `wattwise run` in the foreground of a terminal, as typed in a shell.
-WITH_TERMINAL = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execvp(sys.argv[1], sys.argv[1:])"
-)
+# Becomes `wattwise run ...` (argv[3:]) with SIGHUP, SIGINT and SIGTERM at their defaults and
+# none blocked, whatever the test process inherited (run by `nohup`, or as a script's
+# background job, it ignores SIGHUP or SIGINT), except those named in argv[2] (comma-separated),
+# which are ignored; with argv[1] == "terminal", its stdin (a pty) becomes the controlling
+# terminal of the new session it leads first: `wattwise run` typed in a shell.
+LAUNCHER = r"""
+import fcntl, os, signal, sys, termios
+if sys.argv[1] == "terminal":
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+    ignored = sig.name in sys.argv[2].split(",")
+    signal.signal(sig, signal.SIG_IGN if ignored else signal.SIG_DFL)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def launcher(terminal: bool = False, ignored: str = "") -> list[str]:
+    return [sys.executable, "-c", LAUNCHER, "terminal" if terminal else "-", ignored or "-"]
 
 
 def wait_for(
@@ -93,12 +106,15 @@ def gone(pid: int) -> bool:
 class Launch:
     """`wattwise run --ledger L -- python COMMAND DIR MODE` in a process of its own."""
 
-    def __init__(self, tmp_path: pathlib.Path, mode: str, *, terminal: bool) -> None:
+    def __init__(
+        self, tmp_path: pathlib.Path, mode: str, *, terminal: bool, ignored: str = ""
+    ) -> None:
         self.dir = tmp_path
         self.ledger = tmp_path / "ledger.db"
         (tmp_path / "command.py").write_text(COMMAND)
         argv = [sys.executable, "-m", "wattwise", "run", "--ledger", str(self.ledger), "--"]
         argv += [sys.executable, str(tmp_path / "command.py"), str(tmp_path), mode]
+        argv = [*launcher(terminal, ignored), *argv]
         self.output = bytearray()
         self._master: int | None = None
         self._reader: threading.Thread | None = None
@@ -106,7 +122,7 @@ class Launch:
         if terminal:
             master, slave = os.openpty()
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", WITH_TERMINAL, *argv],
+                argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -189,8 +205,8 @@ class Launch:
 def launch(tmp_path) -> Iterator[Callable[..., Launch]]:
     started: list[Launch] = []
 
-    def start(mode: str = "plain", *, terminal: bool = False) -> Launch:
-        started.append(Launch(tmp_path, mode, terminal=terminal))
+    def start(mode: str = "plain", *, terminal: bool = False, ignored: str = "") -> Launch:
+        started.append(Launch(tmp_path, mode, terminal=terminal, ignored=ignored))
         return started[-1]
 
     yield start
@@ -263,7 +279,7 @@ def test_the_signal_reaches_the_processes_the_command_started(launch, tmp_path):
     ledger = tmp_path / "ledger.db"
     argv = [sys.executable, "-m", "wattwise", "run", "--ledger", str(ledger), "--"]
     proc = subprocess.Popen(
-        [*argv, "sh", str(script)],
+        [*launcher(), *argv, "sh", str(script)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -349,3 +365,19 @@ def test_a_signal_as_soon_as_the_run_is_recorded_leaves_nothing_running(launch):
     assert code == expected[run.reason], launched.stderr()
     if (launched.dir / "pid").exists():
         assert gone(int((launched.dir / "pid").read_text().split()[0]))
+
+
+def test_a_signal_ignored_when_wattwise_started_stays_ignored(launch):
+    """`nohup wattwise run ...` (SIGHUP ignored): as a shell does, wattwise and the command keep
+    ignoring SIGHUP (blocking it to wait for it would have queued it instead); SIGTERM still
+    works, and the run's reason names it."""
+    launched = launch("plain", ignored="SIGHUP")
+    pid, ready_s = launched.command_pid()
+    launched.proc.send_signal(signal.SIGHUP)
+    signal_s = time.monotonic()
+    launched.proc.send_signal(signal.SIGTERM)
+    assert launched.wait() == 128 + signal.SIGTERM, launched.stderr()
+    assert gone(pid)
+    assert "SIGHUP" not in launched.stderr()
+    assert_interrupted(launched.run(), signal.SIGTERM, launched, ready_s, signal_s)
+    assert launched.run().reason == "SIGTERM received; the command was killed by SIGTERM"

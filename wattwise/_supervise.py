@@ -20,7 +20,8 @@ wattwise then waits for the command to end, like a shell: it never kills it, nor
 running. A second signal is handled as the first (a program that ends at its second Ctrl+C
 still does); a command that ignores SIGTERM is waited for; the message on stderr tells how to
 stop it at once (``kill -KILL``). A signal that arrives before the command started (while the
-sensors open) means the command is not started at all.
+sensors open) means the command is not started at all. A signal ignored when wattwise started
+(``nohup``, a script's background job) stays ignored, as a shell leaves it.
 
 Platforms without ``sigtimedwait`` (macOS) only get the terminal's Ctrl+C: the command, in
 wattwise's process group, has it too; wattwise waits for it to end.
@@ -107,12 +108,16 @@ class Supervisor:
     def __init__(self, notify: Callable[[str], None] = lambda message: None) -> None:
         self.notify = notify
         self.held = hasattr(signal, "sigtimedwait") and hasattr(os, "posix_spawnp")
+        # A signal ignored when wattwise started (`nohup`; a background job of a script, whose
+        # shell ignores SIGINT) stays ignored, for the command too, as a shell leaves it:
+        # blocking it would make the kernel queue it instead of discarding it.
+        self.forwarded = tuple(s for s in FORWARDED if signal.getsignal(s) != signal.SIG_IGN)
         self._old_mask: set[int] | None = None
 
     def __enter__(self) -> Supervisor:
         if self.held:
             self._old_mask = set(
-                signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
+                signal.pthread_sigmask(signal.SIG_BLOCK, {*self.forwarded, signal.SIGCHLD})
             )
         return self
 
@@ -127,7 +132,7 @@ class Supervisor:
         OSError when it cannot be started."""
         if self._old_mask is None:
             return _run_plain(argv)
-        early = signal.sigtimedwait(FORWARDED, 0)
+        early = signal.sigtimedwait(self.forwarded, 0)
         if early is not None:  # before the command started: do not start it
             self.notify(
                 f"wattwise: {signal_name(early.si_signo)} received before the command "
@@ -145,10 +150,10 @@ class Supervisor:
             **group,
         )
         outcome = Outcome(None)
-        waiting_for = {*FORWARDED, signal.SIGCHLD}
+        waiting_for = {*self.forwarded, signal.SIGCHLD}
         while True:
             info = signal.sigtimedwait(waiting_for, POLL_S)
-            if info is not None and info.si_signo in FORWARDED:
+            if info is not None and info.si_signo in self.forwarded:
                 outcome.signals.append(info.si_signo)
                 self._pass_on(info, pid, own_group, first=len(outcome.signals) == 1)
                 continue  # take every signal pending before looking at the command
@@ -157,7 +162,7 @@ class Supervisor:
                 outcome.returncode = os.waitstatus_to_exitcode(status)
                 break
         # signals that came with the command's end (a terminal's Ctrl+C that killed it)
-        while (info := signal.sigtimedwait(FORWARDED, 0)) is not None:
+        while (info := signal.sigtimedwait(self.forwarded, 0)) is not None:
             outcome.signals.append(info.si_signo)
         return outcome
 
