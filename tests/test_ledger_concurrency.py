@@ -63,13 +63,14 @@ def _start_writers(script: str, args: list[list[str]]) -> list[subprocess.Popen]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_eight_writer_processes_lose_no_row(tmp_path):
     path = tmp_path / "shared.db"
     go = tmp_path / "go"
     procs = _start_writers(WRITER, [[str(path), str(go), str(w)] for w in range(N_WRITERS)])
     _wait_ready(go, range(N_WRITERS), procs)
     go.touch()
-    outputs = [proc.communicate(timeout=240) for proc in procs]
+    outputs = [proc.communicate(timeout=480) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert "locked" not in err.lower() and "busy" not in err.lower(), err
         assert proc.returncode == 0, err
@@ -127,6 +128,7 @@ print(callback.run_id)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 147 s with two CPU-bound processes beside the suite
 def test_concurrent_lightning_fits_lose_nothing(tmp_path):
     path = tmp_path / "shared.db"
     go = tmp_path / "go"
@@ -136,7 +138,7 @@ def test_concurrent_lightning_fits_lose_nothing(tmp_path):
     )
     _wait_ready(go, labels, procs)
     go.touch()
-    outputs = [proc.communicate(timeout=280) for proc in procs]
+    outputs = [proc.communicate(timeout=560) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
         assert "database is locked" not in err
