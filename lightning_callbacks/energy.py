@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -62,9 +63,9 @@ CHECKPOINT_STAMP = "wattwise_run_id"
 STATE_VERSION = 1
 OWN_METRICS = ("energy/", "power/", "cost/", "carbon/")
 """Prefixes of the metrics the callback logs (not stored again as the run's final metrics)."""
-_RUNTIME_ATTRS = ("_meter", "_ledger", "_config", "_metrics")
-"""Live objects (sampler thread, SQLite connection, loaded settings, metrics server): never
-pickled or copied."""
+_RUNTIME_ATTRS = ("_meter", "_ledger", "_config", "_metrics", "_fitted_module")
+"""Live objects (sampler thread, SQLite connection, loaded settings, metrics server, a weak
+reference to the module last fitted): never pickled or copied."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -204,7 +205,9 @@ class _EnergyLogic:
         self._reason: str | None = None
         self._warned: set[str] = set()
         self._outbox: list[str] = []  # a non-zero rank's warnings, sent with its next report
-        self._stamp: str | None = None
+        self._stamp: str | None = None  # run id in the checkpoint this call loaded
+        self._fitted_module: Any = None  # weakref to the LightningModule of the last fit
+        self._weights_of: str | None = None  # run whose trained module this fit starts from
         self._unsettled: list[list[Any]] = []  # provisional phases in the checkpoint loaded
         self._meter = None
         self._config = None
@@ -322,7 +325,28 @@ class _EnergyLogic:
         # Every rank checks the ledger file (a read, no write), so all of them stop together.
         self._global_zero = bool(trainer.is_global_zero)
         self._open_ledger()
+        self._stamp = None  # set again by on_load_checkpoint (after setup) for this call
+        if stage == "fit":
+            self._new_fit(pl_module)
         self._start(trainer, stage)
+
+    def _new_fit(self, pl_module: Any) -> None:
+        """Every fit starts a new run, unless Lightning restores this callback's state from
+        the checkpoint of ``fit(ckpt_path=...)`` (``load_state_dict``, called after ``setup``
+        and before ``on_fit_start``), which brings back the run to continue. So a callback used
+        for a second fit (a new Trainer, no ``ckpt_path``) records a second run; when that fit
+        trains the same LightningModule object further, its parent is the first run (it starts
+        from that run's weights). ``test/validate/predict`` keep the run (no reset there)."""
+        last = self._fitted_module() if self._fitted_module is not None else None
+        self._weights_of = self.run_id if self.run_id is not None and last is pl_module else None
+        self._fitted_module = _weak(pl_module)
+        self.run_id = None
+        self._forget_unrecorded()
+        self.idle_power_w, self.flags, self.methods = {}, set(), {}
+        self.devices, self.metrics, self.summary = {}, {}, {}
+        self.peak_mem_gib = self.peak_mem_reserved_gib = None
+        self._reason = None
+        self._unsettled = []
 
     @_guarded
     def _start(self, trainer: Any, stage: str) -> None:
@@ -493,7 +517,7 @@ class _EnergyLogic:
 
     def _parent_run_id(self) -> str | None:
         if self.parent is None:
-            return self._stamp
+            return self._stamp or self._weights_of
         if os.path.isfile(self.parent):
             try:
                 stamp = read_checkpoint(self.parent).get(CHECKPOINT_STAMP)
@@ -1032,6 +1056,14 @@ class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------- helpers
+def _weak(obj: Any) -> Any:
+    """A weak reference to ``obj``, or None where it takes none."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return None
+
+
 def _check_region_pricing(region: str | None, scenario: str | None) -> None:
     """UnknownRegion / BadInput (naming the value and what is accepted) for unusable values."""
     if region is not None:

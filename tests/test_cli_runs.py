@@ -8,11 +8,9 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -265,34 +263,6 @@ def test_run_of_an_unknown_program_is_bad_input(capsys, ledger_path):
     assert code == 2
     assert "'no-such-program-wattwise' not found" in err
     assert not ledger_path.exists()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_run_interrupted_by_ctrl_c(tmp_path, ledger_path):
-    proc = subprocess.Popen(
-        wattwise_run_argv(ledger_path, "import time; time.sleep(60)"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not ledger_path.exists() or not Ledger(ledger_path).list_runs():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-        time.sleep(0.5)  # past Popen, into wait()
-        proc.send_signal(signal.SIGINT)  # to wattwise only: it forwards to the command
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 128 + signal.SIGINT, err
-    with Ledger(ledger_path) as book:
-        (rec,) = book.list_runs()
-    assert rec.status == "interrupted"
-    assert rec.ended_at is not None
 
 
 @pytest.fixture

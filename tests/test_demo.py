@@ -167,6 +167,7 @@ def test_growth_shows_in_snapshots_and_energy_spans_it(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 244 s with two CPU-bound processes beside the suite
 @pytest.mark.parametrize("replay", [None, "h200-lightning-fit-50hz.csv"])
 def test_demo_quick_end_to_end(tmp_path, nvml_fixtures, replay):
     """On this CPU, and with a recorded H200 replayed as the machine's GPU (the GPU path)."""
@@ -188,7 +189,7 @@ def test_demo_quick_end_to_end(tmp_path, nvml_fixtures, replay):
         text=True,
         cwd=tmp_path,
         env=env,
-        timeout=280,
+        timeout=560,  # a hang ends at this, not a slow machine
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # stdout is nothing but the JSON

@@ -455,8 +455,7 @@ def test_update_settings_beside_a_reader_in_another_connection(book):
 
     # and a reader thread polling through its own Ledger while the run is updated 50 times
     seen: list[dict] = []
-    stop = threading.Event()
-    reading = threading.Event()
+    stop, reading = threading.Event(), threading.Event()
 
     def poll():
         with Ledger(book.path) as other:
@@ -469,6 +468,9 @@ def test_update_settings_beside_a_reader_in_another_connection(book):
     # on a loaded machine the 50 writes could all be done before the reader's first read
     assert reading.wait(timeout=60)
     try:
+        # the updates start once the reader reads (on a loaded machine the thread may not
+        # have run at all before 50 quick updates were over, leaving nothing to check)
+        assert reading.wait(timeout=60)
         for i in range(1, 51):
             book.update_settings(run_id, {"peak_mem_gib": float(i)})
     finally:

@@ -22,6 +22,7 @@ from wattwise.ledger import Ledger
 from wattwise.types import PhaseEnergy
 
 path, go, writer = sys.argv[1], sys.argv[2], int(sys.argv[3])
+open(f"{{go}}.ready-{{writer}}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.002)
 book = Ledger(path)
@@ -39,6 +40,16 @@ book.close()
 """
 
 
+def _wait_ready(go, names, procs: list[subprocess.Popen]) -> None:
+    """Wait until every writer has imported and waits at the line (each says so with a file),
+    however long a loaded machine takes: then the go signal starts them together."""
+    deadline = time.monotonic() + 240
+    while not all(go.with_name(f"{go.name}.ready-{name}").exists() for name in names):
+        assert all(proc.poll() is None for proc in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline, "the writers did not get ready"
+        time.sleep(0.01)
+
+
 def _start_writers(script: str, args: list[list[str]]) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
@@ -52,13 +63,14 @@ def _start_writers(script: str, args: list[list[str]]) -> list[subprocess.Popen]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_eight_writer_processes_lose_no_row(tmp_path):
     path = tmp_path / "shared.db"
     go = tmp_path / "go"
     procs = _start_writers(WRITER, [[str(path), str(go), str(w)] for w in range(N_WRITERS)])
-    time.sleep(0.5)  # let them import and wait at the line
+    _wait_ready(go, range(N_WRITERS), procs)
     go.touch()
-    outputs = [proc.communicate(timeout=240) for proc in procs]
+    outputs = [proc.communicate(timeout=480) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert "locked" not in err.lower() and "busy" not in err.lower(), err
         assert proc.returncode == 0, err
@@ -85,6 +97,7 @@ import lightning.pytorch as pl
 from lightning_callbacks import EnergyCallback
 
 path, go, label = sys.argv[1], sys.argv[2], sys.argv[3]
+open(f"{go}.ready-{label}", "w").close()
 
 class Tiny(pl.LightningModule):
     def __init__(self):
@@ -115,6 +128,7 @@ print(callback.run_id)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 147 s with two CPU-bound processes beside the suite
 def test_concurrent_lightning_fits_lose_nothing(tmp_path):
     path = tmp_path / "shared.db"
     go = tmp_path / "go"
@@ -122,8 +136,9 @@ def test_concurrent_lightning_fits_lose_nothing(tmp_path):
     procs = _start_writers(
         FIT, [[str(path), str(go), label, str(tmp_path / label)] for label in labels]
     )
+    _wait_ready(go, labels, procs)
     go.touch()
-    outputs = [proc.communicate(timeout=280) for proc in procs]
+    outputs = [proc.communicate(timeout=560) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
         assert "database is locked" not in err

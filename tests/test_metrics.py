@@ -294,7 +294,11 @@ def test_a_meter_serves_openmetrics_and_ends_equal_to_its_ledger_run(tmp_path, m
     run = Ledger(tmp_path / "w.db").get_run(meter.run_id)
     _, families = _scrape(meter.metrics_url)  # served after stop(): the final figures
     samples = families["wattwise_energy_joules"].samples
-    assert sum(s.value for s in samples) == pytest.approx(run.energy_j, rel=1e-9)
+    # a counter is held at the most it has exported: the open phase scraped above may have been
+    # carried on with power a little past where the counter's next update settled it, at most
+    # one update (0.1 s) of the GPU's 300 W (docs/internals.md, Live metrics); never below
+    served = sum(s.value for s in samples)
+    assert run.energy_j * (1 - 1e-9) <= served <= run.energy_j + 300.0 * 0.1
     assert {s.labels["run_id"] for s in samples} == {run.run_id}
     assert {(s.labels["device"], s.labels["method"]) for s in samples} == {
         (GPU, "counter"),
@@ -510,6 +514,10 @@ def test_a_resumed_run_goes_on_from_its_ledger_rows(tmp_path, monkeypatch, nvml_
 @pytest.mark.slow
 def test_a_cuda_fit_serves_the_gpu_counter_live_and_ends_at_its_ledger_run(tmp_path, monkeypatch):
     import pytorch_lightning as pl
+    import torch
+
+    if not torch.cuda.is_available():  # the NVML stand-in serves NVML, not CUDA
+        pytest.skip("this torch build has no CUDA")
     from test_callback import TinyModel, loader, trainer
 
     from lightning_callbacks import EnergyCallback

@@ -6,12 +6,12 @@ import json
 import pathlib
 import shutil
 import signal
-import subprocess
 from typing import Annotated
 
 import typer
 
 from wattwise._safe_text import literal, printable
+from wattwise._supervise import Outcome, Supervisor, signal_name
 from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.commands._filters import (
     ArchitectureFilter,
@@ -38,7 +38,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 RunArgument = Annotated[str, typer.Argument(help="Run id or a unique prefix of one.")]
 
 _ID_PREFIX = 8
-_CHILD_GRACE_S = 10.0  # after Ctrl-C, how long the measured command may take to end
 
 runs_app = typer.Typer(
     name="runs",
@@ -326,7 +325,12 @@ def run_command(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Measure any command: its energy becomes a run in the ledger; its exit code is passed on."""
+    """Measure any command: its energy becomes a run in the ledger; its exit code is passed on.
+
+    SIGHUP, SIGINT and SIGTERM sent to wattwise are passed on to the command (Ctrl+C in a
+    terminal reaches it directly, once); wattwise waits for it to end however many signals
+    come, records the run as interrupted, with the energy measured until then and the signal
+    as its reason, and exits as the command did (128 + N when signal N killed it)."""
     from wattwise.ledger import Ledger
     from wattwise.meter import Meter
 
@@ -338,31 +342,36 @@ def run_command(
         )
     metrics_port, pushgateway = _live_settings(metrics_port, pushgateway)
     label = architecture or pathlib.Path(command[0]).name
-    with Ledger(ledger) as book:
+    # signals are held before the meter starts its sampler thread, which inherits the mask
+    with Ledger(ledger) as book, Supervisor(notify=lambda m: typer.echo(m, err=True)) as sup:
         meter = Meter(
             ledger=book, architecture=label, metrics_port=metrics_port, pushgateway=pushgateway
         )
         meter.start()
         if meter.metrics_url is not None:
             typer.echo(f"wattwise: live metrics on {meter.metrics_url}", err=True)
-        proc: subprocess.Popen | None = None
         try:
-            proc = subprocess.Popen(command)
-            code = _exit_code(proc.wait())
-        except KeyboardInterrupt:
-            code = _exit_code(_end_interrupted(proc)) or 130
-            result = meter.stop("interrupted")
+            outcome = sup.run(command)
+        except OSError as err:  # found on PATH but cannot be executed
+            result = meter.stop("failed")
+            if result.run_id is not None:
+                book.set_status(result.run_id, "failed", reason=f"cannot start: {err}")
+            raise BadInput(
+                f"command {command[0]!r} cannot be started ({err}); give an executable program"
+            ) from err
         except BaseException:
             meter.stop("failed")
             raise
-        else:
-            result = meter.stop("finished" if code == 0 else "failed")
-        if code != 0 and result.status == "failed" and result.run_id is not None:
-            book.set_status(result.run_id, "failed", reason=f"command exited with code {code}")
+        status, reason = _status(outcome)
+        result = meter.stop(status)
+        if reason is not None and result.run_id is not None:
+            book.set_status(result.run_id, status, reason=reason)
+    code = outcome.exit_code
     summary = {
         "run_id": result.run_id,
         "architecture": label,
         "status": result.status,
+        "reason": reason,
         "exit_code": code,
         "duration_s": result.duration_s,
         "energy_j": result.energy_j,
@@ -381,8 +390,9 @@ def run_command(
     else:
         typer.echo(
             printable(
-                f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
-                f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
+                f"wattwise: run {result.run_id} {result.status} "
+                + (f"({reason}, exit code {code}): " if reason else f"(exit code {code}): ")
+                + f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
                 + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items()))
             ),
             err=True,
@@ -407,24 +417,22 @@ def _live_settings(metrics_port: str | None, pushgateway: str | None) -> tuple[s
     return metrics_port, pushgateway
 
 
-def _exit_code(returncode: int) -> int:
-    """A child's return code as a shell reports it (killed by signal N -> 128 + N)."""
-    return 128 - returncode if returncode < 0 else returncode
+# a command killed by one of these was stopped from outside, not failing by itself
+_STOPPING = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGINT", "SIGTERM", "SIGKILL"))
 
 
-def _end_interrupted(proc: subprocess.Popen | None) -> int:
-    """After Ctrl-C: let the command end (it got the terminal's SIGINT too); its exit code."""
-    if proc is None:
-        return 130
-    try:
-        return proc.wait(timeout=0.5)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # we alone were interrupted (e.g. kill -INT)
-    try:
-        return proc.wait(timeout=_CHILD_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+def _status(outcome: Outcome) -> tuple[str, str | None]:
+    """The run's status and reason for how the command ended (``_supervise.Outcome``)."""
+    if outcome.signals:  # wattwise was asked to stop: the run was interrupted
+        name = signal_name(outcome.signals[0])
+        return "interrupted", f"{name} received; the command {outcome.ended()}"
+    if outcome.killed_by in _STOPPING:
+        return "interrupted", f"the command {outcome.ended()}"
+    if outcome.killed_by is not None:
+        return "failed", f"command {outcome.ended()}"
+    if outcome.returncode != 0:
+        return "failed", f"command exited with code {outcome.returncode}"
+    return "finished", None
 
 
 def register(app: typer.Typer) -> None:
