@@ -133,7 +133,8 @@ class _EnergyLogic:
         if ledger is None or isinstance(ledger, str | os.PathLike):
             self._ledger_path = None if ledger is None else os.fspath(ledger)
         elif hasattr(ledger, "begin_run") and hasattr(ledger, "path"):
-            self._ledger, self._ledger_path = ledger, os.fspath(ledger.path)
+            self._ledger = ledger
+            self._ledger_path = getattr(ledger, "location_text", None) or os.fspath(ledger.path)
         else:
             raise BadInput(
                 f"ledger={ledger!r}: expected None (default ledger), a path or a wattwise.Ledger"

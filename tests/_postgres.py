@@ -94,9 +94,20 @@ class Cluster:
         return name
 
     def start(self) -> None:
-        self.pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
-                "-o", f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
-                "-c max_connections=200 -c fsync=off", "start")
+        self.pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=200 -c fsync=off",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self.pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
@@ -137,8 +148,20 @@ def cluster() -> Iterator[Cluster | str]:
     if prefix:
         shutil.chown(pwfile, "postgres")
     box = Cluster(binary, root, 0, prefix)
-    box.pg("initdb", "-D", str(box.data), "-U", "postgres", "--pwfile", str(pwfile),
-           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+    box.pg(
+        "initdb",
+        "-D",
+        str(box.data),
+        "-U",
+        "postgres",
+        "--pwfile",
+        str(pwfile),
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
     try:
         for attempt in range(5):
             box.port = free_port()

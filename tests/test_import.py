@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("pynvml", "torch", "codecarbon", "lightning", "pytorch_lightning", "pandas")
+HEAVY = ("pynvml", "torch", "codecarbon", "lightning", "pytorch_lightning", "pandas", "psycopg")
 
 
 def test_import_is_light_and_fast() -> None:

@@ -74,8 +74,7 @@ def read_run(source: Ledger, run_id: str) -> dict[str, Any] | None:
         (key,),
     )
     phases = source._read(
-        f"SELECT device_key, {', '.join(PHASE_COLUMNS)} FROM phases WHERE run_key = ? "
-        "ORDER BY id",
+        f"SELECT device_key, {', '.join(PHASE_COLUMNS)} FROM phases WHERE run_key = ? ORDER BY id",
         (key,),
     )
     snapshots = source._read(

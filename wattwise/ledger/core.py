@@ -19,6 +19,7 @@ Design:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,12 +27,9 @@ import math
 import numbers
 import os
 import pathlib
-import random
 import sqlite3
 import tempfile
 import threading
-import time
-import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -182,6 +180,8 @@ class RunRecord:
     paused_s: float = 0.0
     """Seconds between ``started_at`` and the end of the run when it was not running (gaps
     before a resume); not part of ``duration_s``."""
+    waiting: bool = False
+    """A server ledger's run whose latest writes are still in the local spool (not shipped)."""
 
     @property
     def energy_wh(self) -> float:
@@ -232,6 +232,7 @@ class RunRecord:
             "versions": self.versions,
             "git_commit": self.git_commit,
             "reason": self.reason,
+            "waiting": self.waiting,
         }
 
 
@@ -337,6 +338,34 @@ def _downsample(points: Sequence[tuple[float, float]], limit: int) -> list[tuple
             )
         )
     return out
+
+
+def _spool_first(method: Callable[..., T]) -> Callable[..., T]:
+    """A server ledger reads a run still waiting in its spool from the spool (the server has
+    not got its latest writes yet); every other run from the server."""
+
+    @functools.wraps(method)
+    def read(self: Ledger, run_id: str | None = None, *args: Any, **kwargs: Any) -> T:
+        if self._spool is not None and run_id is not None:
+            book = self._spool_book_of(run_id)
+            if book is not None:
+                return getattr(book, method.__name__)(run_id, *args, **kwargs)
+        result = method(self, run_id, *args, **kwargs)
+        waiting = self.waiting_runs() if run_id is None else []
+        if waiting:  # a whole-ledger frame: the waiting runs' rows from the spool
+            import pandas as pd
+
+            spooled = getattr(self._spool.ledger, method.__name__)(None, *args, **kwargs)
+            result = pd.concat(
+                [
+                    result[~result["run_id"].isin(waiting)],
+                    spooled[spooled["run_id"].isin(waiting)],
+                ],
+                ignore_index=True,
+            )
+        return result
+
+    return read
 
 
 def _spooled(method: Callable[..., T]) -> Callable[..., T]:
@@ -961,13 +990,49 @@ class Ledger:
             f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; give more characters"
         )
 
+    def _spool_book_of(self, run_id: str) -> Ledger | None:
+        """The spool's Ledger if ``run_id`` (or a unique prefix) is a run waiting there."""
+        waiting = self._spool.waiting()
+        if not waiting:
+            return None
+        book = self._spool.ledger
+        try:
+            full = book._resolve(run_id)
+        except BadInput:
+            return None
+        return book if full in waiting else None
+
+    def waiting_runs(self) -> list[str]:
+        """Ids of runs whose latest writes wait in this server ledger's spool ([] for a file)."""
+        return [] if self._spool is None else sorted(self._spool.waiting())
+
+    def sync(self) -> tuple[int, int]:
+        """Ship what this server ledger's spool holds now; (shipped, still waiting).
+
+        ServerError (a BadInput, exit 2) when the server cannot be used; nothing is lost."""
+        if self._spool is None:
+            return (0, 0)
+        return self._spool.ship()
+
+    @_spool_first
     def get_run(self, run_id_or_unique_prefix: str) -> RunRecord:
         """One run by id or unique id prefix; BadInput if unknown or ambiguous."""
         return self._records(self._resolve(run_id_or_unique_prefix))[0]
 
     def list_runs(self) -> list[RunRecord]:
-        """Every run, oldest first (no pandas needed)."""
-        return self._records(None)
+        """Every run, oldest first (no pandas needed); a server ledger's runs waiting in its
+        spool come from the spool, with ``waiting=True``."""
+        records = self._records(None)
+        waiting = set(self.waiting_runs())
+        if not waiting:
+            return records
+        spooled = [
+            dataclasses.replace(rec, waiting=True)
+            for rec in self._spool.ledger._records(None)
+            if rec.run_id in waiting
+        ]
+        mixed = [rec for rec in records if rec.run_id not in waiting] + spooled
+        return sorted(mixed, key=lambda rec: (rec.started_at, rec.run_id))
 
     def _records(self, run_id: str | None) -> list[RunRecord]:
         if run_id:
@@ -1100,16 +1165,9 @@ class Ledger:
         import pandas as pd
 
         records = self.list_runs()
-        params = {
-            rid: (first, last)
-            for rid, first, last in self._read(
-                "SELECT r.run_id, "
-                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
-                "ORDER BY epoch LIMIT 1), "
-                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
-                "ORDER BY epoch DESC LIMIT 1) FROM runs r"
-            )
-        }
+        params = self._first_last_params()
+        if self.waiting_runs():
+            params.update(self._spool.ledger._first_last_params())
         rows = []
         metric_names: set[str] = set()
         for rec in records:
@@ -1155,12 +1213,27 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
+    def _first_last_params(self) -> dict[str, tuple[Any, Any]]:
+        """run_id -> trainable parameters at its first and last snapshot (NULL epochs first,
+        as SQLite orders them, on both backends)."""
+        return {
+            rid: (first, last)
+            for rid, first, last in self._read(
+                "SELECT r.run_id, "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch IS NOT NULL, epoch LIMIT 1), "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch IS NOT NULL DESC, epoch DESC LIMIT 1) FROM runs r"
+            )
+        }
+
     def _child_filter(self, run_id: str | None, alias: str = "") -> tuple[str, tuple]:
         """SQL condition on ``run_key`` selecting one run (by id or prefix) or every run."""
         if run_id is None:
-            return "1", ()
+            return "1 = 1", ()
         return f"{alias}run_key = (SELECT key FROM runs WHERE run_id = ?)", (self._resolve(run_id),)
 
+    @_spool_first
     def phases(self, run_id: str | None = None) -> pandas.DataFrame:
         """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order."""
         import pandas as pd
@@ -1214,6 +1287,7 @@ class Ledger:
         )
         return frame
 
+    @_spool_first
     def snapshots(self, run_id: str | None = None) -> pandas.DataFrame:
         """One row per committed epoch (columns: SNAPSHOTS_COLUMNS): the model's size, the
         scalar ``metrics`` at the epoch's end (a dict; None where not recorded) and the
@@ -1224,7 +1298,8 @@ class Ledger:
         rows = self._read(
             "SELECT r.run_id, s.epoch, s.trainable_params, s.total_params, s.model_class, "
             f"s.label, s.metrics, s.train_samples FROM snapshots s JOIN runs r "
-            f"ON r.key = s.run_key WHERE {condition} ORDER BY s.run_key, s.epoch",
+            f"ON r.key = s.run_key WHERE {condition} "
+            "ORDER BY s.run_key, s.epoch IS NOT NULL, s.epoch",
             params,
         )
         frame = pd.DataFrame.from_records(rows, columns=list(SNAPSHOTS_COLUMNS))
@@ -1239,6 +1314,7 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
+    @_spool_first
     def timeline(self, run_id: str) -> dict[str, list[tuple[float, float]]]:
         """The stored downsampled power series: device_id -> [(t_s, power_w)]."""
         condition, params = self._child_filter(run_id, "t.")
@@ -1268,6 +1344,7 @@ class Ledger:
             seen.add(parent)
             current = parent
 
+    @_spool_first
     def own_energy_j(self, run_id: str) -> float:
         """Device energy of this run alone (every phase, every device)."""
         condition, params = self._child_filter(run_id)

@@ -93,12 +93,16 @@ def _parse_url(text: str) -> PgLocation:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
     except ValueError as err:
-        raise BadInput(f"ledger URL {shown!r} cannot be read ({mask(str(err))}); {ACCEPTED}") from None
+        raise BadInput(
+            f"ledger URL {shown!r} cannot be read ({mask(str(err))}); {ACCEPTED}"
+        ) from None
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise BadInput(f"ledger URL {shown!r} names no database (the /database part); {ACCEPTED}")
     if parts.fragment:
-        raise BadInput(f"ledger URL {shown!r} has a #fragment, which means nothing here; {ACCEPTED}")
+        raise BadInput(
+            f"ledger URL {shown!r} has a #fragment, which means nothing here; {ACCEPTED}"
+        )
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     for mode in query.get("sslmode", []):
         if mode not in SSLMODES:

@@ -202,7 +202,8 @@ class PgBackend:
                         conn.raw.execute(statement)
                 conn.raw.execute(
                     "INSERT INTO wattwise_meta (name, value) VALUES ('application', %s), "
-                    "('schema_version', %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    "('schema_version', %s) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     (hex(APPLICATION_ID), str(SCHEMA_VERSION)),
                 )
                 conn.execute("COMMIT")
@@ -211,7 +212,9 @@ class PgBackend:
                     conn.raw.execute("ROLLBACK")
                 raise
             if version != SCHEMA_VERSION:
-                logger.info("ledger %s: schema version %d -> %d", self.name, version, SCHEMA_VERSION)
+                logger.info(
+                    "ledger %s: schema version %d -> %d", self.name, version, SCHEMA_VERSION
+                )
         except psycopg.Error as err:
             raise explain(err, self.location, "creating or upgrading the ledger tables") from None
 

@@ -111,7 +111,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-PG_META_DDL = "CREATE TABLE IF NOT EXISTS wattwise_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+PG_META_DDL = (
+    "CREATE TABLE IF NOT EXISTS wattwise_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+)
 
 
 def statements(step: str) -> list[str]:
@@ -126,6 +128,7 @@ def _to_postgres(statement: str) -> str:
         statement,
     )
     out = re.sub(r"\bINTEGER\b", "BIGINT", out)
+    out = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', out)  # byte order, as SQLite sorts
     return re.sub(r"\bREAL\b", "DOUBLE PRECISION", out)
 
 

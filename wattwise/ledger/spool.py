@@ -27,7 +27,6 @@ import re
 import sqlite3
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput
@@ -45,7 +44,11 @@ CLOSE_FLUSH_S = 15.0
 BACKOFF_S = (1.0, 30.0)
 QUEUE_DDL = "CREATE TABLE IF NOT EXISTS ship_queue (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 
-_open_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+_open_spools: set[Spool] = set()
+"""Spools whose shipper runs: held until closed, so a Ledger dropped after its last write
+still gets it delivered (at the latest at interpreter exit)."""
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
 
 
 def spool_dir() -> pathlib.Path:
@@ -172,6 +175,7 @@ class Spool:
             )
             self._thread.start()
             _open_spools.add(self)
+        _register_exit_flush()
 
     def _loop(self) -> None:
         delay_s: float | None = None
@@ -200,7 +204,9 @@ class Spool:
                 )
             return False
         if self._warned:
-            logger.warning("ledger server %s answers again: spooled runs shipped", self.location.masked)
+            logger.warning(
+                "ledger server %s answers again: spooled runs shipped", self.location.masked
+            )
             self._warned = False
         self.last_error = None
         return True
@@ -231,7 +237,16 @@ class Spool:
         _open_spools.discard(self)
 
 
-@atexit.register
+def _register_exit_flush() -> None:
+    """Registered at the first shipper's start, after the spool's SQLite connection set up its
+    own exit finalizer: atexit runs last-in first, so the flush still finds it open."""
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            atexit.register(_flush_at_exit)
+            _exit_hook_registered = True
+
+
 def _flush_at_exit() -> None:
     for spool in list(_open_spools):
         try:

@@ -159,7 +159,6 @@ def _inspect(path: pathlib.Path) -> int | None:
     return version
 
 
-
 class SqliteBackend:
     """Connections to one ledger file (the Ledger object serialises their use)."""
 
