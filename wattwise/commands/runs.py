@@ -13,13 +13,14 @@ import typer
 
 from wattwise.commands import console, print_json, print_table
 from wattwise.errors import BadInput
+from wattwise.ledger.location import mask
 from wattwise.units import j_to_wh
 
 LedgerOption = Annotated[
-    pathlib.Path | None,
+    str | None,
     typer.Option(
         "--ledger",
-        help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db).",
+        help="Ledger: a file or a postgresql:// URL (default: $WATTWISE_LEDGER or ./wattwise.db).",
         show_default=False,
     ),
 ]
@@ -37,7 +38,7 @@ runs_app = typer.Typer(
 )
 
 
-def _ledger(path: pathlib.Path | None, ctx: typer.Context):  # -> wattwise.ledger.Ledger
+def _ledger(path: str | None, ctx: typer.Context):  # -> wattwise.ledger.Ledger
     from wattwise.ledger import Ledger
 
     if path is None and ctx.parent is not None:
@@ -76,7 +77,10 @@ def runs_command(
     table = Table(title=str(book.path))
     # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
     # names stay whole (see print_table)
-    for name in ("id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"):
+    columns = ["id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"]
+    if book.is_server:  # runs whose latest writes are still in this folder's spool
+        columns.append("shipped")
+    for name in columns:
         table.add_column(
             name,
             no_wrap=name in ("id", "epochs", "Wh"),
@@ -91,8 +95,16 @@ def runs_command(
             str(rec.epochs),
             _wh(rec.energy_j),
             rec.method_mix,
+            *(["waiting (spool)" if rec.waiting else "yes"] if book.is_server else []),
         )
     print_table(out, table)
+    waiting = sum(rec.waiting for rec in records)
+    if waiting:
+        out.print(
+            f"{waiting} run(s) still waiting in the spool {book.spool_path}: "
+            "`wattwise runs sync` ships them",
+            highlight=False,
+        )
 
 
 @runs_app.command("show")
@@ -227,7 +239,12 @@ def rm_command(
 @runs_app.command("merge")
 def merge_command(
     ctx: typer.Context,
-    other: Annotated[pathlib.Path, typer.Argument(help="Another wattwise ledger file.")],
+    other: Annotated[
+        str,
+        typer.Argument(
+            help="Another ledger (a file or a postgresql:// URL) whose runs this one lacks."
+        ),
+    ],
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -238,8 +255,32 @@ def merge_command(
         print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
-            f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+            f"merged {mask(other)} into {book.path}: {added} run(s) added, "
+            f"{skipped} already there"
         )
+
+
+@runs_app.command("sync")
+def sync_command(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Ship the runs waiting in this folder's spool to the ledger server (idempotent)."""
+    with _ledger(ledger, ctx) as book:
+        if not book.is_server:
+            raise BadInput(
+                f"ledger {str(book.path)!r} is a file: it has no spool to ship; accepted: a "
+                "postgresql:// ledger (--ledger URL or WATTWISE_LEDGER)"
+            )
+        shipped, waiting = book.sync()
+        spool = str(book.spool_path)
+    if _want_json(json_out, ctx):
+        print_json(
+            {"shipped": shipped, "waiting": waiting, "ledger": str(book.path), "spool": spool}
+        )
+    else:
+        typer.echo(f"shipped {shipped} run(s) from {spool} to {book.path}; {waiting} waiting")
 
 
 def run_command(

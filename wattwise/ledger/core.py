@@ -237,8 +237,17 @@ class RunRecord:
 
 
 def default_location() -> str:
-    """``$WATTWISE_LEDGER`` if set (a path or a postgresql:// URL), else ``./wattwise.db``."""
-    return os.environ.get("WATTWISE_LEDGER") or _DEFAULT_NAME
+    """``$WATTWISE_LEDGER`` if set (a path or a postgresql:// URL), else the ``ledger`` of
+    wattwise.toml / ``[tool.wattwise]`` when it sets one, else ``./wattwise.db``."""
+    from_env = os.environ.get("WATTWISE_LEDGER", "").strip()
+    if from_env:
+        return from_env
+    from wattwise import config
+
+    settings = config.load()
+    if settings.source("ledger").startswith("file:"):
+        return str(settings.get("ledger"))
+    return _DEFAULT_NAME
 
 
 def default_path() -> pathlib.Path | str:
@@ -1001,6 +1010,11 @@ class Ledger:
         except BadInput:
             return None
         return book if full in waiting else None
+
+    @property
+    def spool_path(self) -> pathlib.Path | None:
+        """The local spool of a server ledger (None for a file)."""
+        return None if self._spool is None else self._spool.path
 
     def waiting_runs(self) -> list[str]:
         """Ids of runs whose latest writes wait in this server ledger's spool ([] for a file)."""
