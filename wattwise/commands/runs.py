@@ -255,8 +255,7 @@ def merge_command(
         print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
-            f"merged {mask(other)} into {book.path}: {added} run(s) added, "
-            f"{skipped} already there"
+            f"merged {mask(other)} into {book.path}: {added} run(s) added, {skipped} already there"
         )
 
 

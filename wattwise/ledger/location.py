@@ -107,7 +107,8 @@ def _parse_url(text: str) -> PgLocation:
     for mode in query.get("sslmode", []):
         if mode not in SSLMODES:
             raise BadInput(
-                f"ledger URL {shown!r}: sslmode={mode!r} is not one of {', '.join(SSLMODES)}"
+                f"ledger URL {shown!r}: sslmode={mode!r} is not accepted; accepted: "
+                f"{', '.join(SSLMODES)}"
             )
     if "password" in query:
         raise BadInput(
