@@ -417,3 +417,22 @@ def test_a_sqlite_spool_is_an_ordinary_ledger_file(pg_url):
         conn.close()
         assert {"runs", "phases", "ship_queue"} <= tables
         assert len(Ledger(path).list_runs()) == 1
+
+
+def test_copying_a_run_carries_every_column_of_the_schema(tmp_path):
+    """copy.py names the columns it ships: a column added by a later migration and not named
+    there would be silently dropped on the way to the server."""
+    from wattwise.ledger import copy
+
+    with Ledger(tmp_path / "w.db") as book:
+        book.ensure_writable()
+        conn = book._connection()
+
+        def columns(table):
+            return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+        assert columns("runs") - {"key"} == set(copy.RUN_COLUMNS)
+        assert columns("devices") - {"key", "run_key"} == set(copy.DEVICE_COLUMNS)
+        assert columns("phases") - {"id", "run_key", "device_key"} == set(copy.PHASE_COLUMNS)
+        assert columns("snapshots") - {"run_key"} == set(copy.SNAPSHOT_COLUMNS)
+        assert columns("timeline") == {"run_key", "device_key", "points"}
