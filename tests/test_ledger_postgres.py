@@ -436,3 +436,39 @@ def test_copying_a_run_carries_every_column_of_the_schema(tmp_path):
         assert columns("phases") - {"id", "run_key", "device_key"} == set(copy.PHASE_COLUMNS)
         assert columns("snapshots") - {"run_key"} == set(copy.SNAPSHOT_COLUMNS)
         assert columns("timeline") == {"run_key", "device_key", "points"}
+
+
+def test_meter_and_wattwise_run_record_into_a_server_ledger(pg_url, tmp_path, capsys):
+    from fakes import FakeSensor
+
+    from wattwise.meter import Meter
+
+    with Meter(ledger=pg_url, architecture="loop", sensors=[FakeSensor([(0.0, 50.0)])]) as meter:
+        meter.mark("work")
+    code, out, err = run_cli(capsys, "runs", "--ledger", pg_url, "--json")
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == [meter.run_id], err
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wattwise",
+            "run",
+            "--ledger",
+            pg_url,
+            "--json",
+            "--",
+            sys.executable,
+            "-c",
+            "pass",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "WATTWISE_SPOOL": str(tmp_path / "spool")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ww-secret-pw" not in proc.stdout + proc.stderr
+    run_id = json.loads(proc.stdout)["run_id"]
+    ids = {r.run_id for r in server(pg_url).list_runs()}  # shipped at the process's exit
+    assert ids == {meter.run_id, run_id}
