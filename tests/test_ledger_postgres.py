@@ -472,3 +472,25 @@ def test_meter_and_wattwise_run_record_into_a_server_ledger(pg_url, tmp_path, ca
     run_id = json.loads(proc.stdout)["run_id"]
     ids = {r.run_id for r in server(pg_url).list_runs()}  # shipped at the process's exit
     assert ids == {meter.run_id, run_id}
+
+
+def test_a_waiting_run_is_reported_and_removed_like_any_other(pg_url, tmp_path):
+    with Ledger(pg_url) as book:
+        book._spool._start = lambda: None  # nothing ships: both runs wait in the spool
+        parent = _fit(book, "pretrain")
+        child = _fit(book, "finetune", parent=parent, gpu_j=(1440.0,))
+        assert set(book.waiting_runs()) == {parent, child}
+        assert book.ancestors(child) == [parent]
+        assert book.cumulative_energy_j(child) == book.own_energy_j(child) + book.own_energy_j(
+            parent
+        )
+        from wattwise.report import build_report
+
+        result = build_report(book, html_path=tmp_path / "r.html", csv_dir=tmp_path)
+        assert result.n_runs == 2
+        book.remove(child)
+        assert book.waiting_runs() == [parent]
+        assert book.sync() == (1, 0)
+        assert [r.run_id for r in server(pg_url).list_runs()] == [parent]  # child never shipped
+        book.remove(parent)
+        assert server(pg_url).list_runs() == []

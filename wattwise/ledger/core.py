@@ -1,18 +1,18 @@
-"""The run ledger: one SQLite file holding every measured run, its phases and snapshots.
+"""The Ledger: writing and reading runs, their phases and snapshots, on either backend.
 
 Design:
 
-- stdlib ``sqlite3`` in WAL mode (``synchronous=NORMAL``: a commit survives a killed process);
-  files are marked with ``PRAGMA application_id`` and versioned with ``PRAGMA user_version``.
-  A new file is built by running every migration from version 0, so the upgrade path of old
-  files is the path every file takes.
-- Before anything is written, an existing file is checked through a read-only connection; a file
-  that is not a wattwise ledger, or one from a newer wattwise, raises
-  :class:`~wattwise.errors.LedgerFormatError` and is left exactly as it was.
-- Writes are short ``BEGIN IMMEDIATE`` transactions (one per epoch in ``add_phases``) under a
-  busy timeout, retried on "database is locked", so concurrent trainings sharing a file never see
-  that error. One connection per ``Ledger`` object, opened on first use and guarded by a lock,
-  so the object may be used from any thread.
+- The SQL is written once, in a dialect both backends take (``?`` placeholders, upserts with
+  ``ON CONFLICT``, ``RETURNING key``); :mod:`.postgres` hands it to the server in its dialect.
+  Opening, checking and migrating are the backend's (:mod:`.sqlite`, :mod:`.postgres`).
+- Writes are short transactions (one per epoch in ``add_phases``); on SQLite ``BEGIN
+  IMMEDIATE`` under a busy timeout, retried on "database is locked", so concurrent trainings
+  sharing a file never see that error. One connection per ``Ledger`` object, opened on first
+  use and guarded by a lock, so the object may be used from any thread.
+- A server ledger (``Ledger("postgresql://...")``) writes runs to its local spool
+  (:mod:`.spool`) and reads from the server, except runs still waiting in the spool, which it
+  reads from there (``RunRecord.waiting``). ``Ledger._direct(url)`` reads and writes the server
+  itself (sync, merge, the shipper).
 - A ``running`` run whose process is gone (same host; pid dead, a zombie, or reused by a process
   that started at another time; or the host has rebooted) is reported as ``interrupted``.
 """
@@ -878,7 +878,19 @@ class Ledger:
         self._write(write)
 
     def remove(self, run_id: str) -> None:
-        """Delete a run (id or unique prefix) and everything recorded for it."""
+        """Delete a run (id or unique prefix) and everything recorded for it (a server
+        ledger's run: on the server and in this folder's spool)."""
+        if self._spool is not None:
+            book = self._spool_book_of(run_id)
+            if book is not None:  # not shipped yet: it must not be shipped after all
+                full_id = book._resolve(run_id)
+                book.remove(full_id)
+                book._write(
+                    lambda conn: conn.execute("DELETE FROM ship_queue WHERE run_id = ?", (full_id,))
+                )
+                if not self._read("SELECT 1 FROM runs WHERE run_id = ?", (full_id,)):
+                    return
+                run_id = full_id
         full_id = self._resolve(run_id)
 
         def write(conn: sqlite3.Connection) -> None:
@@ -1341,6 +1353,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ lineage
 
+    @_spool_first
     def ancestors(self, run_id: str) -> list[str]:
         """Parent, grandparent, ... as far as this ledger knows them."""
         current = self._resolve(run_id)
@@ -1366,6 +1379,7 @@ class Ledger:
             f"SELECT COALESCE(SUM(energy_j), 0.0) FROM phases WHERE {condition}", params
         )[0][0]
 
+    @_spool_first
     def cumulative_energy_j(self, run_id: str) -> float:
         """This run's energy plus that of every ancestor in this ledger."""
         return sum(
