@@ -233,8 +233,12 @@ class _EnergyLogic:
 
     @property
     def state_key(self) -> str:
+        from wattwise.ledger.location import mask
+
+        # the key is written into checkpoints: a server URL's password stays out of it
+        ledger = None if self._ledger_path is None else mask(self._ledger_path)
         return self._generate_state_key(  # type: ignore[attr-defined]
-            ledger=self._ledger_path, architecture=self.architecture, tags=self.tags
+            ledger=ledger, architecture=self.architecture, tags=self.tags
         )
 
     def record_reason(self, reason: str) -> None:

@@ -494,3 +494,27 @@ def test_a_waiting_run_is_reported_and_removed_like_any_other(pg_url, tmp_path):
         assert [r.run_id for r in server(pg_url).list_runs()] == [parent]  # child never shipped
         book.remove(parent)
         assert server(pg_url).list_runs() == []
+
+
+def test_a_checkpoint_of_a_fit_into_a_server_ledger_holds_no_password(pg_url, tmp_path):
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from test_callback import TinyModel, loader, trainer
+
+    from lightning_callbacks import EnergyCallback
+
+    cb = EnergyCallback(ledger=pg_url)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [cb, ckpt], max_epochs=1).fit(TinyModel(), loader(), loader(32))
+    (path,) = (tmp_path / "ckpt").glob("last*.ckpt")
+    assert b"ww-secret-pw" not in path.read_bytes()
+    state = torch.load(path, weights_only=False)["callbacks"]
+    assert any("wattwise:***@" in key for key in state)
+    # resuming with the same URL finds its state under the same (masked) key
+    again = EnergyCallback(ledger=pg_url)
+    resumed = trainer(tmp_path, [again, ModelCheckpoint(dirpath=tmp_path / "ckpt")], max_epochs=2)
+    resumed.fit(TinyModel(), loader(), loader(32), ckpt_path=path)
+    assert again.run_id == cb.run_id
+    with Ledger(pg_url) as book:
+        book.sync()
+        assert book.get_run(cb.run_id).epochs == 2
