@@ -42,6 +42,11 @@ def translate(sql: str) -> str:
         return "BEGIN"
     out = sql.replace("%", "%%")
     out = out.replace("GROUP_CONCAT(DISTINCT flags)", "string_agg(DISTINCT flags, ',')")
+    # SQLite's JSON table function over a JSON text array, and a bare "WHERE 1"
+    out = re.sub(
+        r"json_each\(([\w.]+)\)", r"json_array_elements_text(\1::json) AS json_each(value)", out
+    )
+    out = re.sub(r"\b(WHERE|AND) 1\b(?!\s*=)", r"\1 TRUE", out)
     out = re.sub(r":([a-z_]+)\b", r"%(\1)s", out) if ":" in out and "?" not in out else out
     return out.replace("?", "%s")
 
