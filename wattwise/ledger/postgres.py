@@ -164,6 +164,7 @@ class PgBackend:
     def __init__(self, location: PgLocation):
         self.location = location
         self.name = location.masked
+        self.connect_timeout_s: float = CONNECT_TIMEOUT_S
 
     def check(self) -> None:
         """Nothing is checked before first use: opening a Ledger never waits on the server."""
@@ -180,7 +181,7 @@ class PgBackend:
             raise explain(err, self.location, "a ledger query") from err
 
     def open_read_write(self, read_only_ok: bool) -> tuple[PgConnection, bool]:
-        conn = connect(self.location)
+        conn = connect(self.location, timeout_s=self.connect_timeout_s)
         try:
             self.migrate(conn)
         except BaseException:

@@ -26,7 +26,6 @@ import pathlib
 import re
 import sqlite3
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput
@@ -39,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 SPOOL_ENV = "WATTWISE_SPOOL"
 DEFAULT_DIR = ".wattwise-spool"
-CLOSE_FLUSH_S = 15.0
-"""How long ``close()`` (and interpreter exit) tries to ship what is left."""
+CLOSE_FLUSH_S = 5.0
+"""How long ``close()`` (and interpreter exit) waits for a ship in progress; then one more
+attempt, unless the last one failed (the server is away: the spool keeps it)."""
+SHIP_CONNECT_TIMEOUT_S = 5
 BACKOFF_S = (1.0, 30.0)
 QUEUE_DDL = "CREATE TABLE IF NOT EXISTS ship_queue (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 
@@ -129,6 +130,7 @@ class Spool:
                 from wattwise.ledger.core import Ledger
 
                 self._server = Ledger._direct(self.location)
+                self._server._backend.connect_timeout_s = SHIP_CONNECT_TIMEOUT_S
             return self._server
 
     # ------------------------------------------------------------------ shipping
@@ -212,19 +214,20 @@ class Spool:
         return True
 
     def flush(self, timeout_s: float = CLOSE_FLUSH_S) -> bool:
-        """Stop the shipper and try, for at most ``timeout_s``, to ship what is left."""
+        """Stop the shipper (waiting at most ``timeout_s`` for a ship in progress) and ship
+        what is left, once, unless the last attempt failed: bounded, never a retry loop."""
         thread = self._thread
         self._stop.set()
         self._wake.set()
         if thread is not None:
             thread.join(timeout_s)
+            if thread.is_alive():
+                return False  # still talking to a slow server: what is left waits for sync
         if self._ledger is None or not self.waiting():
             return True
-        deadline = time.monotonic() + timeout_s
-        done = self._try_ship()
-        while not done and time.monotonic() < deadline - 1.0 and self.last_error is None:
-            done = self._try_ship()
-        return done
+        if self.last_error is not None:
+            return False
+        return self._try_ship()
 
     def close(self) -> None:
         if self._thread is not None:
