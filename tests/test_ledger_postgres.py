@@ -518,3 +518,20 @@ def test_a_checkpoint_of_a_fit_into_a_server_ledger_holds_no_password(pg_url, tm
     with Ledger(pg_url) as book:
         book.sync()
         assert book.get_run(cb.run_id).epochs == 2
+
+
+def test_a_wrong_password_loses_nothing_the_right_one_ships_it(pg_url, pg_cluster, caplog, capsys):
+    database = pg_url.rsplit("/", 1)[1]
+    wrong = pg_cluster.url(database, password="wrong-pw")
+    with caplog.at_level(logging.WARNING, logger="wattwise"):
+        book = Ledger(wrong)
+        run_id = _fit(book, "mlp")  # training writes: no exception
+        wait_for(lambda: book._spool.last_error is not None, what="the refused ship")
+        book.close()
+    (warning,) = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert "refused the password" in warning and "wrong-pw" not in warning
+    code, out, err = run_cli(capsys, "runs", "sync", "--ledger", wrong)
+    assert code == 2 and "refused the password" in err and "wrong-pw" not in out + err
+    code, out, err = run_cli(capsys, "runs", "sync", "--ledger", pg_url, "--json")
+    assert code == 0 and json.loads(out)["shipped"] == 1, err
+    assert server(pg_url).get_run(run_id).energy_j == 3600 + 7200 + 2 * 360
