@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,9 @@ def load(url: str, runs: int, epochs: int) -> float:
     return elapsed
 
 
-def timed_cli(*argv: str) -> tuple[float, str]:
+def timed_cli(*argv: str) -> tuple[float, float, str]:
+    """(wall s, CPU s of the wattwise process, stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "wattwise", *argv],
@@ -119,9 +122,28 @@ def timed_cli(*argv: str) -> tuple[float, str]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"wattwise {' '.join(argv[:2])} failed: {proc.stderr[-2000:]}")
-    return elapsed, proc.stdout
+    return elapsed, cpu_s, proc.stdout
+
+
+def report(ledger: str) -> tuple[float, float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall_s, cpu_s, out = timed_cli(
+            "report",
+            "--ledger",
+            ledger,
+            "--user",
+            "u7",
+            "--html",
+            f"{tmp}/report.html",
+            "--csv",
+            tmp,
+            "--json",
+        )
+    return wall_s, cpu_s, json.loads(out)["n_runs"]
 
 
 def bench(url: str, runs: int, epochs: int) -> None:
@@ -131,24 +153,42 @@ def bench(url: str, runs: int, epochs: int) -> None:
     print(f"bulk load on the server (generate_series into the real schema): {load_s:.1f} s")
     # u7 has runs 7, 107, 207, ...; since day 10 at 00:00 UTC (run 28800 on)
     since = "2026-01-11"
-    runs_s, out = timed_cli("runs", "--ledger", url, "--user", "u7", "--since", since, "--json")
-    listed = json.loads(out)
-    print(f"wattwise runs --user u7 --since {since} --json: {len(listed)} runs in {runs_s:.2f} s")
+    runs_s, runs_cpu_s, out = timed_cli(
+        "runs", "--ledger", url, "--user", "u7", "--since", since, "--json"
+    )
+    print(
+        f"wattwise runs --user u7 --since {since} --json: {len(json.loads(out))} runs in "
+        f"{runs_s:.2f} s wall ({runs_cpu_s:.2f} s CPU in the wattwise process)"
+    )
+    wall_s, cpu_s, n = report(url)
+    print(
+        f"wattwise report --user u7 (HTML + CSV), postgresql: {n} runs in {wall_s:.2f} s wall "
+        f"({cpu_s:.2f} s CPU in the wattwise process)"
+    )
+    # the same runs in a SQLite file, the same command, right after: what the server adds
+    from wattwise.runfilter import RunFilter
+
+    from wattwise.ledger.copy import copy_runs
+
     with tempfile.TemporaryDirectory() as tmp:
-        report_s, out = timed_cli(
-            "report",
-            "--ledger",
-            url,
-            "--user",
-            "u7",
-            "--html",
-            f"{tmp}/report.html",
-            "--csv",
-            tmp,
-            "--json",
+        path = f"{tmp}/u7.db"
+        with Ledger._direct(url) as source, Ledger(path) as target:
+            ids = [rec.run_id for rec in source.list_runs(RunFilter(user="u7"))]
+            copy_runs(source, target, ids)
+        wall_s, cpu_s, n = report(path)
+        print(
+            f"wattwise report --user u7 (HTML + CSV), sqlite copy of those runs: {n} runs in "
+            f"{wall_s:.2f} s wall ({cpu_s:.2f} s CPU)"
         )
-        n = json.loads(out)["n_runs"]
-    print(f"wattwise report --user u7 (HTML + CSV): {n} runs in {report_s:.2f} s")
+        for name, where in (("postgresql", url), ("sqlite", path)):
+            with Ledger._direct(where) as book:
+                t0, c0 = time.perf_counter(), time.process_time()
+                flt = RunFilter(user="u7")
+                book.list_runs(flt), book.phases(filter=flt), book.snapshots(filter=flt)
+                print(
+                    f"  reading those runs in-process ({name}: list_runs + phases + snapshots): "
+                    f"{time.perf_counter() - t0:.2f} s wall, {time.process_time() - c0:.2f} s CPU"
+                )
     print(f"load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 
