@@ -50,6 +50,8 @@ class RunSpec:
     timeline: bool = True
     wall_s: float | None = None
     """Run duration between started_at and ended_at (default: the sum of its phases)."""
+    scheduler: dict[str, object] | None = None
+    """Scheduler metadata (None: this process's, as begin_run collects it)."""
 
     @property
     def devices(self) -> list[DeviceInfo]:
@@ -81,6 +83,7 @@ def add_run(ledger: Ledger, spec: RunSpec, *, start: datetime = T0) -> str:
         pricing=spec.pricing,
         devices=spec.devices,
         started_at=start,
+        scheduler=spec.scheduler,
     )
     t = 100.0
     power: dict[str, list[tuple[float, float]]] = {d.device_id: [] for d in spec.devices}

@@ -33,6 +33,7 @@ from wattwise.ledger import (
 from wattwise.ledger import core as ledger_module
 from wattwise.ledger import schema as ledger_schema
 from wattwise.ledger import sqlite as ledger_sqlite
+from wattwise.runfilter import RunFilter
 from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "ledger"
@@ -470,14 +471,18 @@ def test_update_settings_beside_a_reader_in_another_connection(sqlite_book):
     # and a reader thread polling through its own Ledger while the run is updated 50 times
     seen: list[dict] = []
     stop = threading.Event()
+    reading = threading.Event()
 
     def poll():
         with Ledger(sqlite_book.location_text) as other:
             while not stop.is_set():
                 seen.append(other.get_run(run_id).settings)
+                reading.set()
 
     thread = threading.Thread(target=poll)
     thread.start()
+    # on a loaded machine the 50 writes could all be done before the reader's first read
+    assert reading.wait(timeout=60)
     try:
         for i in range(1, 51):
             sqlite_book.update_settings(run_id, {"peak_mem_gib": float(i)})
@@ -669,7 +674,7 @@ def test_new_file_is_marked_and_current(sqlite_book):
 
 
 def test_released_migrations_are_the_frozen_fixture_schemas():
-    """MIGRATIONS[0] to [2] are released: they must stay the DDL the fixtures were built from."""
+    """MIGRATIONS[0] to [3] are released: they must stay the DDL the fixtures were built from."""
     spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
     make_fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_fixtures)
@@ -680,6 +685,7 @@ def test_released_migrations_are_the_frozen_fixture_schemas():
     assert statements(ledger_schema.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
     assert statements(ledger_schema.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
     assert statements(ledger_schema.MIGRATIONS[2]) == statements(make_fixtures.V3_STEP)
+    assert statements(ledger_schema.MIGRATIONS[3]) == statements(make_fixtures.V4_STEP)
     assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
@@ -699,8 +705,11 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version, cloc
         assert runs.loc[pretrain, "energy_j"] == pytest.approx(3 * (1000 + 50 + 100 + 5))
         assert runs.loc[pretrain, "gpu_energy_j"] == pytest.approx(3 * 1100)
         assert runs.loc[pretrain, "params_end"] == 1500
-        # durations stay what they were: rows from before version 4 were never paused
-        assert runs.loc[pretrain, "duration_s"] == pytest.approx(1800.0)
+        # durations stay what they were: rows from before version 4 were never paused; the
+        # v4 fixture's pretraining run was paused 300 s
+        paused = 300.0 if version >= 4 else 0.0
+        assert runs.loc[pretrain, "duration_s"] == pytest.approx(1800.0 - paused)
+        assert book.get_run(pretrain).paused_s == paused
         assert runs.loc[finetune, "duration_s"] == pytest.approx(600.0)
         assert book.get_run(finetune).paused_s == 0.0
         assert runs.loc[finetune, "status"] == "finished"
@@ -720,6 +729,10 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version, cloc
             assert list(snaps["train_samples"]) == [640, 640, 640]
         else:  # epochs recorded before version 3 have no per-epoch metrics or sample counts
             assert snaps["metrics"].isna().all() and snaps["train_samples"].isna().all()
+        # Runs recorded before version 5 have no scheduler metadata: unknown, never invented.
+        assert book.get_run(pretrain).scheduler == {}
+        assert runs.loc[pretrain, ["user", "job_id"]].isna().all()
+        assert book.get_run(pretrain).to_json()["scheduler"] == {}
         # A resume after the upgrade leaves out the day since the run ended (09:10).
         clock.at = datetime(2026, 1, 12, 9, 10, tzinfo=UTC)
         book.reopen_run(finetune)
@@ -732,6 +745,8 @@ def test_every_earlier_schema_version_opens_and_upgrades(tmp_path, version, cloc
         book.add_phases(run_id, [], epoch=2, metrics={"val_loss": 0.5}, train_samples=64)
         snap = book.snapshots(run_id).set_index("epoch").loc[2]
         assert (snap["metrics"], snap["train_samples"]) == ({"val_loss": 0.5}, 64)
+        tagged = book.begin_run(architecture="x", scheduler={"user": "ann", "job_id": "9_1"})
+        assert [r.run_id for r in book.list_runs(RunFilter(job="9"))] == [tagged]
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from _ledger_factory import CPU, GPU, T0, RunSpec, add_run, realistic
 
-from wattwise import config, pricing
+from wattwise import config, pricing, scheduler
 from wattwise.cli import main
 from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
@@ -76,7 +76,8 @@ def test_csv_round_trip_with_hand_checked_values(ledger, settings, tmp_path) -> 
     assert result.html_path == tmp_path / "out" / "report.html"
     table = pd.read_csv(result.runs_csv).set_index("run_id")
     expected_columns = [
-        "architecture", "status", "started_at", "parent_run_id", "tags", "params_start",
+        "architecture", "status", "started_at", "parent_run_id", "tags", "user", "job_id",
+        *scheduler.flatten({}), "params_start",
         "params_end", "epochs", "duration_s", "gpu_wh", "cpu_wh", "ram_wh", "total_wh",
         "method_mix", "estimated_kinds", "flags", "region", "gco2e_per_kwh",
         "cost_usd[onprem]", "cost_usd[aws:p5.48xlarge]", "co2e_kg[onprem]",

@@ -8,6 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from wattwise.commands import console, print_json, print_table
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+    pick_run,
+)
 from wattwise.errors import BadInput
 from wattwise.types import FLAGS
 
@@ -100,6 +111,18 @@ def _show(result: EstimateResult) -> None:
         out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False)
 
 
+def _used_run(record) -> dict:
+    """Which ledger run an estimate took its rates from (when filters or 'latest' picked it)."""
+    return {
+        "run_id": record.run_id,
+        "architecture": record.architecture,
+        "status": record.status,
+        "started_at": record.started_at,
+        "user": record.user,
+        "job_id": record.job_id,
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add `wattwise estimate` to the app."""
 
@@ -108,7 +131,9 @@ def register(app: typer.Typer) -> None:
         run: Annotated[
             str | None,
             typer.Option(
-                "--run", help="Ledger run (id or unique prefix) to take the measured rates from."
+                "--run",
+                help="Ledger run (id or unique prefix) to take the measured rates from; "
+                "'latest': the newest finished run (that the run filters match).",
             ),
         ] = None,
         ledger: Annotated[
@@ -165,8 +190,18 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--budget-kgco2e", help="Carbon budget in kg CO2e.")
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        user: UserFilter = None,
+        job: JobFilter = None,
+        tag: TagFilter = None,
+        architecture: ArchitectureFilter = None,
+        since: SinceFilter = None,
+        until: UntilFilter = None,
+        status: StatusFilter = None,
     ) -> None:
-        """Predict time, energy, cost and CO2e of a planned run, from a measured one."""
+        """Predict time, energy, cost and CO2e of a planned run, from a measured one.
+
+        With run filters, --run picks among the runs they match; without --run they pick the
+        newest finished matching run."""
         from wattwise import config, hardware
         from wattwise.commands.money import first_scenario
         from wattwise.estimate import Budgets, Plan, Profile, estimate, profile_from_run
@@ -199,16 +234,23 @@ def register(app: typer.Typer) -> None:
             "--peak-mem-gib": peak_mem_gib,
         }
         settings = config.load()
-        if run is not None:
+        run_filter = build(user, job, tag, architecture, since, until, status)
+        from_ledger = run is not None or not run_filter.empty
+        used = None  # the run the rates come from, when picked by filters or 'latest'
+        if from_ledger:
             if measured_gpu is not None or any(v is not None for v in typed.values()):
+                given = "--run" if run is not None else "run filters"
                 raise BadInput(
-                    "--run takes the measured numbers from the ledger: leave out --measured-gpu, "
-                    "--seconds-per-epoch, --joules-per-epoch and --peak-mem-gib"
+                    f"{given} take the measured numbers from the ledger: leave out "
+                    "--measured-gpu, --seconds-per-epoch, --joules-per-epoch and --peak-mem-gib"
                 )
             from wattwise.ledger import Ledger
 
             with Ledger(ledger) as store:
-                profile = profile_from_run(store, run, settings=settings)
+                record = pick_run(store, run, run_filter)
+                if run is None or run.strip() == "latest" or not run_filter.empty:
+                    used = record
+                profile = profile_from_run(store, record.run_id, settings=settings)
         elif measured_gpu is not None:
             missing = [
                 flag
@@ -235,7 +277,7 @@ def register(app: typer.Typer) -> None:
             if not names:
                 raise BadInput(f"--gpu {gpu!r} names no GPU: give NAME[,NAME...]")
             targets = [hardware.lookup(name, settings) for name in names]
-        elif run is not None:
+        elif from_ledger:
             targets = [profile.gpu]
         else:
             targets = hardware.all_gpus(settings)
@@ -250,6 +292,21 @@ def register(app: typer.Typer) -> None:
             settings=settings,
         )
         if as_json:
-            print_json(result.to_json())
+            shown = result.to_json()
+            if used is not None:
+                shown["run"] = _used_run(used)
+            print_json(shown)
         else:
+            if used is not None:
+                latest = run is None or run.strip() == "latest"
+                newest = "the newest run" if run_filter.status else "the newest finished run"
+                how = newest if latest else f"--run {run}"
+                if not run_filter.empty:
+                    how += f" {'matching' if latest else 'among runs matching'} "
+                    how += run_filter.describe()
+                console().print(
+                    f"rates from run {used.run_id} ({used.architecture}, {used.status}, started "
+                    f"{used.started_at[:16].replace('T', ' ')} UTC): {how}",
+                    highlight=False,
+                )
             _show(result)

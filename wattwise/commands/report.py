@@ -8,6 +8,16 @@ from typing import Annotated
 import typer
 
 from wattwise.commands import print_json
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+)
 
 
 def report_command(
@@ -51,12 +61,21 @@ def report_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
     ] = False,
+    user: UserFilter = None,
+    job: JobFilter = None,
+    tag: TagFilter = None,
+    architecture: ArchitectureFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    status: StatusFilter = None,
 ) -> None:
-    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs."""
+    """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs
+    (those given, or all; of them, those the run filters match)."""
     from wattwise.errors import BadInput
     from wattwise.ledger import FileLocation, Ledger, default_location, parse_location
     from wattwise.report import build_report
 
+    run_filter = build(user, job, tag, architecture, since, until, status)
     path = parse_location(ledger if ledger is not None else default_location())
     if isinstance(path, FileLocation) and not path.path.exists():
         raise BadInput(
@@ -65,7 +84,13 @@ def report_command(
         )
     with Ledger(path.url if not isinstance(path, FileLocation) else path.path) as opened:
         result = build_report(
-            opened, run_ids or None, html_path=html, csv_dir=csv_dir, region=region, pricing=pricing
+            opened,
+            run_ids or None,
+            html_path=html,
+            csv_dir=csv_dir,
+            region=region,
+            pricing=pricing,
+            run_filter=run_filter,
         )
     if as_json:
         print_json(result.to_json())

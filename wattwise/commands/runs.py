@@ -12,6 +12,16 @@ from typing import Annotated
 import typer
 
 from wattwise.commands import console, print_json, print_table
+from wattwise.commands._filters import (
+    ArchitectureFilter,
+    JobFilter,
+    SinceFilter,
+    StatusFilter,
+    TagFilter,
+    UntilFilter,
+    UserFilter,
+    build,
+)
 from wattwise.errors import BadInput
 from wattwise.ledger.location import mask
 from wattwise.units import j_to_wh
@@ -59,44 +69,59 @@ def runs_command(
     ctx: typer.Context,
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
+    user: UserFilter = None,
+    job: JobFilter = None,
+    tag: TagFilter = None,
+    architecture: ArchitectureFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    status: StatusFilter = None,
 ) -> None:
     """List the runs in the ledger (a run whose process is gone shows as interrupted)."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
 
+    run_filter = build(user, job, tag, architecture, since, until, status)
     with _ledger(ledger, ctx) as book:
-        records = book.list_runs()
+        records = book.list_runs(run_filter)
     if json_out:
         print_json([rec.to_json() for rec in records])
         return
     out = console()
     if not records:
-        out.print(f"No runs in {book.path}.", highlight=False)
+        matching = "" if run_filter.empty else f" matching {run_filter.describe()}"
+        out.print(f"No runs{matching} in {book.path}.", highlight=False)
         return
     table = Table(title=str(book.path))
     # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
     # names stay whole (see print_table)
     columns = ["id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"]
+    # a lab's ledger: who ran it and as which job (a ledger of one person's runs shows neither)
+    if any(rec.job_id for rec in records) or len({rec.user for rec in records}) > 1:
+        columns[2:2] = ["user", "job"]
     if book.is_server:  # runs whose latest writes are still in this folder's spool
         columns.append("shipped")
     for name in columns:
         table.add_column(
             name,
-            no_wrap=name in ("id", "epochs", "Wh"),
-            overflow="fold" if name == "architecture" else "ellipsis",
+            no_wrap=name in ("id", "epochs", "Wh", "job"),
+            overflow="fold" if name in ("architecture", "user") else "ellipsis",
         )
     for rec in records:
-        table.add_row(
-            rec.run_id[:_ID_PREFIX],
-            rec.architecture,
-            rec.status,
-            rec.started_at[:16].replace("T", " "),
-            str(rec.epochs),
-            _wh(rec.energy_j),
-            rec.method_mix,
-            *(["waiting (spool)" if rec.waiting else "yes"] if book.is_server else []),
-        )
+        cells = {
+            "id": rec.run_id[:_ID_PREFIX],
+            "architecture": rec.architecture,
+            "user": rec.user or "-",
+            "job": rec.job_id or "-",
+            "status": rec.status,
+            "started (UTC)": rec.started_at[:16].replace("T", " "),
+            "epochs": str(rec.epochs),
+            "Wh": _wh(rec.energy_j),
+            "method mix": rec.method_mix,
+            "shipped": "waiting (spool)" if rec.waiting else "yes",
+        }
+        table.add_row(*(cells[name] for name in columns))
     print_table(out, table)
     waiting = sum(rec.waiting for rec in records)
     if waiting:
@@ -175,6 +200,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
     ):
         out.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+    _show_scheduler(out, rec.scheduler)
     if lineage:
         out.print(
             f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
@@ -217,6 +243,25 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
                 str(row["label"]),
             )
         print_table(out, table)
+
+
+_SECTION_TITLES = {"slurm": "SLURM", "kubernetes": "Kubernetes", "torchrun": "torchrun"}
+
+
+def _show_scheduler(out, scheduler: dict) -> None:
+    """The Scheduler section: the join keys, then each scheduler's fields that were set."""
+    out.print("[bold]Scheduler[/bold]", highlight=False)
+    if not scheduler:
+        out.print(f"{'':>19}not recorded (a run from before wattwise recorded it)", highlight=False)
+        return
+    for label, key in (("user", "user"), ("job", "job_id"), ("OS user", "os_user")):
+        out.print(f"[bold]{label:>17}[/bold]  {scheduler.get(key) or '-'}", highlight=False)
+    for section, title in _SECTION_TITLES.items():
+        values = scheduler.get(section)
+        if not values:
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+        out.print(f"[bold]{title:>17}[/bold]  {shown or '-'}", highlight=False)
 
 
 @runs_app.command("rm")

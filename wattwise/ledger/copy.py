@@ -37,6 +37,9 @@ RUN_COLUMNS = (
     "reason",
     "updated_at",
     "paused_s",
+    "scheduler",
+    "user_name",
+    "job_id",
 )
 DEVICE_COLUMNS = ("device_id", "kind", "name", "uuid", "method", "details", "flags")
 PHASE_COLUMNS = (

@@ -54,6 +54,8 @@ from wattwise.units import j_to_wh
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
+    from wattwise.runfilter import RunFilter
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "Ledger", "RunRecord"]
@@ -89,6 +91,7 @@ _RECORD_COLUMNS = (
     "epochs",
     "reason",
     "paused_s",
+    "scheduler",
 )
 _CHILD_TABLES = ("devices", "phases", "snapshots", "timeline")
 
@@ -115,6 +118,8 @@ RUNS_COLUMNS = (
     "pricing",
     "parent_run_id",
     "tags",
+    "user",
+    "job_id",
     "params_start",
     "params_end",
 )
@@ -180,6 +185,20 @@ class RunRecord:
     paused_s: float = 0.0
     """Seconds between ``started_at`` and the end of the run when it was not running (gaps
     before a resume); not part of ``duration_s``."""
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    """``wattwise.scheduler.collect()`` of the process that began the run ({} when unknown:
+    runs recorded before ledger schema 5)."""
+
+    @property
+    def user(self) -> str | None:
+        """The run's user (SLURM's, else the OS user); None when unknown."""
+        return self.scheduler.get("user")
+
+    @property
+    def job_id(self) -> str | None:
+        """The run's job as ``sacct -j`` takes it, else its pod or torchrun run id."""
+        return self.scheduler.get("job_id")
+
     waiting: bool = False
     """A server ledger's run whose latest writes are still in the local spool (not shipped)."""
 
@@ -232,6 +251,9 @@ class RunRecord:
             "versions": self.versions,
             "git_commit": self.git_commit,
             "reason": self.reason,
+            "user": self.user,
+            "job_id": self.job_id,
+            "scheduler": self.scheduler,
             "waiting": self.waiting,
         }
 
@@ -289,6 +311,10 @@ def _split_flags(text: str | None) -> set[str]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _owner() -> dict[str, Any]:
@@ -537,10 +563,22 @@ class Ledger:
         devices: Sequence[DeviceInfo] = (),
         started_at: datetime | None = None,
         versions: dict[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
     ) -> str:
-        """Record a new run with status ``running``; returns its id (a new UUID by default)."""
+        """Record a new run with status ``running``; returns its id (a new UUID by default).
+
+        ``scheduler``: the run's scheduler metadata; None (default) collects this process's
+        (``wattwise.scheduler.collect()``), as host and pid are this process's. Its ``user`` and
+        ``job_id`` are also stored in indexed columns for filtering."""
         if not isinstance(architecture, str) or not architecture.strip():
             raise BadInput(f"architecture {architecture!r} must be a non-empty label")
+        if scheduler is None:
+            from wattwise import scheduler as _scheduler
+
+            scheduler = _scheduler.collect()
+        if not isinstance(scheduler, Mapping):
+            raise BadInput(f"scheduler {scheduler!r} must be a mapping (scheduler.collect())")
+        scheduler = json.loads(_dumps(scheduler))  # stored as read back: JSON values only
         run_id = run_id or str(uuid.uuid4())
         tags = [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
         started = _iso(started_at)
@@ -558,6 +596,9 @@ class Ledger:
             "versions": _dumps({**_procinfo.versions(), **(versions or {})}),
             "git_commit": _procinfo.git_commit(),
             "parent_run_id": parent_run_id,
+            "scheduler": _dumps(scheduler),
+            "user_name": _text_or_none(scheduler.get("user")),
+            "job_id": _text_or_none(scheduler.get("job_id")),
         }
         columns = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
@@ -1045,34 +1086,47 @@ class Ledger:
         """One run by id or unique id prefix; BadInput if unknown or ambiguous."""
         return self._records(self._resolve(run_id_or_unique_prefix))[0]
 
-    def list_runs(self) -> list[RunRecord]:
-        """Every run, oldest first (no pandas needed); a server ledger's runs waiting in its
-        spool come from the spool, with ``waiting=True``."""
-        records = self._records(None)
+    def list_runs(self, filter: RunFilter | None = None) -> list[RunRecord]:
+        """Every run, oldest first (no pandas needed); with a ``RunFilter``, those it matches
+        (narrowed in SQL on indexed columns, then checked one by one for the status, which
+        depends on whether a running run's process is still there). A server ledger's runs
+        waiting in its spool come from the spool, with ``waiting=True``."""
+        records = self._filtered_records(filter)
         waiting = set(self.waiting_runs())
         if not waiting:
             return records
         spooled = [
             dataclasses.replace(rec, waiting=True)
-            for rec in self._spool.ledger._records(None)
+            for rec in self._spool.ledger._filtered_records(filter)
             if rec.run_id in waiting
         ]
         mixed = [rec for rec in records if rec.run_id not in waiting] + spooled
         return sorted(mixed, key=lambda rec: (rec.started_at, rec.run_id))
 
-    def _records(self, run_id: str | None) -> list[RunRecord]:
+    def _filtered_records(self, filter: RunFilter | None) -> list[RunRecord]:
+        if filter is None or filter.empty:
+            return self._records(None)
+        return [rec for rec in self._records(None, filter) if filter.matches(rec)]
+
+    def _records(self, run_id: str | None, run_filter: RunFilter | None = None) -> list[RunRecord]:
         if run_id:
             where_run, where_child = "WHERE run_id = ?", "WHERE run_key = ?"
             key_rows = self._read("SELECT key FROM runs WHERE run_id = ?", (run_id,))
             params: tuple = (key_rows[0][0],) if key_rows else (-1,)
+            run_params: tuple = (run_id,)
+        elif run_filter is not None:
+            condition, values = run_filter.sql()
+            where_run = f"WHERE {condition}"
+            where_child = f"WHERE run_key IN (SELECT key FROM runs WHERE {condition})"
+            params = run_params = tuple(values)
         else:
-            where_run, where_child, params = "", "", ()
+            where_run, where_child, params, run_params = "", "", (), ()
         runs = [
             dict(zip(_RECORD_COLUMNS, row, strict=True))
             for row in self._read(
                 f"SELECT {', '.join(_RECORD_COLUMNS)} FROM runs {where_run} "
                 "ORDER BY started_at, run_id",
-                (run_id,) if run_id else (),
+                run_params,
             )
         ]
         devices = self._read(
@@ -1169,6 +1223,7 @@ class Ledger:
                     reason=row["reason"],
                     energy_by_method_j=agg["method"],
                     paused_s=paused,
+                    scheduler=json.loads(row["scheduler"] or "{}"),
                 )
             )
         return records
@@ -1186,14 +1241,15 @@ class Ledger:
             cache[key] = not _procinfo.process_alive(*key)
         return cache[key]
 
-    def runs(self) -> pandas.DataFrame:
-        """One row per run (columns: RUNS_COLUMNS plus ``metric/<name>`` per final metric)."""
+    def runs(self, filter: RunFilter | None = None) -> pandas.DataFrame:
+        """One row per run (columns: RUNS_COLUMNS plus ``metric/<name>`` per final metric);
+        with a ``RunFilter``, the runs it matches."""
         import pandas as pd
 
-        records = self.list_runs()
-        params = self._first_last_params()
+        records = self.list_runs(filter)
+        params = self._first_last_params(filter)
         if self.waiting_runs():
-            params.update(self._spool.ledger._first_last_params())
+            params.update(self._spool.ledger._first_last_params(filter))
         rows = []
         metric_names: set[str] = set()
         for rec in records:
@@ -1227,6 +1283,8 @@ class Ledger:
                 "pricing": rec.pricing,
                 "parent_run_id": rec.parent_run_id,
                 "tags": ",".join(rec.tags),
+                "user": rec.user,
+                "job_id": rec.job_id,
                 "params_start": params_start,
                 "params_end": params_end,
             }
@@ -1239,9 +1297,10 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
-    def _first_last_params(self) -> dict[str, tuple[Any, Any]]:
+    def _first_last_params(self, filter: RunFilter | None = None) -> dict[str, tuple[Any, Any]]:
         """run_id -> trainable parameters at its first and last snapshot (NULL epochs first,
-        as SQLite orders them, on both backends)."""
+        as SQLite orders them, on both backends), of the runs ``filter`` narrows to."""
+        condition, values = ("1 = 1", []) if filter is None else filter.sql("r.")
         return {
             rid: (first, last)
             for rid, first, last in self._read(
@@ -1249,22 +1308,36 @@ class Ledger:
                 "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
                 "ORDER BY epoch IS NOT NULL, epoch LIMIT 1), "
                 "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
-                "ORDER BY epoch IS NOT NULL DESC, epoch DESC LIMIT 1) FROM runs r"
+                "ORDER BY epoch IS NOT NULL DESC, epoch DESC LIMIT 1) "
+                f"FROM runs r WHERE {condition}",
+                values,
             )
         }
 
-    def _child_filter(self, run_id: str | None, alias: str = "") -> tuple[str, tuple]:
-        """SQL condition on ``run_key`` selecting one run (by id or prefix) or every run."""
+    def _child_filter(
+        self, run_id: str | None, alias: str = "", run_filter: RunFilter | None = None
+    ) -> tuple[str, tuple]:
+        """SQL condition on ``run_key`` selecting one run (by id or prefix), the runs a filter
+        narrows to in SQL (a superset for running/interrupted), or every run."""
         if run_id is None:
-            return "1 = 1", ()
+            if run_filter is None or run_filter.empty:
+                return "1 = 1", ()
+            condition, values = run_filter.sql()
+            return f"{alias}run_key IN (SELECT key FROM runs WHERE {condition})", tuple(values)
         return f"{alias}run_key = (SELECT key FROM runs WHERE run_id = ?)", (self._resolve(run_id),)
 
     @_spool_first
-    def phases(self, run_id: str | None = None) -> pandas.DataFrame:
-        """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order."""
+    def phases(
+        self,
+        run_id: str | None = None,
+        filter: RunFilter | None = None,
+    ) -> pandas.DataFrame:
+        """Energy per epoch x stage x device (columns: PHASES_COLUMNS), in recording order;
+        of one run, or of the runs ``filter`` selects in SQL (it may include running runs
+        whose process is gone: ``list_runs(filter)`` says which runs match)."""
         import pandas as pd
 
-        condition, params = self._child_filter(run_id)
+        condition, params = self._child_filter(run_id, run_filter=filter)
         rows = self._read(
             "SELECT run_key, epoch, stage, device_key, start_s, end_s, energy_j, mean_power_w, "
             f"peak_power_w, method, flags FROM phases WHERE {condition} ORDER BY id",
@@ -1314,13 +1387,17 @@ class Ledger:
         return frame
 
     @_spool_first
-    def snapshots(self, run_id: str | None = None) -> pandas.DataFrame:
+    def snapshots(
+        self,
+        run_id: str | None = None,
+        filter: RunFilter | None = None,
+    ) -> pandas.DataFrame:
         """One row per committed epoch (columns: SNAPSHOTS_COLUMNS): the model's size, the
         scalar ``metrics`` at the epoch's end (a dict; None where not recorded) and the
         ``train_samples`` it processed (<NA>: unknown or not recorded)."""
         import pandas as pd
 
-        condition, params = self._child_filter(run_id, "s.")
+        condition, params = self._child_filter(run_id, "s.", filter)
         rows = self._read(
             "SELECT r.run_id, s.epoch, s.trainable_params, s.total_params, s.model_class, "
             f"s.label, s.metrics, s.train_samples FROM snapshots s JOIN runs r "

@@ -107,6 +107,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN paused_s REAL NOT NULL DEFAULT 0;
     """,
+    # 4 -> 5: scheduler metadata (wattwise.scheduler.collect(), JSON object text) and its two
+    # join keys as indexed columns, so that a lab-sized ledger is filtered in SQL (RunFilter).
+    # Runs recorded before have none: '{}' and NULL.
+    """
+    ALTER TABLE runs ADD COLUMN scheduler TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE runs ADD COLUMN user_name TEXT;
+    ALTER TABLE runs ADD COLUMN job_id TEXT;
+    CREATE INDEX runs_user ON runs (user_name, started_at);
+    CREATE INDEX runs_job ON runs (job_id);
+    CREATE INDEX runs_started ON runs (started_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,14 +5,16 @@
 ``phases.csv`` (one row per run x epoch x stage x device) and ``report.html`` (CSS, charts and a
 small sort script inline; nothing fetched from anywhere, readable offline and in print).
 
-runs.csv columns: ``run_id, architecture, status, started_at, parent_run_id, tags, params_start,
-params_end, epochs, duration_s, gpu_wh, cpu_wh, ram_wh, total_wh, method_mix, estimated_kinds,
-flags, region, gco2e_per_kwh``, then ``cost_usd[<scenario>]`` and ``co2e_kg[<scenario>]`` for each
-pricing scenario, one ``metric/<name>`` column per final metric, ``j_per_train_sample``
-(energy of every stage of the training epochs per training sample they processed; empty when any
-epoch's count is unknown), ``wh_to_best_val`` (the run's energy up to the end of the epoch with
-the best per-epoch validation metric: the headline metric if it is one, else ``val_loss``) and
-``cumulative_wh`` (own energy plus every ancestor's). docs/internals.md defines both precisely.
+runs.csv columns: ``run_id, architecture, status, started_at, parent_run_id, tags, user, job_id``,
+the scheduler fields ``slurm_*``, ``kubernetes_*``, ``torchrun_*``
+(``wattwise.scheduler.flatten``), ``params_start, params_end, epochs, duration_s, gpu_wh, cpu_wh,
+ram_wh, total_wh, method_mix, estimated_kinds, flags, region, gco2e_per_kwh``, then
+``cost_usd[<scenario>]`` and ``co2e_kg[<scenario>]`` for each pricing scenario, one
+``metric/<name>`` column per final metric, ``j_per_train_sample`` (energy of every stage of the
+training epochs per training sample they processed; empty when any epoch's count is unknown),
+``wh_to_best_val`` (the run's energy up to the end of the epoch with the best per-epoch validation
+metric: the headline metric if it is one, else ``val_loss``) and ``cumulative_wh`` (own energy plus
+every ancestor's). docs/internals.md defines both precisely.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.ledger import Ledger
+    from wattwise.runfilter import RunFilter
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +63,15 @@ def build_report(
     region: str | None = None,
     pricing: str | Sequence[str] | None = None,
     settings: Any = None,
+    run_filter: RunFilter | None = None,
 ) -> ReportResult:
     """Write the HTML report and the CSV files for ``run_ids`` (every run when None).
 
     ``ledger`` is a Ledger or its path; ``run_ids`` are ids or unique prefixes. ``region``
     overrides every run's own region for CO2e; ``pricing`` is a scenario name, a comma list or a
     sequence of names (default: the configured scenario plus those the runs were recorded with).
+    ``run_filter`` (a ``wattwise.runfilter.RunFilter``) keeps the runs it matches (of
+    ``run_ids`` when given; BadInput when none does).
     Defaults: ``<out_dir>/report.html``, ``<out_dir>/runs.csv``, ``<out_dir>/phases.csv``.
     Raises BadInput for an empty ledger, an unknown run id, region or pricing scenario; nothing is
     written then.
@@ -81,7 +87,14 @@ def build_report(
     html = pathlib.Path(html_path) if html_path is not None else out / "report.html"
     csvs = pathlib.Path(csv_dir) if csv_dir is not None else out
     with nullcontext(ledger) if isinstance(ledger, Ledger) else Ledger(ledger) as opened:
-        data = _data.collect(opened, run_ids, region=region, pricing=pricing, settings=settings)
+        data = _data.collect(
+            opened,
+            run_ids,
+            region=region,
+            pricing=pricing,
+            settings=settings,
+            run_filter=run_filter,
+        )
         result = ReportResult(html, csvs / "runs.csv", csvs / "phases.csv", len(data.runs))
         paths = (result.runs_csv, result.phases_csv, result.html_path)
         _make_folders(paths)

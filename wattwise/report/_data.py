@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput, UnknownHardware, UnknownRegion
+from wattwise.scheduler import flatten
 from wattwise.units import J_PER_WH
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from wattwise.ledger import Ledger
+    from wattwise.runfilter import RunFilter
 
 STAGE_ORDER = ("sanity_check", "train", "validate", "test", "predict", "other")
 KINDS = ("gpu", "cpu", "ram")
@@ -184,13 +186,16 @@ def collect(
     region: str | None,
     pricing: str | Sequence[str] | None,
     settings: Any,
+    run_filter: RunFilter | None = None,
 ) -> ReportData:
-    """Read the selected runs (all when ``run_ids`` is None) and price them under each scenario
-    of ``pricing``; with none given, the configured one plus those the runs were recorded with."""
+    """Read the selected runs (all when ``run_ids`` is None; of those, the ones ``run_filter``
+    matches) and price them under each scenario of ``pricing``; with none given, the configured
+    one plus those the runs were recorded with."""
     import pandas as pd
 
-    records = ledger.list_runs()  # one pass over the ledger (runs() would make a second)
-    if not records:
+    filtered = run_filter is not None and not run_filter.empty
+    records = ledger.list_runs(run_filter)  # one pass (runs() would make a second)
+    if not records and not filtered:
         raise BadInput(
             f"ledger {ledger.path} has no runs: record some with EnergyCallback, wattwise.Meter or "
             "`wattwise run -- COMMAND`, or pass --ledger with a ledger that has runs"
@@ -198,11 +203,20 @@ def collect(
     if run_ids:
         wanted = {ledger.get_run(r).run_id for r in run_ids}
         records = [r for r in records if r.run_id in wanted]
+    if not records:
+        given = f"of the runs given ({', '.join(run_ids)}) " if run_ids else ""
+        raise BadInput(
+            f"no run {given}in ledger {ledger.path} matches {run_filter.describe()}; accepted: "
+            "filters that some run matches (see `wattwise runs` with the same filters)"
+        )
     by_id = {r.run_id: r for r in records}
-    phases, snapshots = _read_rows(ledger, list(by_id), everything=not run_ids)
+    phases, snapshots = _read_rows(
+        ledger, list(by_id), everything=not run_ids and not filtered, run_filter=run_filter
+    )
     params = snapshots.groupby("run_id", sort=False)["trainable_params"].agg(["first", "last"])
     gpus = [[d for d in r.devices if d["kind"] == "gpu"] for r in records]
     ids = [r.run_id for r in records]
+    scheduler_columns = [flatten(r.scheduler) for r in records]
     table = pd.DataFrame(
         {
             "run_id": ids,
@@ -211,6 +225,14 @@ def collect(
             "started_at": [r.started_at for r in records],
             "parent_run_id": [r.parent_run_id for r in records],
             "tags": [",".join(r.tags) for r in records],
+            # the scheduler's join keys (`sacct -j <job_id>`) and every field it recorded
+            "user": [r.scheduler.get("user") for r in records],
+            "job_id": [r.scheduler.get("job_id") for r in records],
+            **{
+                # object: a torchrun rank stays 0, not 0.0 beside a run without one
+                column: pd.Series([flat[column] for flat in scheduler_columns], dtype=object)
+                for column in (scheduler_columns[0] if scheduler_columns else flatten({}))
+            },
             "params_start": params["first"].reindex(ids).astype("Int64").to_numpy(),
             "params_end": params["last"].reindex(ids).astype("Int64").to_numpy(),
             "epochs": pd.array([r.epochs for r in records], dtype="Int64"),
@@ -398,14 +420,16 @@ def _samples_notes(table: pd.DataFrame, notes: list[str]) -> None:
 
 
 def _read_rows(
-    ledger: Ledger, run_ids: Sequence[str], *, everything: bool
+    ledger: Ledger, run_ids: Sequence[str], *, everything: bool, run_filter: RunFilter | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The phases and snapshots of ``run_ids``: a few runs are read one by one (a large ledger
-    is not read whole for them), many or all in one pass."""
+    is not read whole for them), many or all in one pass (of the runs ``run_filter`` selects
+    in SQL, when given: a filtered report on a lab-sized ledger reads only those)."""
     import pandas as pd
 
     if everything or len(run_ids) > _READ_ONE_BY_ONE:
-        phases, snapshots = ledger.phases(), ledger.snapshots()
+        phases = ledger.phases(filter=run_filter)
+        snapshots = ledger.snapshots(filter=run_filter)
         snapshots = snapshots[snapshots["run_id"].isin(set(run_ids))].reset_index(drop=True)
         return phases, snapshots
     phases = pd.concat([ledger.phases(rid) for rid in run_ids], ignore_index=True)
