@@ -535,3 +535,32 @@ def test_a_wrong_password_loses_nothing_the_right_one_ships_it(pg_url, pg_cluste
     code, out, err = run_cli(capsys, "runs", "sync", "--ledger", pg_url, "--json")
     assert code == 0 and json.loads(out)["shipped"] == 1, err
     assert server(pg_url).get_run(run_id).energy_j == 3600 + 7200 + 2 * 360
+
+
+def test_run_filters_on_a_server_ledger_see_shipped_and_waiting_runs(pg_url, capsys):
+    book = Ledger(pg_url)
+    book._spool._start = lambda: None
+    alice = book.begin_run(architecture="vit", scheduler={"user": "alice", "job_id": "77_1"})
+    book.finish_run(alice)
+    assert book.sync() == (1, 0)  # alice's run is on the server
+    bob = book.begin_run(architecture="vit", scheduler={"user": "bob", "job_id": "78"})
+    book.finish_run(bob)  # bob's waits in the spool
+    assert book.waiting_runs() == [bob]
+    for user, expected, waiting in (("alice", alice, False), ("bob", bob, True)):
+        code, out, err = run_cli(capsys, "runs", "--ledger", pg_url, "--user", user, "--json")
+        assert code == 0, err
+        (row,) = json.loads(out)
+        assert row["run_id"] == expected and row["waiting"] is waiting
+        assert row["scheduler"]["user"] == user
+    code, out, err = run_cli(capsys, "runs", "--ledger", pg_url, "--job", "77", "--json")
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == [alice], err
+    code, out, err = run_cli(
+        capsys, "runs", "--ledger", pg_url, "--since", "1d", "--status", "finished", "--json"
+    )
+    assert code == 0 and {r["run_id"] for r in json.loads(out)} == {alice, bob}, err
+    assert book.sync() == (1, 0)
+    direct = server(pg_url)
+    from wattwise.runfilter import RunFilter
+
+    assert [r.run_id for r in direct.list_runs(RunFilter(user="bob"))] == [bob]
+    assert direct.get_run(bob).scheduler == {"user": "bob", "job_id": "78"}
