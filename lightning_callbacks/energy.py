@@ -45,6 +45,7 @@ from lightning_callbacks._compat import (
     read_checkpoint,
 )
 from wattwise import units
+from wattwise._safe_text import printable
 from wattwise.errors import BadInput, UnknownHardware
 from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
 
@@ -1238,4 +1239,5 @@ def _format_summary(summary: dict[str, Any]) -> str:
     lines.extend(f"  {device}" for device in summary["devices"])
     if summary["flags"]:
         lines.append(f"  flags   {', '.join(summary['flags'])}")
-    return "\n".join(lines)
+    # labels (architecture, device names, region) shown with control characters escaped
+    return "\n".join(map(printable, lines))

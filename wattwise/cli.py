@@ -13,6 +13,7 @@ import sys
 import typer
 
 from wattwise import __version__
+from wattwise._safe_text import printable
 from wattwise.errors import BadInput, WattwiseError
 
 COMMAND_MODULES = (
@@ -76,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of exiting
         rc = app(args=argv, standalone_mode=False)
-    except BadInput as err:
-        typer.echo(f"wattwise: error: {err}", err=True)
+    except BadInput as err:  # messages may quote a hostile label: shown escaped
+        typer.echo(printable(f"wattwise: error: {err}"), err=True)
         return 2
     except WattwiseError as err:
-        typer.echo(f"wattwise: error: {err}", err=True)
+        typer.echo(printable(f"wattwise: error: {err}"), err=True)
         return 1
     except typer.Exit as err:
         return err.exit_code

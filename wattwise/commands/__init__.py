@@ -5,10 +5,17 @@ that no output is ever cut: piped into another program (stdout not a terminal, n
 nothing is wrapped at all; in a terminal too narrow for a table its text columns wrap at word
 boundaries (identifiers, numbers and method names stay whole), and when even that cannot fit,
 each row is printed as a block of ``column value`` lines instead (like psql's expanded display).
+
+Labels reach the terminal literally: tables come from :func:`make_table`, whose plain-string
+cells, title and caption are shown with control characters escaped and never read as rich markup
+(``wattwise._safe_text.literal``); a cell meant to be styled is built as a rich ``Text`` by the
+command. Other lines pass their labels through ``literal`` (rich) or ``printable`` (plain echo).
+``--json`` output is exact JSON (``json.dumps`` escapes control characters itself).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -42,8 +49,38 @@ def console() -> Console:
     return Console(width=UNLIMITED_WIDTH)
 
 
+def make_table(*, title: str | None = None, caption: str | None = None, **options: Any) -> Table:
+    """A rich ``Table`` (``options`` as rich takes them) that shows labels literally: every
+    plain-string cell, the title and the caption, with control characters escaped and no
+    markup read from them. :func:`print_table` prints only these."""
+    from wattwise._safe_text import literal
+
+    return _literal_table_class()(
+        title=None if title is None else literal(title, "table.title"),
+        caption=None if caption is None else literal(caption, "table.caption"),
+        **options,
+    )
+
+
+@functools.cache
+def _literal_table_class() -> type[Table]:
+    from rich.table import Table
+
+    from wattwise._safe_text import literal
+
+    class LiteralTable(Table):
+        """A Table whose ``add_row`` turns each ``str`` cell into ``literal(cell)``."""
+
+        def add_row(self, *renderables: Any, **options: Any) -> None:
+            cells = (literal(c) if isinstance(c, str) else c for c in renderables)
+            super().add_row(*cells, **options)
+
+    return LiteralTable
+
+
 def print_table(out: Console, table: Table) -> None:
-    """Print ``table`` on ``out`` without dropping, cutting or ellipsising any cell.
+    """Print ``table`` (made by :func:`make_table`) on ``out`` without dropping, cutting or
+    ellipsising any cell.
 
     rich squeezes a table wider than the console by shrinking every column, down to nothing
     (columns vanish, numbers end in '…'). Here instead: a table that fits is printed as it is;
@@ -55,6 +92,8 @@ def print_table(out: Console, table: Table) -> None:
     """
     from rich.measure import Measurement
 
+    if not isinstance(table, _literal_table_class()):
+        raise TypeError("print_table prints tables made by wattwise.commands.make_table()")
     wide = out.options.update_width(UNLIMITED_WIDTH)
     if Measurement.get(out, wide, table).maximum <= out.width:
         out.print(table)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal
+from wattwise.commands import console, make_table, print_json, print_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
@@ -53,10 +54,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _show(result: DemoResult) -> None:
-    from rich.table import Table
-
     epochs = sorted({run.epochs for run in result.runs})
-    table = Table(
+    table = make_table(
         title="wattwise demo: what each architecture cost",
         caption=f"{', '.join(map(str, epochs))} training epochs each, then the test set; "
         "cost and CO2e include PUE",
@@ -82,9 +81,9 @@ def _show(result: DemoResult) -> None:
         )
     out = console()
     print_table(out, table)
-    out.print(f"ledger: {result.ledger_path}")
-    out.print(f"report: {result.html_path}")
-    out.print(f"csv:    {result.runs_csv}, {result.phases_csv}")
+    out.print(literal(f"ledger: {result.ledger_path}"))
+    out.print(literal(f"report: {result.html_path}"))
+    out.print(literal(f"csv:    {result.runs_csv}, {result.phases_csv}"))
 
 
 def register(app: typer.Typer) -> None:

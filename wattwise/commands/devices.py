@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal, printable
+from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.types import FLAGS, DeviceInfo
 
 
@@ -25,9 +26,7 @@ def device_json(info: DeviceInfo) -> dict[str, Any]:
 
 
 def _show(devices: list[DeviceInfo], notes: list[str]) -> None:
-    from rich.table import Table
-
-    table = Table(title="Devices wattwise measures")
+    table = make_table(title="Devices wattwise measures")
     table.add_column("kind", no_wrap=True)
     table.add_column("name", min_width=12)
     table.add_column("method", no_wrap=True)
@@ -41,10 +40,10 @@ def _show(devices: list[DeviceInfo], notes: list[str]) -> None:
     else:
         out.print("No device can be measured here.")
     for note in notes:
-        out.print(f"- {note}", highlight=False, markup=False)
+        out.print(literal(f"- {note}"))
     flags = sorted({flag for d in devices for flag in d.flags})
     for flag in flags:
-        out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False, markup=False)
+        out.print(literal(f"flag {flag}: {FLAGS.get(flag, '')}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -70,6 +69,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json([device_json(d) for d in found.devices])
             for note in found.notes:
-                typer.echo(note, err=True)
+                typer.echo(printable(note), err=True)
         else:
             _show(found.devices, found.notes)

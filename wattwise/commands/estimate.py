@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal
+from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.commands._filters import (
     ArchitectureFilter,
     JobFilter,
@@ -23,6 +24,8 @@ from wattwise.errors import BadInput
 from wattwise.types import FLAGS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.text import Text
+
     from wattwise.estimate import EstimateResult
 
 
@@ -44,17 +47,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g}d"
 
 
-def _band(value: str, lo: str, hi: str) -> str:
-    return f"{value}\n[dim]{lo}-{hi}[/dim]"
+def _band(value: str, lo: str, hi: str) -> Text:
+    from rich.text import Text
+
+    return Text.assemble(value, "\n", (f"{lo}-{hi}", "dim"))
 
 
 def _show(result: EstimateResult) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
-    def yes_no(value: bool | None) -> str:
-        return {True: "yes", False: "[red]no[/red]", None: "?"}[value]
+    def yes_no(value: bool | None) -> Text:
+        return {True: Text("yes"), False: Text("no", "red"), None: Text("?")}[value]
 
-    table = Table(
+    table = make_table(
         title=f"Estimate for {result.epochs:g} epochs ({result.pricing}, "
         f"{result.region or 'world average'}: {result.gco2e_per_kwh:.0f} gCO2e/kWh, "
         f"PUE {result.pue:g})",
@@ -83,32 +88,36 @@ def _show(result: EstimateResult) -> None:
     print_table(out, table)
     if result.budgets:
         limits = ", ".join(f"{name} {limit:g}" for name, limit in result.budgets.items())
-        out.print(f"budgets ({limits}):")
+        out.print(literal(f"budgets ({limits}):"))
         for t in result.targets:
             over = [name for name, ok in t.verdicts.items() if not ok]
-            verdict = f"[red]over: {', '.join(over)}[/red]" if over else "within"
-            out.print(f"  {t.gpu}: {verdict}")
+            verdict = literal(f"over: {', '.join(over)}", "red") if over else "within"
+            out.print(Text.assemble("  ", literal(t.gpu), ": ", verdict))
     for label, name in (
         ("cheapest", result.cheapest),
         ("fastest", result.fastest),
         ("greenest", result.greenest),
     ):
-        out.print(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+        out.print(
+            literal(f"{label}: {name or 'none of the targets fits the measured peak memory'}")
+        )
     for t in result.targets:
         hours = t.break_even_gpu_hours_per_year
         if t.pricing != result.pricing:
-            out.print(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})")
+            out.print(literal(f"{t.gpu}: priced as {t.pricing} ({result.pricing} has no {t.gpu})"))
         if hours is None:
             continue
         if math.isinf(hours):
-            out.print(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper")
+            out.print(literal(f"{t.gpu}: renting ({t.break_even_instance}) is always cheaper"))
         else:
             out.print(
-                f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
-                f"{hours:,.0f} GPU-hours a year"
+                literal(
+                    f"{t.gpu}: owning beats renting ({t.break_even_instance}) above "
+                    f"{hours:,.0f} GPU-hours a year"
+                )
             )
     for flag in result.flags:
-        out.print(f"flag {flag}: {FLAGS.get(flag, '')}", highlight=False)
+        out.print(literal(f"flag {flag}: {FLAGS.get(flag, '')}"))
 
 
 def _used_run(record) -> dict:

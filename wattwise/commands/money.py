@@ -7,15 +7,14 @@ from typing import Any
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import printable
+from wattwise.commands import console, make_table, print_json, print_table
 
 _JSON = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
+    table = make_table(title=title)
     for column in columns:
         table.add_column(column)
     for row in rows:
@@ -39,7 +38,7 @@ def carbon_command(
         if as_json:
             print_json(codes)
         else:
-            typer.echo("\n".join(codes))
+            typer.echo("\n".join(map(printable, codes)))
         return
     found = carbon.intensity(settings.get("region"), settings)
     pue = carbon.pue(first_scenario(settings.get("pricing")), settings)
@@ -52,11 +51,14 @@ def carbon_command(
             }
         )
         return
-    typer.echo(f"region:    {found.region or 'none (world average)'} ({settings.source('region')})")
-    typer.echo(f"intensity: {found.gco2e_per_kwh:.1f} gCO2e/kWh ({found.year})")
-    typer.echo(f"source:    {found.source}")
-    typer.echo(f"flags:     {', '.join(found.flags) or '-'}")
-    typer.echo(f"PUE:       {pue.value:g} ({pue.source})")
+    for line in (
+        f"region:    {found.region or 'none (world average)'} ({settings.source('region')})",
+        f"intensity: {found.gco2e_per_kwh:.1f} gCO2e/kWh ({found.year})",
+        f"source:    {found.source}",
+        f"flags:     {', '.join(found.flags) or '-'}",
+        f"PUE:       {pue.value:g} ({pue.source})",
+    ):
+        typer.echo(printable(line))
 
 
 def first_scenario(pricing: str | list[str]) -> str:
@@ -74,7 +76,7 @@ def config_command(as_json: bool = _JSON) -> None:
     if as_json:
         print_json(settings.to_json())
         return
-    typer.echo(f"configuration file: {settings.path or 'none'}")
+    typer.echo(printable(f"configuration file: {settings.path or 'none'}"))
     rows = [
         [key, json.dumps(settings.shown(key), default=str), settings.source(key)]
         for key in config.KEYS

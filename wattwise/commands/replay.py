@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import printable
+from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,10 +182,12 @@ def _warn_unknown_gpu(gpu: str) -> None:
     except UnknownHardware:
         near = hardware.closest(gpu, settings, n=3)
         typer.echo(
-            f"wattwise: warning: GPU {gpu!r} is not in the spec table "
-            f"(closest: {', '.join(near) if near else 'none'}), so `wattwise estimate --run` "
-            "cannot use this run until it is: check the name (see `wattwise hardware`) or add "
-            "a spec row under [gpus] in the configuration file (wattwise.toml)",
+            printable(
+                f"wattwise: warning: GPU {gpu!r} is not in the spec table "
+                f"(closest: {', '.join(near) if near else 'none'}), so `wattwise estimate --run` "
+                "cannot use this run until it is: check the name (see `wattwise hardware`) or "
+                "add a spec row under [gpus] in the configuration file (wattwise.toml)"
+            ),
             err=True,
         )
 
@@ -204,9 +207,7 @@ def _phase_json(phase: PhaseEnergy) -> dict[str, Any]:
 
 
 def _show(trace: Trace, info: DeviceInfo, phases: Sequence[PhaseEnergy], total_j: float) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{trace.path.name}: {info.name}, {len(trace.t_s)} rows")
+    table = make_table(title=f"{trace.path.name}: {info.name}, {len(trace.t_s)} rows")
     for column in ("#", "phase", "start s", "end s", "duration s", "energy J", "mean W", "flags"):
         left = column in ("phase", "flags")
         table.add_column(column, justify="left" if left else "right", no_wrap=column == "phase")
@@ -295,4 +296,4 @@ def register(app: typer.Typer) -> None:
         if run_id is not None:
             from wattwise.ledger import mask
 
-            typer.echo(f"recorded run {run_id} in {mask(ledger)}")
+            typer.echo(printable(f"recorded run {run_id} in {mask(ledger)}"))

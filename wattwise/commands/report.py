@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from wattwise._safe_text import printable
 from wattwise.commands import print_json
 from wattwise.commands._filters import (
     ArchitectureFilter,
@@ -35,13 +36,26 @@ def report_command(
             "./wattwise.db).",
         ),
     ] = None,
+    out: Annotated[
+        pathlib.Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder for report.html, runs.csv and phases.csv (as `wattwise demo --out`); "
+            "--html and --csv, when given, win for their files.",
+        ),
+    ] = pathlib.Path("reports"),
     html: Annotated[
         pathlib.Path | None,
-        typer.Option("--html", help="HTML file to write (default: reports/report.html)."),
+        typer.Option(
+            "--html", metavar="FILE", help="HTML file to write (default: report.html in --out)."
+        ),
     ] = None,
     csv_dir: Annotated[
         pathlib.Path | None,
-        typer.Option("--csv", help="Folder for runs.csv and phases.csv (default: reports/)."),
+        typer.Option(
+            "--csv", metavar="DIR", help="Folder for runs.csv and phases.csv (default: --out)."
+        ),
     ] = None,
     region: Annotated[
         str | None,
@@ -86,6 +100,7 @@ def report_command(
         result = build_report(
             opened,
             run_ids or None,
+            out_dir=out,
             html_path=html,
             csv_dir=csv_dir,
             region=region,
@@ -96,9 +111,9 @@ def report_command(
         print_json(result.to_json())
         return
     typer.echo(f"report of {result.n_runs} run{'s' if result.n_runs != 1 else ''}:")
-    typer.echo(f"  html:       {result.html_path}")
-    typer.echo(f"  runs.csv:   {result.runs_csv}")
-    typer.echo(f"  phases.csv: {result.phases_csv}")
+    typer.echo(printable(f"  html:       {result.html_path}"))
+    typer.echo(printable(f"  runs.csv:   {result.runs_csv}"))
+    typer.echo(printable(f"  phases.csv: {result.phases_csv}"))
 
 
 def register(app: typer.Typer) -> None:

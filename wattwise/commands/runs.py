@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from wattwise.commands import console, print_json, print_table
+from wattwise._safe_text import literal, printable
+from wattwise.commands import console, make_table, print_json, print_table
 from wattwise.commands._filters import (
     ArchitectureFilter,
     JobFilter,
@@ -80,8 +81,6 @@ def runs_command(
     """List the runs in the ledger (a run whose process is gone shows as interrupted)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
-
     run_filter = build(user, job, tag, architecture, since, until, status)
     with _ledger(ledger, ctx) as book:
         records = book.list_runs(run_filter)
@@ -91,9 +90,9 @@ def runs_command(
     out = console()
     if not records:
         matching = "" if run_filter.empty else f" matching {run_filter.describe()}"
-        out.print(f"No runs{matching} in {book.path}.", highlight=False)
+        out.print(literal(f"No runs{matching} in {book.path}."))
         return
-    table = Table(title=str(book.path))
+    table = make_table(title=str(book.path))
     # in a narrow terminal labels fold and the rest wraps at spaces: ids, numbers and method
     # names stay whole (see print_table)
     columns = ["id", "architecture", "status", "started (UTC)", "epochs", "Wh", "method mix"]
@@ -126,9 +125,10 @@ def runs_command(
     waiting = sum(rec.waiting for rec in records)
     if waiting:
         out.print(
-            f"{waiting} run(s) still waiting in the spool {book.spool_path}: "
-            "`wattwise runs sync` ships them",
-            highlight=False,
+            literal(
+                f"{waiting} run(s) still waiting in the spool {book.spool_path}: "
+                "`wattwise runs sync` ships them"
+            )
         )
 
 
@@ -174,7 +174,7 @@ def show_command(
 
 
 def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
     out = console()
     duration = "-" if rec.duration_s is None else f"{rec.duration_s:.1f} s"
@@ -199,22 +199,24 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
         ("region / pricing", f"{rec.region or '-'} / {rec.pricing or '-'}"),
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in sorted(rec.metrics.items())) or "-"),
     ):
-        out.print(f"[bold]{label:>17}[/bold]  {value}", highlight=False)
+        out.print(Text.assemble((f"{label:>17}", "bold"), "  ", literal(value)))
     _show_scheduler(out, rec.scheduler)
     if lineage:
         out.print(
-            f"[bold]{'lineage':>17}[/bold]  own {_wh(own_j)} Wh, with "
-            f"{len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
-            highlight=False,
+            Text.assemble(
+                (f"{'lineage':>17}", "bold"),
+                f"  own {_wh(own_j)} Wh, with {len(lineage)} ancestor(s) {_wh(cumulative_j)} Wh",
+            )
         )
         for item in lineage:
             out.print(
-                f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
-                f"{item['own_energy_wh']:.4g} Wh",
-                highlight=False,
+                literal(
+                    f"{'':>19}<- {item['run_id'][:_ID_PREFIX]} {item['architecture']} "
+                    f"{item['own_energy_wh']:.4g} Wh"
+                )
             )
     if phase_rows:
-        table = Table(title="Energy per epoch x stage x device")
+        table = make_table(title="Energy per epoch x stage x device")
         for name in ("epoch", "stage", "device", "s", "Wh", "mean W", "peak W", "method", "flags"):
             table.add_column(name, overflow="fold" if name == "device" else "ellipsis")
         for row in phase_rows:
@@ -231,7 +233,7 @@ def _show(rec, phase_rows, snapshot_rows, lineage, own_j, cumulative_j) -> None:
             )
         print_table(out, table)
     if snapshot_rows:
-        table = Table(title="Model size per epoch")
+        table = make_table(title="Model size per epoch")
         for name in ("epoch", "trainable", "total", "class", "label"):
             table.add_column(name)
         for row in snapshot_rows:
@@ -250,18 +252,23 @@ _SECTION_TITLES = {"slurm": "SLURM", "kubernetes": "Kubernetes", "torchrun": "to
 
 def _show_scheduler(out, scheduler: dict) -> None:
     """The Scheduler section: the join keys, then each scheduler's fields that were set."""
-    out.print("[bold]Scheduler[/bold]", highlight=False)
+    from rich.text import Text
+
+    out.print(Text("Scheduler", "bold"))
     if not scheduler:
-        out.print(f"{'':>19}not recorded (a run from before wattwise recorded it)", highlight=False)
+        out.print(literal(f"{'':>19}not recorded (a run from before wattwise recorded it)"))
         return
-    for label, key in (("user", "user"), ("job", "job_id"), ("OS user", "os_user")):
-        out.print(f"[bold]{label:>17}[/bold]  {scheduler.get(key) or '-'}", highlight=False)
+    rows = [(label, scheduler.get(key) or "-") for label, key in _JOIN_KEYS]
     for section, title in _SECTION_TITLES.items():
         values = scheduler.get(section)
-        if not values:
-            continue
-        shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None)
-        out.print(f"[bold]{title:>17}[/bold]  {shown or '-'}", highlight=False)
+        if values:
+            shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+            rows.append((title, shown or "-"))
+    for label, value in rows:
+        out.print(Text.assemble((f"{label:>17}", "bold"), "  ", literal(str(value))))
+
+
+_JOIN_KEYS = (("user", "user"), ("job", "job_id"), ("OS user", "os_user"))
 
 
 @runs_app.command("rm")
@@ -278,7 +285,7 @@ def rm_command(
     if _want_json(json_out, ctx):
         print_json({"removed": run_id})
     else:
-        typer.echo(f"removed run {run_id}")
+        typer.echo(printable(f"removed run {run_id}"))
 
 
 @runs_app.command("merge")
@@ -300,7 +307,10 @@ def merge_command(
         print_json({"added": added, "skipped": skipped, "ledger": str(book.path)})
     else:
         typer.echo(
-            f"merged {mask(other)} into {book.path}: {added} run(s) added, {skipped} already there"
+            printable(
+                f"merged {mask(other)} into {book.path}: {added} run(s) added, "
+                f"{skipped} already there"
+            )
         )
 
 
@@ -324,7 +334,9 @@ def sync_command(
             {"shipped": shipped, "waiting": waiting, "ledger": str(book.path), "spool": spool}
         )
     else:
-        typer.echo(f"shipped {shipped} run(s) from {spool} to {book.path}; {waiting} waiting")
+        typer.echo(
+            printable(f"shipped {shipped} run(s) from {spool} to {book.path}; {waiting} waiting")
+        )
 
 
 def run_command(
@@ -388,9 +400,11 @@ def run_command(
         print_json(summary)
     else:
         typer.echo(
-            f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
-            f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
-            + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items())),
+            printable(
+                f"wattwise: run {result.run_id} {result.status} (exit code {code}): "
+                f"{result.duration_s:.1f} s, {result.energy_wh:.4g} Wh, "
+                + ", ".join(f"{d} {m}" for d, m in sorted(result.methods.items()))
+            ),
             err=True,
         )
     if code != 0:

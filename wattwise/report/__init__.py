@@ -157,7 +157,7 @@ def _remove(path: pathlib.Path) -> None:
         logger.debug("could not remove %s: %s", path, err)
 
 
-_ACCEPTED = "a writable location (--html FILE, --csv DIR)"
+_ACCEPTED = "a writable location (--out DIR, --html FILE, --csv DIR)"
 _NOT_A_FOLDER = "a file path for --html and a different folder for --csv"
 
 
@@ -181,6 +181,11 @@ def _make_folders(
         if path.is_dir() or any(full == f or full in f.parents for f in folders):
             raise BadInput(f"cannot write {str(path)!r}: it is a folder; accepted: {not_a_folder}")
     for path in paths:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise BadInput(
+                f"cannot write {str(path)!r}: {str(path.parent)!r} is not a folder; "
+                f"accepted: {accepted}"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -1,7 +1,9 @@
 """Charts as inline SVG text, drawn with matplotlib's object API (no pyplot, no global state).
 
 Text stays text (``svg.fonttype='none'``) so the page is small and searchable; user strings are
-drawn literally (no mathtext) and matplotlib escapes them in the SVG; each chart gets its own id
+drawn literally (no mathtext), their control characters shown escaped
+(``wattwise._safe_text.printable``: no glyph-missing warning carries them to the terminal), and
+matplotlib escapes them in the SVG; each chart gets its own id
 salt so ids never collide between the charts of one page and the output is reproducible.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from wattwise._safe_text import printable
 from wattwise.report._data import (
     STAGE_ORDER,
     best_epochs,
@@ -126,7 +129,13 @@ def pareto(data: ReportData, colors: dict[str, str]) -> str | None:
         fig, axes = _grid(1, row_in=3.4)
         ax = axes[0, 0]
         for arch, group in runs.groupby("architecture", sort=False):
-            ax.scatter(group["total_wh"], group[data.metric], s=22, color=colors[arch], label=arch)
+            ax.scatter(
+                group["total_wh"],
+                group[data.metric],
+                s=22,
+                color=colors[arch],
+                label=printable(arch),
+            )
         points = sorted((e, m) for e, m, f in zip(energy, metric, frontier, strict=True) if f)
         ax.plot(
             [p[0] for p in points],
@@ -143,7 +152,7 @@ def pareto(data: ReportData, colors: dict[str, str]) -> str | None:
             ax.set_xscale("log")
         ax.set_xlabel("energy (Wh, device total before PUE)")
         better = "lower is better" if data.metric_lower_is_better else "higher is better"
-        ax.set_ylabel(f"{data.metric.removeprefix('metric/')} ({better})")
+        ax.set_ylabel(printable(f"{data.metric.removeprefix('metric/')} ({better})"))
         _legend(ax)
         return _svg(fig, "pareto")
 
@@ -171,13 +180,25 @@ def epoch_energy(data: ReportData, architectures: Sequence[str]) -> str | None:
                 values = table[stage].to_numpy()
                 color = STAGE_COLORS.get(stage, "#bcbd22")
                 if len(epochs) <= 40:
-                    ax.bar(epochs, values, bottom=bottom, width=0.8, color=color, label=stage)
+                    ax.bar(
+                        epochs,
+                        values,
+                        bottom=bottom,
+                        width=0.8,
+                        color=color,
+                        label=printable(stage),
+                    )
                 else:
                     ax.fill_between(
-                        epochs, bottom, bottom + values, step="mid", color=color, label=stage
+                        epochs,
+                        bottom,
+                        bottom + values,
+                        step="mid",
+                        color=color,
+                        label=printable(stage),
                     )
                 bottom = bottom + values
-            ax.set_title(str(arch), loc="left")
+            ax.set_title(printable(arch), loc="left")
             ax.set_ylabel("Wh per epoch")
         axes[-1].set_xlabel("epoch")
         _legend(axes[0])
@@ -204,11 +225,11 @@ def timelines(
                     power_w,
                     linewidth=0.9,
                     color=KIND_COLORS.get(kind),
-                    label=f"{kind}: {names['device_name'].get(device_id, device_id)}",
+                    label=printable(f"{kind}: {names['device_name'].get(device_id, device_id)}"),
                     drawstyle="steps-post" if source["from_phases"] else "default",
                 )
             how = "per-phase mean power" if source["from_phases"] else "sampled power"
-            ax.set_title(f"{run['architecture']} · {rid[:8]} ({how})", loc="left")
+            ax.set_title(printable(f"{run['architecture']} · {rid[:8]} ({how})"), loc="left")
             ax.set_ylabel("W")
             ax.set_ylim(bottom=0)
             _legend(ax, fontsize=7)
@@ -263,7 +284,7 @@ def cost_and_carbon(data: ReportData, architectures: Sequence[str], colors: dict
     means = means.reindex([a for a in architectures if a in means.index])
     names = [s.name for s in data.scenarios]
     with _style():
-        labels = [str(a) for a in means.index]
+        labels = [printable(a) for a in means.index]
         fig, grid = _grid(
             1,
             2,
@@ -283,7 +304,9 @@ def cost_and_carbon(data: ReportData, architectures: Sequence[str], colors: dict
             bar_colors = [colors[a] for a in means.index]
             ax_cost.barh(offset, means[cost_column(name)], color=bar_colors, **style)
             ax_co2.barh(offset, means[co2e_column(name)], color=bar_colors, **style)
-            keys.append(Patch(facecolor="#777777", edgecolor="white", hatch=hatch, label=name))
+            keys.append(
+                Patch(facecolor="#777777", edgecolor="white", hatch=hatch, label=printable(name))
+            )
         ax_cost.set_yticks(y, labels)
         ax_cost.invert_yaxis()
         ax_cost.set_xlabel("USD per run (mean)")
@@ -320,7 +343,7 @@ def params_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, st
                 markersize=3,
                 drawstyle="steps-pre",
                 color=colors[arch],
-                label=f"{arch} · {rid[:8]}",
+                label=printable(f"{arch} · {rid[:8]}"),
             )
         ax.set_xlabel("cumulative energy at epoch end (Wh)")
         ax.set_ylabel("trainable parameters")
@@ -352,7 +375,7 @@ def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str])
                 markersize=2.5,
                 linewidth=1,
                 color=colors[arch],
-                label=f"{arch} · {rid[:8]}",
+                label=printable(f"{arch} · {rid[:8]}"),
             )
             ax.plot(
                 [best.loc[rid, "cumulative_wh"]],
@@ -365,7 +388,7 @@ def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str])
             )
         ax.set_xlabel("cumulative energy at epoch end (Wh, device total before PUE)")
         better = "lower is better" if data.val_metric_lower_is_better else "higher is better"
-        ax.set_ylabel(f"{data.val_metric} ({better})")
+        ax.set_ylabel(printable(f"{data.val_metric} ({better})"))
         _legend(ax, fontsize=7)
         return _svg(fig, "val")
 
@@ -378,7 +401,7 @@ def lineage(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) ->
 
     runs = data.runs.set_index("run_id").loc[list(run_ids)]
     with _style():
-        labels = [f"{a} · {rid[:8]}" for rid, a in runs["architecture"].items()]
+        labels = [printable(f"{a} · {rid[:8]}") for rid, a in runs["architecture"].items()]
         fig, axes = _grid(1, row_in=0.4 * len(runs) + 0.4, left_in=_label_width_in(labels))
         ax = axes[0, 0]
         y = np.arange(len(runs))
