@@ -11,10 +11,12 @@ counter within 1% of the live counter).
 
     python bench/gpu_check.py [--load-s 20] [--out DIR]
 
-With ``WATTWISE_REPLAY_NVML=trace.csv`` it dry-runs on a machine without a GPU (the "load" is
-then a CPU matrix product and the GPU figures come from the trace). Only the code path is checked
-then: the Meter's and the recorder's replays start at different instants of the trace, so the
-live-vs-replay column means nothing in a dry run. Not yet run on a real GPU.
+Dry run on a machine without a GPU (``bash bench/gpu_check.sh --dry-run``): NVML is the stand-in
+libnvidia-ml.so.1 of tests/nvml_standin replaying a real H200 recording, and the "load" a CPU
+matrix product, so the GPU figures follow the recording, not the load; the Meter and the recorder
+read one NVML timeline, so the live-vs-counter column is meaningful there too. With
+``WATTWISE_REPLAY_NVML=trace.csv`` the replay sensor stands in instead (then the Meter's and the
+recorder's replays start at different instants and live-vs-replay means nothing).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--load-s", type=float, default=20.0)
     parser.add_argument("--idle-s", type=float, default=3.0)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/results/tmp"))
+    parser.add_argument("--json", type=pathlib.Path, help="also write the table to this file")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -119,15 +122,31 @@ def main() -> None:
         f"{'phase':12} {'s':>6} {'live J':>10} {'replay J':>10} {'power J':>10} "
         f"{'replay-live':>12} {'power-counter':>14}"
     )
+    table = []
     for name, _ in marks[:-1]:
         lv, rc, rp = live.get(name), replayed["counter"][name], replayed["power"][name]
         live_j = lv.energy_j if lv else float("nan")
+        table.append(
+            {
+                "phase": name,
+                "seconds": rc.duration_s,
+                "live_j": live_j,
+                "live_method": lv.method if lv else None,
+                "counter_j": rc.energy_j,
+                "power_j": rp.energy_j,
+                "live_vs_counter_pct": (live_j - rc.energy_j) / rc.energy_j * 100,
+                "power_vs_counter_pct": (rp.energy_j - rc.energy_j) / rc.energy_j * 100,
+            }
+        )
         print(
             f"{name:12} {rc.duration_s:6.2f} {live_j:10.1f} {rc.energy_j:10.1f} "
             f"{rp.energy_j:10.1f} {(rc.energy_j - live_j) / live_j * 100:+11.2f}% "
             f"{(rp.energy_j - rc.energy_j) / rc.energy_j * 100:+13.2f}%"
         )
     print(f"trace: {trace_path} ({len(rows)} rows)")
+    if args.json:
+        gpu_info = {"name": gpu.name, "method": gpu.method, "flags": sorted(gpu.flags)}
+        args.json.write_text(json.dumps({"gpu": gpu_info, "phases": table}, indent=1))
 
 
 if __name__ == "__main__":

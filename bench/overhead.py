@@ -7,7 +7,11 @@ ZeusMonitor where it is installed. Each run is a fresh Python process; the track
 interleaved, round after round, so drift of the machine hits them all alike. For each tracker it
 prints the throughput ratio against the no-tracker run of the same round (median and range over
 rounds) and its start-up time (import + construction + start; for EnergyCallback the callback's
-set-up hook, where its meter starts), stop time and what energy it reported.
+set-up hook, where its meter starts), stop time and what energy it reported. Where NVML has GPUs,
+EnergyCallback's GPU energy is also set against NVML's raw energy counters read just before and
+just after its set-up hook and its teardown: its run starts inside set-up and ends inside
+teardown, so its GPU energy must lie between the inner and the outer counter change (give or take
+one ~0.1 s counter update at each end).
 
     python bench/overhead.py                      # a few minutes on a laptop CPU
     python bench/overhead.py --rounds 10 --steps 2000 --json bench/results/overhead.json
@@ -94,22 +98,40 @@ def _worker(args: argparse.Namespace) -> dict:
         out["construct_s"] = time.perf_counter() - t
         setup = cb.setup
         teardown = cb.teardown
+        counter = _RawCounter()
+        raw: list[float | None] = []
+        stamps: list[float] = []
+
+        def read_raw() -> None:
+            raw.append(counter.read())
+            stamps.append(time.perf_counter())
 
         def timed_setup(*a, **k):
+            read_raw()  # outside the timed span: ~4 ms per GPU on Hopper
             t = time.perf_counter()
             setup(*a, **k)
             out["setup_s"] = time.perf_counter() - t
+            read_raw()
 
         def timed_teardown(*a, **k):
+            read_raw()
             t = time.perf_counter()
             teardown(*a, **k)
             out["stop_s"] = time.perf_counter() - t
+            read_raw()
+            if None not in raw:  # the run lies inside the outer reads, around the inner ones
+                out["nvml_outer_wh"] = raw[3] - raw[0]
+                out["nvml_inner_wh"] = raw[2] - raw[1]
+                out["nvml_outer_s"] = stamps[3] - stamps[0]
 
         cb.setup, cb.teardown = timed_setup, timed_teardown
         callbacks.append(cb)
     elif args.worker.startswith("codecarbon"):
         t = time.perf_counter()
-        from codecarbon import OfflineEmissionsTracker
+        try:
+            from codecarbon import OfflineEmissionsTracker
+        except ImportError as err:
+            return {"tracker": args.worker, "skipped": f"codecarbon is not importable ({err})"}
 
         out["import_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -171,8 +193,37 @@ def _worker(args: argparse.Namespace) -> dict:
     if args.worker.startswith("energy"):
         out["startup_s"] += out.get("setup_s", 0.0)
         out["energy_wh"] = callbacks[1].summary.get("energy_wh")
+        out["gpu_wh"] = callbacks[1].summary.get("energy_by_kind_wh", {}).get("gpu")
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
+
+
+class _RawCounter:
+    """NVML's own energy counters, summed over every GPU, read straight through pynvml: the
+    yardstick for EnergyCallback's GPU energy. ``read()`` returns Wh since the first read
+    (None where NVML or a counter is missing)."""
+
+    def __init__(self) -> None:
+        self.first_mj: int | None = None
+
+    def read(self) -> float | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                n = pynvml.nvmlDeviceGetCount()
+                mj = sum(
+                    pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(i))
+                    for i in range(n)
+                )
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # no NVML, no GPU, no counter: no yardstick
+            return None
+        if self.first_mj is None:
+            self.first_mj = mj
+        return (mj - self.first_mj) / 3.6e6
 
 
 def _run_one(tracker: str, args: argparse.Namespace) -> dict:
@@ -236,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skip {tracker}: {result['skipped']}", flush=True)
                 continue
             runs.append(result)
+            if args.json:  # after every run: a run cut short by a timeout keeps what it measured
+                with open(args.json, "w") as fh:
+                    json.dump({"args": vars(args), "runs": runs, "skipped": skipped}, fh, indent=1)
             print(
                 f"round {round_} {tracker:>12}: {result['steps_per_s']:8.1f} steps/s, "
                 f"start-up {result['startup_s'] * 1000:7.1f} ms",
@@ -266,6 +320,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{tracker:>12}  {_spread(ratios):>38}  {start_ms:11.1f}  {stop_ms:8.1f}  "
             f"{energy:>10}  {rss:8.0f}"
         )
+    for r in runs:
+        if r.get("gpu_wh") and r.get("nvml_outer_wh"):
+            inner, wh, outer = r["nvml_inner_wh"], r["gpu_wh"], r["nvml_outer_wh"]
+            # the raw counter moves in ~0.1 s steps: allow one step of mean power at each end
+            step_wh = 0.1 * outer / r["nvml_outer_s"]
+            verdict = "inside" if inner - 2 * step_wh <= wh <= outer + 2 * step_wh else "OUTSIDE"
+            print(
+                f"{r['tracker']:>12}  GPU {wh:.5f} Wh; NVML counter from after set-up to "
+                f"before teardown {inner:.5f} Wh, from before set-up to after teardown "
+                f"{outer:.5f} Wh: {verdict}"
+            )
     setup = [r["setup_s"] * 1000 for r in runs if r["tracker"] == "energy" and "setup_s" in r]
     if setup:
         print(

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from lightning_callbacks import _live
 from lightning_callbacks._compat import (
     batch_size,
     callback_bases,
@@ -47,6 +48,7 @@ from lightning_callbacks._compat import (
 from wattwise import units
 from wattwise._safe_text import printable
 from wattwise.errors import BadInput, UnknownHardware
+from wattwise.pricing import priced_gpus as _priced_gpus  # BudgetGuard imports it from here
 from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ CHECKPOINT_STAMP = "wattwise_run_id"
 STATE_VERSION = 1
 OWN_METRICS = ("energy/", "power/", "cost/", "carbon/")
 """Prefixes of the metrics the callback logs (not stored again as the run's final metrics)."""
-_RUNTIME_ATTRS = ("_meter", "_ledger", "_config")
-"""Live objects (sampler thread, SQLite connection, loaded settings): never pickled or copied."""
+_RUNTIME_ATTRS = ("_meter", "_ledger", "_config", "_metrics")
+"""Live objects (sampler thread, SQLite connection, loaded settings, metrics server): never
+pickled or copied."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -129,6 +132,8 @@ class _EnergyLogic:
         log_metrics: bool = True,
         baseline: str | None = None,
         tags: Iterable[str] = (),
+        metrics_port: int | str | None = None,
+        pushgateway: str | None = None,
     ) -> None:
         self._ledger = None
         if ledger is None or isinstance(ledger, str | os.PathLike):
@@ -177,6 +182,7 @@ class _EnergyLogic:
         self.log_metrics = bool(log_metrics)
         self.baseline = baseline
         self.tags = tuple(tags)
+        self.metrics_port, self.pushgateway = _live.check(metrics_port, pushgateway)
         # Results, carried by state_dict (plain numbers) so a resumed fit continues them.
         self.run_id: str | None = None
         self.epochs_completed = 0
@@ -203,6 +209,7 @@ class _EnergyLogic:
         self._unsettled: list[list[Any]] = []  # provisional phases in the checkpoint loaded
         self._meter = None
         self._config = None
+        self._metrics = None  # the node's live metrics exporter (local rank 0)
         self._reset_call_state()
 
     def _reset_call_state(self) -> None:
@@ -231,6 +238,11 @@ class _EnergyLogic:
     def energy_j(self) -> float:
         """Cumulative device energy so far (all ranks, all devices, before PUE), in J."""
         return sum(self.energy_by_kind_j.values())
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT/metrics`` while this process serves live metrics (local rank 0)."""
+        return self._metrics.url if self._metrics is not None else None
 
     @property
     def state_key(self) -> str:
@@ -339,6 +351,7 @@ class _EnergyLogic:
         meter.start(first)
         self._call_start_s = time.monotonic()  # the measured span starts here
         self._meter, self._label, self._n_marks = meter, first, 0
+        self._guard(trainer, "live metrics", _live.attach, self, trainer, meter)
 
         if first == "baseline":
             time.sleep(IDLE_BASELINE_S)
@@ -374,6 +387,7 @@ class _EnergyLogic:
             if 0 <= epoch < len(self.epoch_energy_j):
                 self.epoch_energy_j[epoch] += delta_j
         self._unsettled = []
+        self._guard(trainer, "live metrics", _live.set_run, self, trainer, pl_module)
 
     def _forget_unrecorded(self) -> None:
         """A new run starts from zero: drop what earlier calls counted without a run to write
@@ -707,6 +721,7 @@ class _EnergyLogic:
         A provisional phase is counted as it is; when its final figures arrive (a later
         commit), the difference is added, and its ledger row is settled in place."""
         entries, devices = _merge(reports)
+        self._guard(trainer, "live metrics", _live.note, self, trainer, reports)
         for rank, report in enumerate(reports):
             if report is None:
                 continue
@@ -765,6 +780,7 @@ class _EnergyLogic:
             self._guard(trainer, "settings write", self._write_facts)
         if not tail:
             self._log_metrics(trainer, pl_module, in_epoch, duration_s)
+            self._guard(trainer, "live metrics", _live.push, self)
 
     def _above_idle_j(self, phase: PhaseEnergy | None) -> float:
         if phase is None:
@@ -908,6 +924,7 @@ class _EnergyLogic:
         self.duration_s += self._elapsed_s()
         self._call_start_s = None
         self._guard(trainer, "teardown", self._finish_run, trainer, status, reason)
+        self._guard(trainer, "live metrics", functools.partial(_live.push, final=True), self)
         self._reset_call_state()
 
     def _finish_run(self, trainer: Any, status: str, reason: str | None) -> None:
@@ -1002,6 +1019,13 @@ class EnergyCallback(_EnergyLogic, *callback_bases()):  # type: ignore[misc]
     - ``baseline="idle"``: measure the idle power for one second before the fit and also report
       the energy above it.
     - ``tags``: labels stored with the run.
+    - ``metrics_port``: serve live OpenMetrics for Prometheus on ``http://HOST:PORT/metrics``
+      from local rank 0 of each node (a port, or ``HOST:PORT``; a bare port listens on every
+      interface; 0: any free port, see ``metrics_url``). ``pushgateway``: ``HOST:PORT`` of a
+      Pushgateway the same metrics are pushed to at each epoch end and at the end. None: the
+      configuration in force (``WATTWISE_METRICS_PORT``, ``WATTWISE_PUSHGATEWAY``,
+      wattwise.toml). A port in use or a gateway that does not answer is a warning; training
+      goes on. See :mod:`wattwise.metrics`.
 
     After (and during) a fit: ``run_id``, ``summary``, ``energy_j``, ``epochs_completed``,
     ``epoch_energy_j``, ``epoch_duration_s``, ``peak_mem_gib`` (CUDA: the largest
@@ -1033,13 +1057,6 @@ def _money_scenario(
     scenarios). Shared with BudgetGuard so its budgets price what the callback reports."""
     scenario = pricing or settings.get("pricing")
     return region or settings.get("region"), scenario[0] if isinstance(scenario, list) else scenario
-
-
-def _priced_gpus(devices: Iterable[DeviceInfo]) -> tuple[str | None, int]:
-    """(GPU model for the price table, number of GPUs, at least 1) of the measured devices."""
-    gpus = [d for d in devices if d.kind == "gpu"]
-    name = (gpus[0].details.get("gpu") or gpus[0].name) if gpus else None
-    return name, max(1, len(gpus))
 
 
 def _meter_layout(trainer: Any) -> tuple[str | list[int], bool] | None:

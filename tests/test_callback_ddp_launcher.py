@@ -45,9 +45,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_fit(tmp_path: pathlib.Path, trace: pathlib.Path, *args: str, nodes: int = 1):
+def run_fit(tmp_path: pathlib.Path, trace: pathlib.Path | None, *args: str, nodes: int = 1):
     """Run ddp_fit.py (``nodes`` node processes on this machine, NODE_RANK 0..nodes-1) and return
-    (ledger, {global rank: what that rank wrote})."""
+    (ledger, {global rank: what that rank wrote}). ``trace``: the replayed GPU; None: NVML (the
+    stand-in of tests/test_nvml_standin.py)."""
     # no wattwise settings, and nothing that makes Lightning think a cluster launched the ranks
     # (a CI job under SLURM or torchrun): the ddp launcher itself must start them
     env = {
@@ -59,10 +60,11 @@ def run_fit(tmp_path: pathlib.Path, trace: pathlib.Path, *args: str, nodes: int 
     env.update(
         # the script must import this checkout (its own directory comes first on sys.path)
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        WATTWISE_REPLAY_NVML=str(trace),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_port()),
     )
+    if trace is not None:
+        env["WATTWISE_REPLAY_NVML"] = str(trace)
     db, out_dir = tmp_path / "w.db", tmp_path / "ranks"
     out_dir.mkdir()
     command = [sys.executable, str(SCRIPT), str(db), str(out_dir), *args]

@@ -64,12 +64,15 @@ class CopyProbe(pl.Callback):
 
 @pytest.mark.slow
 def test_during_and_after_a_fit(tmp_path, replay):  # noqa: F811
-    cb = EnergyCallback(ledger=tmp_path / "w.db")
+    # serving live metrics the while: the server and its thread never travel either
+    cb = EnergyCallback(ledger=tmp_path / "w.db", metrics_port="127.0.0.1:0")
     probe = CopyProbe(cb)
     trainer(tmp_path, [cb, probe], max_epochs=2).fit(TinyModel(), loader(), loader(32))
+    assert cb.metrics_url is not None
     for moment, clones in probe.copies.items():
         for clone in clones:
             assert clone._meter is None and clone._ledger is None, moment
+            assert clone._metrics is None and clone.metrics_port == "127.0.0.1:0", moment
     assert cb._meter is None  # stopped at teardown
     # a copy taken after epoch 1 was committed carries its numbers and the run id
     mid = probe.copies["epoch"][0]

@@ -6,7 +6,16 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("pynvml", "torch", "codecarbon", "lightning", "pytorch_lightning", "pandas", "psycopg")
+HEAVY = (
+    "pynvml",
+    "torch",
+    "codecarbon",
+    "lightning",
+    "pytorch_lightning",
+    "pandas",
+    "prometheus_client",
+    "psycopg",
+)
 
 
 def test_import_is_light_and_fast() -> None:

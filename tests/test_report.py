@@ -82,7 +82,7 @@ def test_csv_round_trip_with_hand_checked_values(ledger, settings, tmp_path) -> 
         "method_mix", "estimated_kinds", "flags", "region", "gco2e_per_kwh",
         "cost_usd[onprem]", "cost_usd[aws:p5.48xlarge]", "co2e_kg[onprem]",
         "co2e_kg[aws:p5.48xlarge]", "metric/val_acc", "metric/val_loss", "j_per_train_sample",
-        "wh_to_best_val", "cumulative_wh",
+        "wh_to_best_val", "wh_to_target_val", "cumulative_wh",
     ]  # fmt: skip
     assert list(table.columns) == expected_columns
     assert list(table.index) == [rid for rid, _ in runs.values()]

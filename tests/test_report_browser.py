@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 from _ledger_factory import RunSpec, add_run, realistic
+from _require import missing
 
 from wattwise import config
 from wattwise.ledger import Ledger
@@ -23,10 +24,14 @@ HOSTILE = "<script>alert(1)</script>"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)"
-    ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _needs_chromium() -> None:
+    if CHROMIUM is None:
+        missing("headless Chromium is not installed (apt-get install chromium)")
+
 
 # Appended to a copy of the report: sorts the summary table by total energy, both ways, and
 # records the order it sees, so the dumped DOM shows whether the page's own sort script works.

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wattwise.errors import ConfigError
+from wattwise.errors import BadInput, ConfigError
 from wattwise.hardware import NUMERIC_FIELDS
 from wattwise.units import HOURS_PER_YEAR
 
@@ -43,6 +43,8 @@ ENV_VARS: dict[str, str] = {
     "region": "WATTWISE_REGION",
     "pricing": "WATTWISE_PRICING",
     "ledger": "WATTWISE_LEDGER",
+    "metrics_port": "WATTWISE_METRICS_PORT",
+    "pushgateway": "WATTWISE_PUSHGATEWAY",
 }
 
 
@@ -106,6 +108,32 @@ def _pricing(value: Any, key: str, where: str) -> str | list[str]:
         if name != "onprem" and not (provider and instance):
             raise _fail(where, key, name, accepted)
     return names if isinstance(value, list) else names[0]
+
+
+def _endpoint(value: Any, key: str, where: str) -> str | None:
+    """``HOST:PORT`` to serve live metrics on (a bare port: all interfaces), or None."""
+    from wattwise import metrics
+
+    if value is None:
+        return None
+    try:
+        return metrics.endpoint_text(*metrics.parse_endpoint(value, key))
+    except BadInput:
+        raise _fail(
+            where, key, value, "a port 0-65535, or HOST:PORT (127.0.0.1:9400, [::1]:9400)"
+        ) from None
+
+
+def _gateway(value: Any, key: str, where: str) -> str | None:
+    """The Pushgateway's URL, or None."""
+    from wattwise import metrics
+
+    if value is None:
+        return None
+    try:
+        return metrics.parse_gateway(value, key)
+    except BadInput:
+        raise _fail(where, key, value, "HOST:PORT of a Pushgateway, or http://HOST:PORT") from None
 
 
 def _pue(value: Any, key: str, where: str) -> float | dict[str, float] | None:
@@ -221,6 +249,20 @@ KEYS: dict[str, Key] = {
         _number(0.0, strict=True),
     ),
     "ledger": Key("path", "wattwise.db", "ledger file or postgresql:// URL", _text()),
+    "metrics_port": Key(
+        "port, HOST:PORT or null",
+        None,
+        "serve live OpenMetrics for Prometheus on http://HOST:PORT/metrics (a bare port: all "
+        "interfaces, 0.0.0.0); null = not served",
+        _endpoint,
+    ),
+    "pushgateway": Key(
+        "HOST:PORT or null",
+        None,
+        "Prometheus Pushgateway the live metrics are pushed to at each epoch end and at the "
+        "run's end (job wattwise, grouped by run_id); null = no push",
+        _gateway,
+    ),
     "sample_hz": Key("number > 0", 10.0, "sensor sampling rate in Hz", _number(0.0, strict=True)),
     "instances": Key(
         "table name -> {gpus, gpu, price_per_hour_usd, source, date}",

@@ -140,6 +140,11 @@ class DeviceIntegrator:
         return -math.inf if self._last_t is None else self._last_t
 
     @property
+    def last_power_w(self) -> float | None:
+        """The newest power reading (None before any, or while the sensor is lost)."""
+        return None if not self._pt or self.lost else self._pw[-1]
+
+    @property
     def lost(self) -> bool:
         return self._lost_since is not None
 

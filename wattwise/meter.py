@@ -14,6 +14,7 @@ readings that fail become flags on the phases (``sensor_lost``, ``counter_reset`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput, SensorError
+from wattwise.metrics import parse_endpoint, parse_gateway
 from wattwise.sampler import Sampler
 from wattwise.sensors.base import Sensor
 from wattwise.types import DEVICE_KINDS, DeviceInfo, PhaseEnergy
@@ -30,6 +32,7 @@ from wattwise.units import j_to_wh
 
 if TYPE_CHECKING:  # pragma: no cover
     from wattwise.ledger import Ledger
+    from wattwise.metrics import Exporter
     from wattwise.sensors.discovery import Discovery
 
 log = logging.getLogger(__name__)
@@ -89,11 +92,15 @@ class Meter:
         parent: str | None = None,
         sensors: Sequence[Sensor] | Discovery | None = None,
         clock: Callable[[], float] | None = None,
+        metrics_port: int | str | None = None,
+        pushgateway: str | None = None,
     ) -> None:
         if not (isinstance(sample_hz, int | float) and math.isfinite(sample_hz) and sample_hz > 0):
             raise BadInput(f"sample_hz={sample_hz!r} is not accepted: give a rate in Hz above 0")
         if architecture is not None and (not isinstance(architecture, str) or not architecture):
             raise BadInput(f"architecture={architecture!r} is not accepted: give a non-empty label")
+        self._endpoint = None if metrics_port is None else parse_endpoint(metrics_port)
+        self._gateway = None if pushgateway is None else parse_gateway(pushgateway)
         self.architecture = architecture
         self.sample_hz = float(sample_hz)
         self.cpu_mode = cpu_mode
@@ -115,6 +122,7 @@ class Meter:
         self._phases: list[PhaseEnergy] = []
         self._t_start_s = 0.0
         self._finalizer: weakref.finalize | None = None
+        self._metrics: Exporter | None = None
 
     # ---- life cycle ------------------------------------------------------------------------
     def start(self, label: str = "run") -> Meter:
@@ -139,7 +147,30 @@ class Meter:
         sampler.boundary(label)
         sampler.start()
         self._sampler = sampler
+        if self._endpoint is not None or self._gateway is not None:
+            self._start_metrics(sampler, devices)
         return self
+
+    def _start_metrics(self, sampler: Sampler, devices: list[DeviceInfo]) -> None:
+        """Serve / push this span's live figures (a Meter reads no configuration: the
+        callback and ``wattwise run`` resolve ``WATTWISE_METRICS_PORT`` and pass it on)."""
+        from wattwise.metrics import Exporter, Money
+
+        exporter = Exporter(self._endpoint, self._gateway, clock=self._clock).start()
+        exporter.attach(functools.partial(sampler.live, (END_LABEL,)), devices)
+        money = None
+        if self.region is not None or self.pricing is not None:
+            try:
+                money = Money.resolve(self.region, self.pricing, self.pricing is not None, None)
+            except Exception as err:  # a region or scenario that cannot be used: no money
+                self._warn(f"live metrics without cost and CO2e: {err}")
+        exporter.set_run(self.run_id, self.architecture or "meter", region=self.region, money=money)
+        self._metrics = exporter
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT/metrics`` while live metrics are served (None otherwise)."""
+        return self._metrics.url if self._metrics is not None else None
 
     def _begin_run(self, devices: list[DeviceInfo]) -> None:
         from wattwise.ledger import Ledger
@@ -206,6 +237,12 @@ class Meter:
         self._phases.extend(final)
         return final, provisional
 
+    def live(self) -> tuple[dict[tuple[str, str, str], float], dict[str, float]]:
+        """Energy by (device_id, phase, method) and newest power by device, as known now: see
+        :meth:`Sampler.live` (for live metrics; cheap, from any thread)."""
+        sampler = self._sampler
+        return sampler.live((END_LABEL,)) if sampler is not None else ({}, {})
+
     def history(self) -> dict[str, list[tuple[float, float]]]:
         """device_id -> [(t_s, power_w)], bounded and downsampled."""
         return self._sampler.history() if self._sampler is not None else {}
@@ -232,6 +269,9 @@ class Meter:
         if self._finalizer is not None:
             self._finalizer()
         self.result = self._result(status, end_s - self._t_start_s)
+        if self._metrics is not None:  # final figures: served until the Meter goes, pushed now
+            self._metrics.detach()
+            self._metrics.push(wait=True)
         if self._ledger is not None and self.run_id is not None:
             self._ledger.add_phases(self.run_id, self._phases, epoch=None, devices=self.devices)
             for device_id, points in history.items():

@@ -30,7 +30,10 @@ from wattwise.errors import BadInput, UnknownHardware
 from wattwise.units import HOURS_PER_YEAR, S_PER_HOUR, j_to_kwh
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
     from wattwise.config import Settings
+    from wattwise.types import DeviceInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,13 @@ def _check(energy_j: float, duration_s: float, n_gpus: int) -> None:
             raise BadInput(f"bad {name} {value!r}; accepted: a finite number >= 0")
     if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
         raise BadInput(f"bad n_gpus {n_gpus!r}; accepted: an integer >= 1")
+
+
+def priced_gpus(devices: Iterable[DeviceInfo]) -> tuple[str | None, int]:
+    """(GPU model for the price table, number of GPUs, at least 1) of measured devices."""
+    gpus = [d for d in devices if d.kind == "gpu"]
+    name = (gpus[0].details.get("gpu") or gpus[0].name) if gpus else None
+    return name, max(1, len(gpus))
 
 
 def cost(

@@ -121,6 +121,8 @@ class Sampler:
         self._incoming: collections.deque[tuple[str, float]] = collections.deque()
         self._bounds: list[_Boundary] = []  # from the start of the open phase on
         self._ready: list[PhaseEnergy] = []
+        # (device_id, phase label, method) -> J of every finalized phase (for live())
+        self._done_j: dict[tuple[str, str, str], float] = {}
         self._warned: set[tuple[str, str]] = set()
         self._last_counter_s = -math.inf
         self._collect_wanted = False
@@ -216,6 +218,43 @@ class Sampler:
                 )
             )
         return out
+
+    def live(
+        self, exclude: Sequence[str] = ()
+    ) -> tuple[dict[tuple[str, str, str], float], dict[str, float]]:
+        """What is known now, for live metrics (a scrape on another thread): cheap, no read.
+
+        Returns ``(energy, power)``: ``energy`` maps ``(device_id, phase label, method)`` to
+        the J of every finalized phase since the start plus the phases still open (settled or
+        not: as :meth:`collect_nowait` would give them provisional), the open one up to the
+        newest reading; ``power`` maps device_id to its newest power reading (a lost sensor
+        has none). Phases named in ``exclude`` (the Meter's end marker) count nothing.
+        Once every phase is finalized (after ``Meter.stop``) ``energy`` sums to the phases
+        returned, exactly.
+        """
+        with self._lock:
+            self._drain()
+            energy = dict(self._done_j)
+            if self._bounds:
+                now = {
+                    dev: (i.cumulative_j(max(i.last_t_s, self._bounds[-1].t_s)), i.method_for())
+                    for dev, i in self._integrators.items()
+                }
+                marks = [self._bound_energy(b) for b in self._bounds]
+                for b, e0, e1 in zip(self._bounds, marks, [*marks[1:], now], strict=True):
+                    if b.label in exclude:
+                        continue
+                    for dev, (j0, _) in e0.items():
+                        j1, method = e1[dev]
+                        key = (dev, b.label, method)
+                        energy[key] = energy.get(key, 0.0) + max(0.0, j1 - j0)
+            power = {
+                dev: w for dev, i in self._integrators.items() if (w := i.last_power_w) is not None
+            }
+        return energy, power
+
+    def _bound_energy(self, b: _Boundary) -> dict[str, tuple[float, Method]]:
+        return b.energy if b.energy is not None else self._energy_at(b.t_s)
 
     def history(self) -> dict[str, list[tuple[float, float]]]:
         """device_id -> [(t_s, power_w)], bounded by ``history_points``."""
@@ -334,7 +373,11 @@ class Sampler:
         while len(self._bounds) >= 2 and self._bounds[1].energy is not None:
             start, end = self._bounds.pop(0), self._bounds[0]
             assert start.energy is not None and end.energy is not None
-            self._ready.extend(self._make_phases(start, end, start.energy, end.energy, frozenset()))
+            made = self._make_phases(start, end, start.energy, end.energy, frozenset())
+            for phase in made:
+                key = (phase.device_id, phase.name, phase.method)
+                self._done_j[key] = self._done_j.get(key, 0.0) + phase.energy_j
+            self._ready.extend(made)
 
     def _make_phases(
         self,

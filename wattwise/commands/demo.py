@@ -17,8 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from wattwise.zoo.demo import DemoResult, ProgressHook
 
-QUICK_EPOCHS = 10
-FULL_EPOCHS = 40
+from wattwise.zoo.settings import CPU_QUICK_EPOCHS, EPOCHS, TASKS
+
+QUICK_EPOCHS = EPOCHS["digits"][0]
+FULL_EPOCHS = EPOCHS["digits"][1]
 
 
 def _progress_display() -> tuple[ProgressHook, Progress]:
@@ -49,6 +51,13 @@ def _progress_display() -> tuple[ProgressHook, Progress]:
     return hook, display
 
 
+def _notice(note: str) -> None:
+    """A note on how this run differs from the task's full form, on stderr before training."""
+    from rich.console import Console
+
+    Console(stderr=True).print(literal(f"note: {note}"), soft_wrap=True)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -56,20 +65,24 @@ def _fmt(value: float | None, spec: str) -> str:
 def _show(result: DemoResult) -> None:
     epochs = sorted({run.epochs for run in result.runs})
     table = make_table(
-        title="wattwise demo: what each architecture cost",
+        title=f"wattwise demo ({result.task}): what each architecture cost",
         caption=f"{', '.join(map(str, epochs))} training epochs each, then the test set; "
-        "cost and CO2e include PUE",
+        "cost and CO2e include PUE; shape: width x depth"
+        + "".join(f"; {note}" for note in result.notes),
     )
-    for column in ("model", "test acc", "s", "Wh", "USD", "gCO2e", "params"):
+    for column in ("model", "test acc", "s", "Wh", "USD", "gCO2e", "params", "shape"):
         table.add_column(
             column,
             justify="left" if column == "model" else "right",
-            no_wrap=column in ("model", "params"),
+            no_wrap=column in ("model", "params", "shape"),
         )
     for run in result.runs:
         params = f"{run.params_start:,}"
         if run.params_end != run.params_start:
             params += f" -> {run.params_end:,}"
+        shape = f"{run.width_start}x{run.depth_start}"
+        if (run.width_end, run.depth_end) != (run.width_start, run.depth_start):
+            shape += f" -> {run.width_end}x{run.depth_end}"
         table.add_row(
             run.architecture,
             _fmt(run.test_acc, ".3f"),
@@ -78,9 +91,14 @@ def _show(result: DemoResult) -> None:
             _fmt(run.cost_usd, ".2g"),
             _fmt(None if run.co2e_kg is None else run.co2e_kg * 1000, ".3g"),
             params,
+            shape,
         )
     out = console()
     print_table(out, table)
+    if result.generation_s is not None and result.sizes:
+        total = sum(result.sizes.values())
+        made = f"{total:,} images generated on {result.device} in {result.generation_s:.2f} s"
+        out.print(literal(f"image set: {made}"))
     out.print(literal(f"ledger: {result.ledger_path}"))
     out.print(literal(f"report: {result.html_path}"))
     out.print(literal(f"csv:    {result.runs_csv}, {result.phases_csv}"))
@@ -92,14 +110,30 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         quick: Annotated[
-            bool, typer.Option("--quick", help=f"Short run: {QUICK_EPOCHS} epochs per model.")
+            bool,
+            typer.Option(
+                "--quick",
+                help="Short run: "
+                + ", ".join(f"{t} {EPOCHS[t][0]}" for t in TASKS)
+                + " epochs per model (images on a CPU: "
+                + f"{CPU_QUICK_EPOCHS['images']} epochs on a shrunk set).",
+            ),
         ] = False,
         epochs: Annotated[
             int | None,
             typer.Option(
                 "--epochs",
-                help=f"Training epochs per model (default {FULL_EPOCHS}, {QUICK_EPOCHS} with "
-                "--quick).",
+                help="Training epochs per model (default "
+                + ", ".join(f"{t} {EPOCHS[t][1]}" for t in TASKS)
+                + "; see --quick).",
+            ),
+        ] = None,
+        task: Annotated[
+            str | None,
+            typer.Option(
+                "--task",
+                help="digits (8x8 digits, MLPs; the default on a CPU) or images (generated 32x32 "
+                "RGB images, ResNets; the default where CUDA is available).",
             ),
         ] = None,
         ledger: Annotated[
@@ -125,17 +159,25 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train baseline, constrained and adaptive models with energy accounting and compare
         them in one report (one ledger run per model)."""
-        from wattwise.zoo.settings import check_settings
+        from wattwise.zoo.settings import check_settings, check_task, default_epochs
 
-        n_epochs = epochs if epochs is not None else QUICK_EPOCHS if quick else FULL_EPOCHS
-        check_settings(n_epochs, region, pricing, out, seed=seed)  # before heavy imports
+        check_task(task)
+        check_settings(epochs, region, pricing, out, seed=seed)  # before heavy imports
+
+        import torch
 
         from wattwise.zoo.demo import run_demo
 
+        cuda = torch.cuda.is_available()
+        task = task or ("images" if cuda else "digits")
+        n_epochs = epochs if epochs is not None else default_epochs(task, quick=quick, cuda=cuda)
         # --json: no progress display, and stdout is nothing but the JSON.
         hook, display = (None, contextlib.nullcontext()) if as_json else _progress_display()
         with display:
             result = run_demo(
+                task=task,
+                quick=quick,
+                notice=None if as_json else _notice,
                 epochs=n_epochs,
                 ledger=ledger,
                 out_dir=out,

@@ -349,6 +349,24 @@ def run_command(
         str | None,
         typer.Option("--architecture", help="Label of the run (default: the program's name)."),
     ] = None,
+    metrics_port: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve live OpenMetrics on http://HOST:PORT/metrics while the command runs: a "
+            "port (all interfaces) or HOST:PORT (default: $WATTWISE_METRICS_PORT, else none).",
+            show_default=False,
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="HOST:PORT of a Prometheus Pushgateway to push the run's metrics to at its "
+            "end (default: $WATTWISE_PUSHGATEWAY, else none).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Measure any command: its energy becomes a run in the ledger; its exit code is passed on."""
@@ -361,10 +379,15 @@ def run_command(
         raise BadInput(
             f"command {command[0]!r} not found or not executable; give a program on PATH"
         )
+    metrics_port, pushgateway = _live_settings(metrics_port, pushgateway)
     label = architecture or pathlib.Path(command[0]).name
     with Ledger(ledger) as book:
-        meter = Meter(ledger=book, architecture=label)
+        meter = Meter(
+            ledger=book, architecture=label, metrics_port=metrics_port, pushgateway=pushgateway
+        )
         meter.start()
+        if meter.metrics_url is not None:
+            typer.echo(f"wattwise: live metrics on {meter.metrics_url}", err=True)
         proc: subprocess.Popen | None = None
         try:
             proc = subprocess.Popen(command)
@@ -409,6 +432,22 @@ def run_command(
         )
     if code != 0:
         raise typer.Exit(code)
+
+
+def _live_settings(metrics_port: str | None, pushgateway: str | None) -> tuple[str | None, ...]:
+    """The flags, else the configuration in force (``WATTWISE_METRICS_PORT``,
+    ``WATTWISE_PUSHGATEWAY``, wattwise.toml), checked before the command starts (exit 2)."""
+    from wattwise import config, metrics
+
+    if metrics_port is None or pushgateway is None:
+        settings = config.load()
+        metrics_port = metrics_port or settings.get("metrics_port")
+        pushgateway = pushgateway or settings.get("pushgateway")
+    if metrics_port is not None:
+        metrics.parse_endpoint(metrics_port, "--metrics-port")
+    if pushgateway is not None:
+        metrics.parse_gateway(pushgateway, "--pushgateway")
+    return metrics_port, pushgateway
 
 
 def _exit_code(returncode: int) -> int:

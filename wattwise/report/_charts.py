@@ -351,6 +351,41 @@ def params_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, st
         return _svg(fig, "params")
 
 
+def shape_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) -> str | None:
+    """Width and depth (the ``GROWTH_METRICS`` a model records per epoch) against the run's
+    cumulative energy at each epoch end, one panel each, for models that grow."""
+    curves = {
+        name: frame[frame["run_id"].isin(run_ids)]
+        for name, frame in data.growth_curves.items()
+        if frame is not None
+    }
+    curves = {name: frame for name, frame in curves.items() if not frame.empty}
+    if not run_ids or not curves:
+        return None
+    architecture = dict(zip(data.runs["run_id"], data.runs["architecture"], strict=True))
+    with _style():
+        fig, grid = _grid(len(curves), row_in=1.6, sharex=True)
+        axes = grid[:, 0]
+        for ax, (name, frame) in zip(axes, curves.items(), strict=True):
+            for rid, group in frame.groupby("run_id", sort=False):
+                group = group.sort_values("epoch")
+                arch = architecture[rid]
+                ax.plot(
+                    group["cumulative_wh"].to_numpy(),
+                    group["value"].to_numpy(),
+                    marker="o" if len(group) <= 30 else None,
+                    markersize=3,
+                    drawstyle="steps-pre",
+                    color=colors[arch],
+                    label=f"{arch} · {rid[:8]}",
+                )
+            ax.set_ylabel(name.removeprefix("arch/"))
+            ax.set_ylim(bottom=0)
+        axes[-1].set_xlabel("cumulative energy at epoch end (Wh, device total before PUE)")
+        _legend(axes[0], fontsize=7)
+        return _svg(fig, "shape")
+
+
 def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str]) -> str | None:
     """The per-epoch validation metric against the run's cumulative energy at each epoch end,
     one line per run, its best epoch ringed."""
@@ -385,6 +420,10 @@ def val_energy(data: ReportData, run_ids: Sequence[str], colors: dict[str, str])
                 markerfacecolor="none",
                 color="black",
                 linewidth=0,
+            )
+        if data.target_val is not None:
+            ax.axhline(
+                data.target_val, color="#555555", linestyle="--", linewidth=0.8, label="target"
             )
         ax.set_xlabel("cumulative energy at epoch end (Wh, device total before PUE)")
         better = "lower is better" if data.val_metric_lower_is_better else "higher is better"

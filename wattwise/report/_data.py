@@ -36,6 +36,11 @@ _SAMPLES_PER_EPOCH_KEYS = ("train_samples_per_epoch",)
 # metric names measured on the validation set: val_loss, val/acc, valid_f1, validation_loss
 _VALIDATION_NAME = re.compile(r"^val(?:id(?:ation)?)?(?:[^a-z0-9]|$)")
 FALLBACK_VAL_METRIC = "val_loss"
+TARGET_FRACTION = 0.9
+"""``wh_to_target_val``'s target: this fraction of the best per-epoch value of the validation
+metric that any run in the report reached (higher-is-better metrics only)."""
+GROWTH_METRICS = ("arch/width", "arch/depth")
+"""Per-epoch metrics in which a model records its shape (the zoo's models log them)."""
 J_PER_TRAIN_SAMPLE_DEFINITION = (
     "device energy (GPU + CPU + RAM, before PUE) of every ledger row of the run's training "
     "epochs, all stages inside them (training, the validation run in the epoch, and the set-up "
@@ -103,6 +108,12 @@ class ReportData:
     val_metric_lower_is_better: bool = True
     val_curves: Any = None
     """DataFrame ``run_id, epoch, value, cumulative_wh`` of ``val_metric`` per epoch (or None)."""
+    target_val: float | None = None
+    """``wh_to_target_val``'s target value of ``val_metric`` (None: no target; see
+    :func:`target_value`)."""
+    growth_curves: dict[str, Any] = field(default_factory=dict)
+    """``GROWTH_METRICS`` name -> DataFrame ``run_id, epoch, value, cumulative_wh`` of the runs
+    that recorded it per epoch."""
 
 
 def cost_column(scenario: str) -> str:
@@ -294,6 +305,13 @@ def collect(
     val_lower = lower_is_better(val_metric) if val_metric else True
     curves = _val_curves(snapshots, val_metric, epoch_end_wh) if val_metric else None
     table["wh_to_best_val"] = _wh_to_best(ids, curves, lower=val_lower)
+    target = target_value(curves, lower=val_lower)
+    table["wh_to_target_val"] = wh_to_target(ids, curves, target)
+    growth_curves = {
+        name: _val_curves(snapshots, name, epoch_end_wh)
+        for name in GROWTH_METRICS
+        if any(isinstance(m, dict) and name in m for m in snapshots["metrics"])
+    }
     _samples_notes(table, notes)
     if val_metric is None:
         notes.append(
@@ -322,6 +340,8 @@ def collect(
         val_metric=val_metric,
         val_metric_lower_is_better=val_lower,
         val_curves=curves,
+        target_val=target,
+        growth_curves=growth_curves,
     )
 
 
@@ -399,6 +419,27 @@ def best_epochs(curves: pd.DataFrame, *, lower: bool) -> pd.DataFrame:
     ordered = curves.sort_values(["run_id", "epoch"], kind="stable")
     index = ordered.groupby("run_id", sort=False)["value"].agg("idxmin" if lower else "idxmax")
     return curves.loc[index.to_numpy()].set_index("run_id")
+
+
+def target_value(curves: pd.DataFrame | None, *, lower: bool) -> float | None:
+    """``TARGET_FRACTION`` of the best per-epoch value any run in ``curves`` reached; None for a
+    lower-is-better metric (a fraction of a loss is no target) or no curves."""
+    if lower or curves is None or curves.empty:
+        return None
+    best = float(curves["value"].max())
+    return TARGET_FRACTION * best if best > 0 else None
+
+
+def wh_to_target(
+    ids: Sequence[str], curves: pd.DataFrame | None, target: float | None
+) -> list[Any]:
+    """Per run: its cumulative energy (Wh) at the end of the first epoch whose value reached
+    ``target``; None for a run that never reached it (or no target)."""
+    if target is None or curves is None or curves.empty:
+        return [None] * len(ids)
+    reached = curves[curves["value"] >= target].sort_values(["run_id", "epoch"], kind="stable")
+    first = reached.groupby("run_id", sort=False)["cumulative_wh"].first()
+    return [first.get(rid) for rid in ids]
 
 
 def _wh_to_best(ids: Sequence[str], curves: pd.DataFrame | None, *, lower: bool) -> list[Any]:

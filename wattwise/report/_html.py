@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from wattwise.report import _charts
 from wattwise.report._data import (
     FALLBACK_VAL_METRIC,
+    GROWTH_METRICS,
     J_PER_TRAIN_SAMPLE_DEFINITION,
     KINDS,
+    TARGET_FRACTION,
     best_epochs,
     co2e_column,
     cost_column,
@@ -75,6 +77,7 @@ def render(data: ReportData, ledger: Any) -> str:
         "timelines": _charts.timelines(data, timeline_runs, series),
         "cost": _charts.cost_and_carbon(data, shown_architectures, colors),
         "params": _charts.params_energy(data, [r["run_id"] for r in growing], colors),
+        "shape": _charts.shape_energy(data, [r["run_id"] for r in growing], colors),
         "lineage": _charts.lineage(
             data, [r["run_id"] for r in lineage_rows[:MAX_RUN_CHARTS]], colors
         ),
@@ -93,6 +96,7 @@ def render(data: ReportData, ledger: Any) -> str:
         val_better="lower" if data.val_metric_lower_is_better else "higher",
         val_runs=len(val_runs),
         val_runs_total=_n_val_runs(data),
+        target=_target(data),
         derived=_derived(data),
         summary=_summary(data),
         architecture_rows=_architecture_rows(data, architectures),
@@ -167,6 +171,7 @@ def _summary(data: ReportData) -> dict[str, Any]:
     has_lineage = runs["parent_run_id"].map(lambda p: isinstance(p, str)).any()
     has_samples = runs["j_per_train_sample"].notna().any()
     has_best = runs["wh_to_best_val"].notna().any()
+    has_target = data.target_val is not None
     header = [
         ("run", False),
         ("architecture", False),
@@ -189,6 +194,8 @@ def _summary(data: ReportData) -> dict[str, Any]:
         header.append(("J per train sample", True))
     if has_best:
         header.append((f"Wh to best {data.val_metric}", True))
+    if has_target:
+        header.append((f"Wh to {data.val_metric} ≥ {num(data.target_val)}", True))
     if has_lineage:
         header.append(("cumulative (Wh)", True))
     header.append(("flags", False))
@@ -217,6 +224,10 @@ def _summary(data: ReportData) -> dict[str, Any]:
             cells.append((num(r["j_per_train_sample"], 3), ""))
         if has_best:
             cells.append((num(r["wh_to_best_val"], 4), ""))
+        if has_target:
+            reached = r["wh_to_target_val"]
+            missed = reached is None or (isinstance(reached, float) and math.isnan(reached))
+            cells.append(("not reached" if missed else num(reached, 4), ""))
         if has_lineage:
             cells.append((num(r["cumulative_wh"], 4), ""))
         cells.append((r["flags"], ""))
@@ -305,14 +316,30 @@ def _derived(data: ReportData) -> list[tuple[str, str]]:
             f"{FALLBACK_VAL_METRIC}; an epoch without validation repeats the last validation's "
             "values (Lightning keeps them)"
         )
+    if data.target_val is None:
+        target = (
+            f"empty: {data.val_metric} is lower-is-better (a fraction of it is no target)"
+            if data.val_metric is not None
+            else "empty: no run recorded a per-epoch validation metric"
+        )
+    else:
+        target = (
+            f"the run's own energy (Wh, as for wh_to_best_val) to the end of the first training "
+            f"epoch whose {data.val_metric} reached the target {num(data.target_val)}: "
+            f"{TARGET_FRACTION:.0%} of the best per-epoch {data.val_metric} any run in this "
+            f"report reached ({num(data.target_val / TARGET_FRACTION)}); empty for a run that "
+            "never reached it"
+        )
     return [
         ("j_per_train_sample", J_PER_TRAIN_SAMPLE_DEFINITION),
         (f"wh_to_best_val ({data.val_metric or 'no metric'})", best),
+        ("wh_to_target_val", target),
     ]
 
 
 def _growing_runs(data: ReportData) -> list[dict[str, Any]]:
-    """Runs whose trainable parameter count changed between epochs (adaptive models)."""
+    """Runs whose trainable parameter count changed between epochs (adaptive models), with the
+    shape (width, depth) they started and ended with where they recorded it per epoch."""
     snaps = data.snapshots
     counts = snaps.groupby("run_id", sort=False)["trainable_params"].nunique()
     growing = [rid for rid in data.runs["run_id"] if counts.get(rid, 1) > 1][:MAX_RUN_CHARTS]
@@ -323,8 +350,40 @@ def _growing_runs(data: ReportData) -> list[dict[str, Any]]:
         params = group["trainable_params"].tolist()
         epochs = group["epoch"].tolist()
         grew = [int(e) for e, a, b in zip(epochs[1:], params, params[1:], strict=False) if b != a]
-        rows.append({**_short(data, rid), "start": params[0], "end": params[-1], "epochs": grew})
+        shape = {}
+        for name in GROWTH_METRICS:
+            curve = data.growth_curves.get(name)
+            values = [] if curve is None else curve[curve["run_id"] == rid].sort_values("epoch")
+            key = name.removeprefix("arch/")
+            shape[key] = (
+                f"{num(values['value'].iloc[0])} → {num(values['value'].iloc[-1])}"
+                if len(values)
+                else "–"
+            )
+        rows.append(
+            {
+                **_short(data, rid),
+                "start": params[0],
+                "end": params[-1],
+                "epochs": grew,
+                **shape,
+            }
+        )
     return rows
+
+
+def _target(data: ReportData) -> dict[str, Any] | None:
+    """The target of ``wh_to_target_val`` and the runs that never reached it."""
+    if data.target_val is None:
+        return None
+    runs = data.runs
+    missed = runs[runs["wh_to_target_val"].isna()]
+    return {
+        "value": data.target_val,
+        "fraction": TARGET_FRACTION,
+        "best": data.target_val / TARGET_FRACTION,
+        "missed": [_short(data, rid) for rid in missed["run_id"]],
+    }
 
 
 def _lineage_rows(data: ReportData, ledger: Any) -> list[dict[str, Any]]:

@@ -6,8 +6,8 @@ Per device, the best source found when the sensor opens:
   method ``counter``; without it, method ``power`` (polled power integrated; flag ``power_only``).
   The counter costs ~4 ms of CPU per read on Hopper, so it is read only on ``read(counter=True)``.
 - power: field ``NVML_FI_DEV_POWER_INSTANT`` (186, mW) where the driver has it, else
-  ``nvmlDeviceGetPowerUsage`` (mW), which on Hopper and newer is a 1 s moving average (flag
-  ``averaged_power``).
+  ``nvmlDeviceGetPowerUsage`` (mW), which on Ampere (except GA100: A100, A30) and newer is a 1 s
+  moving average (flag ``averaged_power``; nvml.h).
 
 Faults: NVML missing -> ``open()`` raises ``SensorNotSupported``; a function missing from an old
 nvidia-ml-py or driver -> the next method; a counter that goes backwards -> flag ``counter_reset``;
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 UPDATE_PERIOD_S = 0.1  # NVML's counter and power readings change about every 100 ms
 FI_DEV_POWER_INSTANT = 186
-ARCH_HOPPER = 9
+ARCH_AMPERE = 7
 ARCH_UNKNOWN = 0xFFFFFFFF
 
 # NVML return codes (nvml.h, the same numbers as pynvml.NVML_ERROR_*) -> wattwise error class.
@@ -76,6 +76,7 @@ _HINTS = {
 }
 _VALUE_FIELDS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 _HOPPER_OR_NEWER_NAME = re.compile(r"\bG?[HB]\d{2,3}\b")
+_GA100_NAME = re.compile(r"\bA(100|30)\b")  # Ampere GA100 products: instantaneous power usage
 
 
 def translate(err: Exception, call: str) -> SensorError:
@@ -99,10 +100,15 @@ class _Nvml:
             fn = getattr(self.module, name)
         except AttributeError as err:
             raise SensorNotSupported(f"NVML {name}: missing from this nvidia-ml-py") from err
+        # nvidia-ml-py raises NVMLLibraryMismatchError, which is no NVMLError, where a driver
+        # lacks the versioned function an unversioned name calls (e.g. _v3 before R510)
+        mismatch = getattr(self.module, "NVMLLibraryMismatchError", self.module.NVMLError)
         try:
             return fn(*args)
         except self.module.NVMLError as err:
             raise translate(err, name) from err
+        except mismatch as err:
+            raise SensorNotSupported(f"NVML {name}: {err}") from err
 
     def optional(self, name: str, *args: Any) -> Any:
         """The call's result, or None where the device or driver does not offer it."""
@@ -272,15 +278,16 @@ class NvmlSensor(Sensor):
             if k.startswith("NVML_DEVICE_ARCH_")
         }
         if arch is None or arch == ARCH_UNKNOWN:
-            hopper_or_newer = bool(_HOPPER_OR_NEWER_NAME.search(name.upper()))
-        else:
-            hopper_or_newer = arch >= getattr(module, "NVML_DEVICE_ARCH_HOPPER", ARCH_HOPPER)
+            averaged = bool(_HOPPER_OR_NEWER_NAME.search(name.upper()))
+        else:  # nvml.h: averaged "on Ampere (except GA100) or newer GPUs"
+            ampere = getattr(module, "NVML_DEVICE_ARCH_AMPERE", ARCH_AMPERE)
+            averaged = arch > ampere or (arch == ampere and not _GA100_NAME.search(name.upper()))
         mig_mode = nv.optional("nvmlDeviceGetMigMode", h)
         mig = mig_named or bool(mig_mode and mig_mode[0] == 1)
         flags = set()
         if counter_mj is None:
             flags.add("power_only")
-        if power and hopper_or_newer:
+        if power and averaged:
             flags.add("averaged_power")
         if mig:
             flags.add("mig")
@@ -330,7 +337,10 @@ class NvmlSensor(Sensor):
         pids = set()
         for kind in ("Compute", "Graphics"):
             call = f"nvmlDeviceGet{kind}RunningProcesses"
-            pids.update(proc.pid for proc in self._nv.optional(call, gpu.handle) or ())
+            procs = self._nv.optional(call, gpu.handle)
+            if procs is None:  # a driver older than the binding's default (_v3, R510)
+                procs = self._nv.optional(f"{call}_v2", gpu.handle)
+            pids.update(proc.pid for proc in procs or ())
         return pids - self._own_pids() if pids else set()
 
     def _read_one(self, gpu: _Gpu, t_s: float, counter: bool) -> Sample:

@@ -1,5 +1,7 @@
 """Reference models to compare what architectures cost: ``MODELS`` maps the labels ``baseline``,
-``constrained`` and ``adaptive`` to LightningModule classes over scikit-learn's bundled digits.
+``constrained`` and ``adaptive`` to LightningModule classes over scikit-learn's bundled digits
+(MLPs), ``IMAGE_MODELS`` the same labels to small ResNets over a generated 32x32 image set
+(``ImagesDataModule``, nothing downloaded).
 
 Importing this package is cheap; its names load torch and Lightning on first use.
 """
@@ -10,7 +12,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from wattwise.zoo.convnets import (
+        IMAGE_MODELS,
+        AdaptiveResNet,
+        BaselineResNet,
+        ConstrainedResNet,
+    )
     from wattwise.zoo.data import DigitsDataModule, split_digits
+    from wattwise.zoo.images import ImagesDataModule
     from wattwise.zoo.models import (
         MODELS,
         AdaptiveMLP,
@@ -22,6 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 _WHERE = {
+    "IMAGE_MODELS": "convnets",
+    "AdaptiveResNet": "convnets",
+    "BaselineResNet": "convnets",
+    "ConstrainedResNet": "convnets",
+    "ImagesDataModule": "images",
     "DigitsDataModule": "data",
     "split_digits": "data",
     "MODELS": "models",
@@ -34,11 +48,16 @@ _WHERE = {
 }
 
 __all__ = [
+    "IMAGE_MODELS",
     "MODELS",
     "AdaptiveMLP",
+    "AdaptiveResNet",
     "BaselineMLP",
+    "BaselineResNet",
     "ConstrainedMLP",
+    "ConstrainedResNet",
     "DigitsDataModule",
+    "ImagesDataModule",
     "build_datamodule",
     "count_parameters",
     "decov_loss",

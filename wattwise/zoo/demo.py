@@ -1,8 +1,9 @@
 """The main job: train the zoo's three models with energy accounting and compare them.
 
-:func:`run_demo` trains ``baseline``, ``constrained`` and ``adaptive`` on the digits, each with an
-``EnergyCallback`` (one ledger run per model), tests each with the same callback so its test
-accuracy lands in the same run, then writes the HTML and CSV report over exactly those runs.
+:func:`run_demo` trains ``baseline``, ``constrained`` and ``adaptive`` of one task (the digits'
+MLPs or the generated images' ResNets, ``wattwise.zoo.tasks``), each with an ``EnergyCallback``
+(one ledger run per model), tests each with the same callback so its test accuracy lands in the
+same run, then writes the HTML and CSV report over exactly those runs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pytorch_lightning as pl
 
 from wattwise import units
 from wattwise.errors import BadInput, WattwiseError
-from wattwise.zoo.models import MODELS, build_datamodule, count_parameters
-from wattwise.zoo.settings import check_settings
+from wattwise.zoo.models import count_parameters
+from wattwise.zoo.settings import check_settings, check_task
 
 # Events a progress display receives, as (event, label, value, note): ("start", label, epochs,
 # ""), ("epoch", label, epochs done, "val_acc 0.953  0.0041 Wh"), ("test", label, None, ""),
@@ -46,6 +47,12 @@ class DemoRun:
     widths_start: tuple[int, ...]
     widths_end: tuple[int, ...]
     flags: tuple[str, ...]
+    width_start: int | None = None
+    width_end: int | None = None
+    """The model's ``arch_width`` (widest hidden layer; a ResNet's first-stage inner channels)."""
+    depth_start: int | None = None
+    depth_end: int | None = None
+    """Hidden layers (MLP) or residual blocks (ResNet) at the start and the end."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,9 +65,23 @@ class DemoResult:
     html_path: str
     runs_csv: str
     phases_csv: str
+    task: str = "digits"
+    sizes: dict[str, int] | None = None
+    """Samples per split (images; None for the digits' fixed split)."""
+    notes: tuple[str, ...] = ()
+    """What differs from the task's full form on this device."""
+    generation_s: float | None = None
+    """Seconds the image set took to generate on the training device (None: digits)."""
+    device: str | None = None
+    """The device the data were made on (``cuda:0``, ``cpu``; None: digits)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "task": self.task,
+            "sizes": self.sizes,
+            "notes": list(self.notes),
+            "generation_s": self.generation_s,
+            "device": self.device,
             "ledger": self.ledger_path,
             "report": {
                 "html_path": self.html_path,
@@ -139,12 +160,16 @@ def demo_trainer(
     *,
     root_dir: str | os.PathLike[str],
     accelerator: str = "auto",
+    precision: str | None = None,
 ) -> pl.Trainer:
     """The demo's Trainer: ``epochs`` epochs on one device, no logger, checkpoints, progress bar,
-    model summary or sanity validation; energy and progress come from ``callbacks``."""
+    model summary or sanity validation; energy and progress come from ``callbacks``;
+    ``precision`` as Lightning takes it (None: 32-bit)."""
+    extra = {} if precision is None else {"precision": precision}
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
+        **extra,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -169,18 +194,47 @@ def run_demo(
     region: str | None = None,
     pricing: str | None = None,
     seed: int = 0,
-    architectures: Sequence[str] = tuple(MODELS),
+    architectures: Sequence[str] = ("baseline", "constrained", "adaptive"),
     progress: ProgressHook | None = None,
+    task: str = "digits",
+    quick: bool = False,
+    sizes: dict[str, int] | None = None,
+    model_kwargs: dict[str, dict[str, Any]] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Train each of ``architectures`` for ``epochs`` epochs (GPU when there is one) with an
-    ``EnergyCallback`` writing to ``ledger`` (a path, a ``Ledger`` or None for the default), test
-    it, and write the report over exactly these runs under ``out_dir``."""
-    unknown = [name for name in architectures if name not in MODELS]
-    if unknown or not architectures:
+    """Train each of ``architectures`` of ``task`` for ``epochs`` epochs (GPU when there is one)
+    with an ``EnergyCallback`` writing to ``ledger`` (a path, a ``Ledger`` or None for the
+    default), test it, and write the report over exactly these runs under ``out_dir``.
+
+    ``quick`` shrinks the image set on a CPU; ``sizes`` and ``model_kwargs`` override the task's
+    set sizes (images) and model arguments (``wattwise.zoo.tasks.setup_task``); ``notice``
+    receives, before training, each note on what differs from the task's full form here."""
+    check_task(task)
+    from wattwise.zoo.tasks import models_of
+
+    models = models_of(task)
+    unknown = [name for name in architectures if name not in models]
+    if unknown or not architectures or len(set(architectures)) != len(architectures):
         raise BadInput(
-            f"architectures={list(architectures)!r}: expected names among {list(MODELS)}"
+            f"architectures={list(architectures)!r}: expected names among {list(models)}"
         )
     check_settings(epochs, region, pricing, out_dir, seed=seed)  # before any training
+
+    import torch
+
+    from wattwise.zoo.tasks import setup_task
+
+    setup = setup_task(
+        task,
+        cuda=torch.cuda.is_available(),
+        quick=quick,
+        seed=seed,
+        sizes=sizes,
+        model_kwargs=model_kwargs,
+    )
+    for note in setup.notes:
+        if notice is not None:
+            notice(note)
 
     from wattwise.ledger import Ledger
     from wattwise.report import build_report
@@ -188,7 +242,9 @@ def run_demo(
     with contextlib.ExitStack() as stack:
         store = ledger if isinstance(ledger, Ledger) else stack.enter_context(Ledger(ledger))
         store.ensure_writable()  # a read-only ledger would record nothing after all the training
-        runs = _train_all(store, architectures, epochs, out_dir, region, pricing, seed, progress)
+        runs = _train_all(
+            store, setup, architectures, epochs, out_dir, region, pricing, seed, progress
+        )
         report = build_report(
             store, [run.run_id for run in runs], out_dir=out_dir, region=region, pricing=pricing
         )
@@ -198,11 +254,17 @@ def run_demo(
             html_path=str(report.html_path),
             runs_csv=str(report.runs_csv),
             phases_csv=str(report.phases_csv),
+            task=task,
+            sizes=setup.sizes or None,
+            notes=setup.notes,
+            generation_s=getattr(setup.datamodule, "generation_s", None),
+            device=getattr(setup.datamodule, "made_on", None),
         )
 
 
 def _train_all(
     store: Any,
+    setup: Any,
     architectures: Sequence[str],
     epochs: int,
     out_dir: str | os.PathLike[str],
@@ -215,16 +277,19 @@ def _train_all(
 
     runs: list[DemoRun] = []
     with quiet_lightning(), one_cpu_thread():
+        # one datamodule for the three models: the images are generated once, and each model
+        # sees the same batches in the same order (the shuffle is seeded per loader)
+        datamodule = setup.datamodule
         for name in architectures:
             pl.seed_everything(seed, verbose=False)
-            model = MODELS[name]()
-            datamodule = build_datamodule(seed=seed)
+            model = setup.build(name)
             params_start, widths_start = count_parameters(model), model.widths
+            width_start, depth_start = model.arch_width, model.arch_depth
             energy = EnergyCallback(ledger=store, architecture=name, region=region, pricing=pricing)
             callbacks: list[pl.Callback] = [energy]
             if progress is not None:
                 callbacks.append(_Progress(name, epochs, progress, energy))
-            trainer = demo_trainer(epochs, callbacks, root_dir=out_dir)
+            trainer = demo_trainer(epochs, callbacks, root_dir=out_dir, precision=setup.precision)
             trainer.fit(model, datamodule=datamodule)
             val_acc = _metric(trainer.callback_metrics, "val_acc")
             tested = trainer.test(model, datamodule=datamodule, verbose=False)
@@ -253,6 +318,10 @@ def _train_all(
                     widths_start=widths_start,
                     widths_end=model.widths,
                     flags=tuple(sorted(summary.get("flags") or ())),
+                    width_start=width_start,
+                    width_end=model.arch_width,
+                    depth_start=depth_start,
+                    depth_end=model.arch_depth,
                 )
             )
     return runs
