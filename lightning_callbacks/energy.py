@@ -140,7 +140,8 @@ class _EnergyLogic:
         if ledger is None or isinstance(ledger, str | os.PathLike):
             self._ledger_path = None if ledger is None else os.fspath(ledger)
         elif hasattr(ledger, "begin_run") and hasattr(ledger, "path"):
-            self._ledger, self._ledger_path = ledger, os.fspath(ledger.path)
+            self._ledger = ledger
+            self._ledger_path = getattr(ledger, "location_text", None) or os.fspath(ledger.path)
         else:
             raise BadInput(
                 f"ledger={ledger!r}: expected None (default ledger), a path or a wattwise.Ledger"
@@ -248,8 +249,12 @@ class _EnergyLogic:
 
     @property
     def state_key(self) -> str:
+        from wattwise.ledger.location import mask
+
+        # the key is written into checkpoints: a server URL's password stays out of it
+        ledger = None if self._ledger_path is None else mask(self._ledger_path)
         return self._generate_state_key(  # type: ignore[attr-defined]
-            ledger=self._ledger_path, architecture=self.architecture, tags=self.tags
+            ledger=ledger, architecture=self.architecture, tags=self.tags
         )
 
     def record_reason(self, reason: str) -> None:

@@ -266,3 +266,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+# ---------------------------------------------------------------- PostgreSQL (issue 15)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL cluster for the session (tests/_postgres.py); tests that need it
+    skip with the reason when PostgreSQL is not installed (in CI, where it is installed and
+    WATTWISE_TEST_REQUIRE_SERVERS is set, they fail instead: tests/_require.py)."""
+    import _postgres
+
+    with _postgres.cluster() as box:
+        yield box
+
+
+@pytest.fixture
+def pg_url(pg_cluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A URL (password in it) of a fresh, empty database on the session's cluster; the
+    spool goes under tmp_path."""
+    if isinstance(pg_cluster, str):
+        missing(pg_cluster)
+    monkeypatch.setenv("WATTWISE_SPOOL", str(tmp_path / "spool"))
+    return pg_cluster.url(pg_cluster.new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """Where a ledger lives, once per backend: a file path, then a postgresql:// URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("pg_url")

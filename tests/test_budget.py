@@ -295,12 +295,14 @@ def replayed_gpu(monkeypatch, nvml_fixtures):
 
 
 @pytest.mark.slow
-def test_real_fit_stops_before_the_budget_and_the_ledger_says_why(tmp_path, replayed_gpu):
+def test_real_fit_stops_before_the_budget_and_the_ledger_says_why(
+    tmp_path, ledger_location, replayed_gpu
+):
     from lightning_callbacks import EnergyCallback
     from wattwise.ledger import Ledger
 
     budget_j = 400.0
-    energy = EnergyCallback(ledger=tmp_path / "w.db", log_metrics=False)
+    energy = EnergyCallback(ledger=ledger_location, log_metrics=False)
     guard = BudgetGuard(max_kwh=budget_j / J_PER_KWH)
     spy = EnergyAtEpochEnd(energy)
     trainer = fit(tmp_path, [energy, guard, spy], max_epochs=40)
@@ -320,8 +322,10 @@ def test_real_fit_stops_before_the_budget_and_the_ledger_says_why(tmp_path, repl
     # (whether the total itself stays under the budget depends on the last epoch being like the
     # earlier ones: on this shared 2-core machine an epoch can stall, which no projection sees)
     assert trainer.should_stop
-    with Ledger(tmp_path / "w.db") as ledger:
+    with Ledger(ledger_location) as ledger:
+        ledger.sync()  # a server ledger: read from the server itself
         record = ledger.get_run(energy.run_id)
+        assert not record.waiting
     assert record.epochs == epochs
     assert record.reason == guard.reason
     assert f"stopped after epoch {epochs}" in record.reason

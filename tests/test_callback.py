@@ -147,6 +147,15 @@ def assert_duration_is_the_phase_span(duration_s: float, rows: list[dict], befor
     assert duration_s <= last - first <= duration_s + slack_s
 
 
+def shipped(location) -> Ledger:
+    """The ledger at ``location``, a server's spool shipped first (so reads come from the
+    server itself, not from the spool)."""
+    book = Ledger(location)
+    book.sync()
+    assert book.waiting_runs() == []
+    return book
+
+
 def phase_rows(ledger: Ledger, run_id: str) -> list[dict]:
     return ledger.phases(run_id).to_dict("records")
 
@@ -261,14 +270,14 @@ def test_square_wave_power_is_attributed_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_record_snapshots_metrics_and_summary(tmp_path, replay, caplog):
-    cb = EnergyCallback(ledger=tmp_path / "w.db", tags=("t1",))
+def test_run_record_snapshots_metrics_and_summary(tmp_path, ledger_location, replay, caplog):
+    cb = EnergyCallback(ledger=ledger_location, tags=("t1",))
     fit = trainer(tmp_path, [cb], max_epochs=2)
     with caplog.at_level(logging.INFO):
         fit.fit(TinyModel(width=8), loader(), loader(32))
     (shown,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wattwise run")]
     assert cb.run_id in shown and "2 epochs" in shown and "Wh" in shown
-    ledger = Ledger(tmp_path / "w.db")
+    ledger = shipped(ledger_location)
     run = ledger.get_run(cb.run_id)
     assert run.architecture == "TinyModel" and run.tags == ["t1"]
     assert run.metrics["val_loss"] == pytest.approx(float(fit.callback_metrics["val_loss"]))
@@ -287,14 +296,16 @@ def test_run_record_snapshots_metrics_and_summary(tmp_path, replay, caplog):
 
 
 @pytest.mark.slow
-def test_test_after_fit_adds_rows_to_the_same_run_and_alone_makes_its_own(tmp_path, replay):
-    cb = EnergyCallback(ledger=tmp_path / "w.db")
+def test_test_after_fit_adds_rows_to_the_same_run_and_alone_makes_its_own(
+    tmp_path, ledger_location, replay
+):
+    cb = EnergyCallback(ledger=ledger_location)
     fit = trainer(tmp_path, [cb], max_epochs=1)
     model = TinyModel()
     fit.fit(model, loader(), loader(32))
     energy_after_fit = cb.energy_j
     fit.test(model, loader(32))
-    ledger = Ledger(tmp_path / "w.db")
+    ledger = shipped(ledger_location)
     assert len(ledger.list_runs()) == 1
     run = ledger.get_run(cb.run_id)
     test_rows = [r for r in phase_rows(ledger, cb.run_id) if r["stage"] == "test"]
@@ -304,7 +315,7 @@ def test_test_after_fit_adds_rows_to_the_same_run_and_alone_makes_its_own(tmp_pa
     assert cb.energy_j > energy_after_fit
     assert run.energy_j == pytest.approx(cb.energy_j, rel=1e-9)
 
-    alone = EnergyCallback(ledger=tmp_path / "w.db")
+    alone = EnergyCallback(ledger=ledger_location)
     trainer(tmp_path, [alone]).test(TinyModel(), loader(32))
     assert alone.run_id != cb.run_id and len(ledger.list_runs()) == 2
     other = ledger.get_run(alone.run_id)

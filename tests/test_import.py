@@ -14,6 +14,7 @@ HEAVY = (
     "pytorch_lightning",
     "pandas",
     "prometheus_client",
+    "psycopg",
 )
 
 

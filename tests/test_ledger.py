@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wattwise import ledger as ledger_module
 from wattwise.errors import BadInput, LedgerFormatError
 from wattwise.ledger import (
     APPLICATION_ID,
@@ -31,6 +30,9 @@ from wattwise.ledger import (
     SNAPSHOTS_COLUMNS,
     Ledger,
 )
+from wattwise.ledger import core as ledger_module
+from wattwise.ledger import schema as ledger_schema
+from wattwise.ledger import sqlite as ledger_sqlite
 from wattwise.runfilter import RunFilter
 from wattwise.types import ArchSnapshot, DeviceInfo, PhaseEnergy
 
@@ -91,7 +93,20 @@ def sha256(path: pathlib.Path) -> str:
 
 
 @pytest.fixture
-def book(tmp_path):
+def book(ledger_location):
+    """A ledger on each backend; the server one writes straight to the server (the spooled
+    path has its own tests in test_ledger_postgres.py), so every query runs on both."""
+    if ledger_location.startswith("postgresql://"):
+        ledger = Ledger._direct(ledger_location)
+    else:
+        ledger = Ledger(ledger_location)
+    with ledger:
+        yield ledger
+
+
+@pytest.fixture
+def sqlite_book(tmp_path):
+    """A SQLite ledger, for what only a file has (its pragmas, other sqlite3 connections)."""
     with Ledger(tmp_path / "ledger.db") as ledger:
         yield ledger
 
@@ -176,7 +191,7 @@ def test_round_trip_keeps_every_field(book, tmp_path, monkeypatch):
     assert as_json["started_at"] == rec.started_at
 
     # A new Ledger object (another process, say) reads the same thing back.
-    with Ledger(book.path) as again:
+    with Ledger(book.location_text) as again:
         assert again.get_run(run_id) == rec
 
 
@@ -430,18 +445,18 @@ def test_update_settings_of_an_unknown_run_or_with_bad_values_is_refused(book):
     assert len(book.list_runs()) == 1
 
 
-def test_update_settings_beside_a_reader_in_another_connection(book):
+def test_update_settings_beside_a_reader_in_another_connection(sqlite_book):
     """A reader holding a read transaction open (another process reading the ledger) neither
     blocks the merge nor sees half of it: its snapshot stays whole, the next read sees all."""
-    run_id = book.begin_run(architecture="a", settings={"precision": "32-true"})
-    reader = sqlite3.connect(book.path, isolation_level=None, check_same_thread=False)
+    run_id = sqlite_book.begin_run(architecture="a", settings={"precision": "32-true"})
+    reader = sqlite3.connect(sqlite_book.path, isolation_level=None, check_same_thread=False)
     try:
         reader.execute("BEGIN")
         query = "SELECT settings FROM runs WHERE run_id = ?"
         assert json.loads(reader.execute(query, (run_id,)).fetchone()[0]) == {
             "precision": "32-true"
         }
-        book.update_settings(run_id, {"steps_per_epoch": 7})  # not blocked by the reader
+        sqlite_book.update_settings(run_id, {"steps_per_epoch": 7})  # not blocked by the reader
         assert json.loads(reader.execute(query, (run_id,)).fetchone()[0]) == {
             "precision": "32-true"
         }
@@ -458,7 +473,7 @@ def test_update_settings_beside_a_reader_in_another_connection(book):
     stop, reading = threading.Event(), threading.Event()
 
     def poll():
-        with Ledger(book.path) as other:
+        with Ledger(sqlite_book.location_text) as other:
             while not stop.is_set():
                 seen.append(other.get_run(run_id).settings)
                 reading.set()
@@ -472,14 +487,14 @@ def test_update_settings_beside_a_reader_in_another_connection(book):
         # have run at all before 50 quick updates were over, leaving nothing to check)
         assert reading.wait(timeout=60)
         for i in range(1, 51):
-            book.update_settings(run_id, {"peak_mem_gib": float(i)})
+            sqlite_book.update_settings(run_id, {"peak_mem_gib": float(i)})
     finally:
         stop.set()
         thread.join(timeout=60)
     assert seen and all(s["precision"] == "32-true" and s["steps_per_epoch"] == 7 for s in seen)
     peaks = [s.get("peak_mem_gib", 0.0) for s in seen]
     assert peaks == sorted(peaks)  # each read is one committed state, in commit order
-    assert book.get_run(run_id).settings["peak_mem_gib"] == 50.0
+    assert sqlite_book.get_run(run_id).settings["peak_mem_gib"] == 50.0
 
 
 def test_add_epochs_writes_many_epochs_at_once(book):
@@ -540,7 +555,10 @@ def test_running_run_of_a_dead_process_shows_interrupted(book):
         "print(Ledger(sys.argv[1]).begin_run(architecture='gone'))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", child, str(book.path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", child, book.location_text],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     run_id = done.stdout.strip()
     rec = book.get_run(run_id)
@@ -594,7 +612,7 @@ def test_ledger_pickles_and_is_usable_from_another_thread(book):
 
 
 def test_a_write_waits_out_a_lock_longer_than_the_busy_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(ledger_module, "_BUSY_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(ledger_sqlite, "_BUSY_TIMEOUT_S", 0.01)
     with Ledger(tmp_path / "l.db") as book:
         run_id = book.begin_run(architecture="a")
         other = sqlite3.connect(book.path, isolation_level=None, check_same_thread=False)
@@ -646,9 +664,9 @@ def test_a_forked_child_uses_a_connection_of_its_own(book):
 # ---------------------------------------------------------------------------------- schema
 
 
-def test_new_file_is_marked_and_current(book):
-    book.begin_run(architecture="a")  # the first write creates the file
-    conn = sqlite3.connect(book.path)
+def test_new_file_is_marked_and_current(sqlite_book):
+    sqlite_book.begin_run(architecture="a")  # the first write creates the file
+    conn = sqlite3.connect(sqlite_book.path)
     try:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -666,10 +684,10 @@ def test_released_migrations_are_the_frozen_fixture_schemas():
     def statements(ddl):
         return [" ".join(part.split()) for part in ddl.split(";") if part.strip()]
 
-    assert statements(ledger_module.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
-    assert statements(ledger_module.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
-    assert statements(ledger_module.MIGRATIONS[2]) == statements(make_fixtures.V3_STEP)
-    assert statements(ledger_module.MIGRATIONS[3]) == statements(make_fixtures.V4_STEP)
+    assert statements(ledger_schema.MIGRATIONS[0]) == statements(make_fixtures.V1_DDL)
+    assert statements(ledger_schema.MIGRATIONS[1]) == statements(make_fixtures.V2_STEP)
+    assert statements(ledger_schema.MIGRATIONS[2]) == statements(make_fixtures.V3_STEP)
+    assert statements(ledger_schema.MIGRATIONS[3]) == statements(make_fixtures.V4_STEP)
     assert make_fixtures.APPLICATION_ID == APPLICATION_ID
 
 
@@ -899,7 +917,7 @@ def test_a_ledger_caught_mid_creation_is_not_called_foreign(tmp_path):
     database (CI, test_run_interrupted_by_ctrl_c)."""
     path = tmp_path / "creating.db"
     conn = sqlite3.connect(path, check_same_thread=False)  # the timer thread finishes creating
-    for statement in ledger_module.MIGRATIONS[0].split(";"):
+    for statement in ledger_schema.MIGRATIONS[0].split(";"):
         if statement.strip():
             conn.execute(statement)
     conn.commit()  # tables there, application id not yet: what a mid-creation reader sees
@@ -908,7 +926,7 @@ def test_a_ledger_caught_mid_creation_is_not_called_foreign(tmp_path):
         conn.isolation_level = None
         conn.execute("BEGIN IMMEDIATE")
         for step in range(1, SCHEMA_VERSION):
-            for statement in ledger_module.MIGRATIONS[step].split(";"):
+            for statement in ledger_schema.MIGRATIONS[step].split(";"):
                 if statement.strip():
                     conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")

@@ -16,10 +16,10 @@ import pytest
 from _ledger_factory import CPU, GPU, T0, RunSpec, add_run, realistic
 
 from wattwise import config, pricing, scheduler
-from wattwise import ledger as ledger_module
 from wattwise.cli import main
 from wattwise.errors import BadInput, UnknownRegion
 from wattwise.ledger import Ledger
+from wattwise.ledger import core as ledger_module
 from wattwise.report import build_report
 from wattwise.report._charts import _downsample
 from wattwise.report._data import (

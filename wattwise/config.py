@@ -248,7 +248,7 @@ KEYS: dict[str, Key] = {
         "hours the hardware is written off over (default 3 years x 8760 h)",
         _number(0.0, strict=True),
     ),
-    "ledger": Key("path", "wattwise.db", "ledger file", _text()),
+    "ledger": Key("path", "wattwise.db", "ledger file or postgresql:// URL", _text()),
     "metrics_port": Key(
         "port, HOST:PORT or null",
         None,
@@ -354,11 +354,20 @@ class Settings:
         _check_together(values, sources)
         return Settings(values, sources, self.path)
 
+    def shown(self, key: str) -> Any:
+        """A setting's value as it may be shown: a ledger URL's password masked."""
+        value = self.get(key)
+        if key == "ledger" and isinstance(value, str):
+            from wattwise.ledger.location import mask
+
+            return mask(value)
+        return value
+
     def to_json(self) -> dict[str, Any]:
         return {
             "file": str(self.path) if self.path else None,
             "settings": {
-                key: {"value": self.values[key], "source": self.sources[key]} for key in KEYS
+                key: {"value": self.shown(key), "source": self.sources[key]} for key in KEYS
             },
         }
 
@@ -433,7 +442,7 @@ def load(
             if key not in KEYS:
                 raise _unknown(where, key, list(KEYS))
             checked = KEYS[key].check(value, key, where)
-            if key in _PATH_KEYS and checked is not None:
+            if key in _PATH_KEYS and checked is not None and "://" not in str(checked):
                 checked = str(file_path.parent / pathlib.Path(checked).expanduser())
             values[key] = checked
             sources[key] = f"file:{file_path}"

@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         ledger: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
                 "--ledger",
                 help="Ledger to record the runs in (default: $WATTWISE_LEDGER or ./wattwise.db).",

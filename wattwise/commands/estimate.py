@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -147,9 +146,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         ledger: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
-                "--ledger", help="Ledger file (default $WATTWISE_LEDGER or ./wattwise.db)."
+                "--ledger",
+                help="Ledger: a file or a postgresql:// URL (default $WATTWISE_LEDGER or "
+                "./wattwise.db).",
             ),
         ] = None,
         measured_gpu: Annotated[

@@ -78,7 +78,7 @@ def config_command(as_json: bool = _JSON) -> None:
         return
     typer.echo(printable(f"configuration file: {settings.path or 'none'}"))
     rows = [
-        [key, json.dumps(settings.get(key), default=str), settings.source(key)]
+        [key, json.dumps(settings.shown(key), default=str), settings.source(key)]
         for key in config.KEYS
     ]
     _table(["key", "value", "source"], rows, "settings in force")

@@ -99,7 +99,7 @@ def ledger_epochs(
 
 
 def _record(
-    ledger_path: pathlib.Path,
+    ledger_path: str,
     trace: Trace,
     info: DeviceInfo,
     marks: Marks | None,
@@ -245,8 +245,12 @@ def register(app: typer.Typer) -> None:
         ] = "counter",
         json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
         ledger: Annotated[
-            pathlib.Path | None,
-            typer.Option("--ledger", help="Record the trace as a finished run in this ledger."),
+            str | None,
+            typer.Option(
+                "--ledger",
+                help="Record the trace as a finished run in this ledger (a file or a "
+                "postgresql:// URL).",
+            ),
         ] = None,
         architecture: Annotated[
             str | None, typer.Option("--architecture", help="Run label (with --ledger).")
@@ -290,4 +294,6 @@ def register(app: typer.Typer) -> None:
             return
         _show(trace, info, phases, total_j)
         if run_id is not None:
-            typer.echo(printable(f"recorded run {run_id} in {ledger}"))
+            from wattwise.ledger import mask
+
+            typer.echo(printable(f"recorded run {run_id} in {mask(ledger)}"))

@@ -29,8 +29,12 @@ def report_command(
         ),
     ] = None,
     ledger: Annotated[
-        pathlib.Path | None,
-        typer.Option("--ledger", help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db)."),
+        str | None,
+        typer.Option(
+            "--ledger",
+            help="Ledger: a file or a postgresql:// URL (default: $WATTWISE_LEDGER or "
+            "./wattwise.db).",
+        ),
     ] = None,
     out: Annotated[
         pathlib.Path,
@@ -82,17 +86,17 @@ def report_command(
     """Write one self-contained HTML report and runs.csv / phases.csv comparing the runs
     (those given, or all; of them, those the run filters match)."""
     from wattwise.errors import BadInput
-    from wattwise.ledger import Ledger, default_path
+    from wattwise.ledger import FileLocation, Ledger, default_location, parse_location
     from wattwise.report import build_report
 
     run_filter = build(user, job, tag, architecture, since, until, status)
-    path = ledger if ledger is not None else default_path()
-    if not path.exists():
+    path = parse_location(ledger if ledger is not None else default_location())
+    if isinstance(path, FileLocation) and not path.path.exists():
         raise BadInput(
-            f"no ledger at {str(path)!r}: accepted: an existing ledger file (--ledger PATH or "
+            f"no ledger at {path.masked!r}: accepted: an existing ledger file (--ledger PATH or "
             "$WATTWISE_LEDGER), written by EnergyCallback, wattwise.Meter or `wattwise run`"
         )
-    with Ledger(path) as opened:
+    with Ledger(path.url if not isinstance(path, FileLocation) else path.path) as opened:
         result = build_report(
             opened,
             run_ids or None,

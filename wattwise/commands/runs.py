@@ -24,13 +24,14 @@ from wattwise.commands._filters import (
     build,
 )
 from wattwise.errors import BadInput
+from wattwise.ledger.location import mask
 from wattwise.units import j_to_wh
 
 LedgerOption = Annotated[
-    pathlib.Path | None,
+    str | None,
     typer.Option(
         "--ledger",
-        help="Ledger file (default: $WATTWISE_LEDGER or ./wattwise.db).",
+        help="Ledger: a file or a postgresql:// URL (default: $WATTWISE_LEDGER or ./wattwise.db).",
         show_default=False,
     ),
 ]
@@ -47,7 +48,7 @@ runs_app = typer.Typer(
 )
 
 
-def _ledger(path: pathlib.Path | None, ctx: typer.Context):  # -> wattwise.ledger.Ledger
+def _ledger(path: str | None, ctx: typer.Context):  # -> wattwise.ledger.Ledger
     from wattwise.ledger import Ledger
 
     if path is None and ctx.parent is not None:
@@ -97,6 +98,8 @@ def runs_command(
     # a lab's ledger: who ran it and as which job (a ledger of one person's runs shows neither)
     if any(rec.job_id for rec in records) or len({rec.user for rec in records}) > 1:
         columns[2:2] = ["user", "job"]
+    if book.is_server:  # runs whose latest writes are still in this folder's spool
+        columns.append("shipped")
     for name in columns:
         table.add_column(
             name,
@@ -114,9 +117,18 @@ def runs_command(
             "epochs": str(rec.epochs),
             "Wh": _wh(rec.energy_j),
             "method mix": rec.method_mix,
+            "shipped": "waiting (spool)" if rec.waiting else "yes",
         }
         table.add_row(*(cells[name] for name in columns))
     print_table(out, table)
+    waiting = sum(rec.waiting for rec in records)
+    if waiting:
+        out.print(
+            literal(
+                f"{waiting} run(s) still waiting in the spool {book.spool_path}: "
+                "`wattwise runs sync` ships them"
+            )
+        )
 
 
 @runs_app.command("show")
@@ -278,7 +290,12 @@ def rm_command(
 @runs_app.command("merge")
 def merge_command(
     ctx: typer.Context,
-    other: Annotated[pathlib.Path, typer.Argument(help="Another wattwise ledger file.")],
+    other: Annotated[
+        str,
+        typer.Argument(
+            help="Another ledger (a file or a postgresql:// URL) whose runs this one lacks."
+        ),
+    ],
     ledger: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -290,8 +307,34 @@ def merge_command(
     else:
         typer.echo(
             printable(
-                f"merged {other} into {book.path}: {added} run(s) added, {skipped} already there"
+                f"merged {mask(other)} into {book.path}: {added} run(s) added, "
+                f"{skipped} already there"
             )
+        )
+
+
+@runs_app.command("sync")
+def sync_command(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Ship the runs waiting in this folder's spool to the ledger server (idempotent)."""
+    with _ledger(ledger, ctx) as book:
+        if not book.is_server:
+            raise BadInput(
+                f"ledger {str(book.path)!r} is a file: it has no spool to ship; accepted: a "
+                "postgresql:// ledger (--ledger URL or WATTWISE_LEDGER)"
+            )
+        shipped, waiting = book.sync()
+        spool = str(book.spool_path)
+    if _want_json(json_out, ctx):
+        print_json(
+            {"shipped": shipped, "waiting": waiting, "ledger": str(book.path), "spool": spool}
+        )
+    else:
+        typer.echo(
+            printable(f"shipped {shipped} run(s) from {spool} to {book.path}; {waiting} waiting")
         )
 
 

@@ -1,24 +1,25 @@
-"""The run ledger: one SQLite file holding every measured run, its phases and snapshots.
+"""The Ledger: writing and reading runs, their phases and snapshots, on either backend.
 
 Design:
 
-- stdlib ``sqlite3`` in WAL mode (``synchronous=NORMAL``: a commit survives a killed process);
-  files are marked with ``PRAGMA application_id`` and versioned with ``PRAGMA user_version``.
-  A new file is built by running every migration from version 0, so the upgrade path of old
-  files is the path every file takes.
-- Before anything is written, an existing file is checked through a read-only connection; a file
-  that is not a wattwise ledger, or one from a newer wattwise, raises
-  :class:`~wattwise.errors.LedgerFormatError` and is left exactly as it was.
-- Writes are short ``BEGIN IMMEDIATE`` transactions (one per epoch in ``add_phases``) under a
-  busy timeout, retried on "database is locked", so concurrent trainings sharing a file never see
-  that error. One connection per ``Ledger`` object, opened on first use and guarded by a lock,
-  so the object may be used from any thread.
+- The SQL is written once, in a dialect both backends take (``?`` placeholders, upserts with
+  ``ON CONFLICT``, ``RETURNING key``); :mod:`.postgres` hands it to the server in its dialect.
+  Opening, checking and migrating are the backend's (:mod:`.sqlite`, :mod:`.postgres`).
+- Writes are short transactions (one per epoch in ``add_phases``); on SQLite ``BEGIN
+  IMMEDIATE`` under a busy timeout, retried on "database is locked", so concurrent trainings
+  sharing a file never see that error. One connection per ``Ledger`` object, opened on first
+  use and guarded by a lock, so the object may be used from any thread.
+- A server ledger (``Ledger("postgresql://...")``) writes runs to its local spool
+  (:mod:`.spool`) and reads from the server, except runs still waiting in the spool, which it
+  reads from there (``RunRecord.waiting``). ``Ledger._direct(url)`` reads and writes the server
+  itself (sync, merge, the shipper).
 - A ``running`` run whose process is gone (same host; pid dead, a zombie, or reused by a process
   that started at another time; or the host has rebooted) is reported as ``interrupted``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,12 +27,9 @@ import math
 import numbers
 import os
 import pathlib
-import random
 import sqlite3
 import tempfile
 import threading
-import time
-import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +39,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from wattwise import _procinfo
 from wattwise.errors import BadInput, LedgerFormatError
+from wattwise.ledger.location import FileLocation, PgLocation, parse_location
+from wattwise.ledger.schema import APPLICATION_ID, SCHEMA_VERSION
+from wattwise.ledger.sqlite import (
+    _BUSY_TIMEOUT_S,
+    SqliteBackend,
+    _inspect,
+    _read_only_uri,
+    _retry,
+)
 from wattwise.types import DEVICE_KINDS, ArchSnapshot, DeviceInfo, PhaseEnergy
 from wattwise.units import j_to_wh
 
@@ -53,120 +60,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "Ledger", "RunRecord"]
 
-APPLICATION_ID = 0x57415454  # "WATT"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "interrupted")
 MAX_TIMELINE_POINTS = 1000
 """Upper bound on the stored power timeline per run and device (a longer series is averaged
 into this many equal-count buckets)."""
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_BUSY_TIMEOUT_S = 30.0
-_CACHE_KIB = 32768  # page cache per connection (SQLite's default 2 MiB makes big writes 2x slower)
-_RETRY_FOR_S = 120.0
 _DEFAULT_NAME = "wattwise.db"
 
-# Migrations: MIGRATIONS[i] takes a file from version i to i + 1. Never edit a released step;
-# add a new one (and a fixture of the old version under tests/fixtures/ledger/).
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: the first schema. Rows of a run refer to it (and to its devices) by integer key:
-    # a phase row stays small and fast to read however long run ids and device ids are.
-    """
-    CREATE TABLE runs (
-        key INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL UNIQUE,
-        architecture TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        ended_at TEXT,
-        host TEXT,
-        pid INTEGER,
-        proc_started_at REAL,
-        boot_id TEXT,
-        tags TEXT NOT NULL DEFAULT '[]',
-        settings TEXT NOT NULL DEFAULT '{}',
-        region TEXT,
-        pricing TEXT,
-        versions TEXT NOT NULL DEFAULT '{}',
-        git_commit TEXT,
-        metrics TEXT NOT NULL DEFAULT '{}',
-        parent_run_id TEXT,
-        epochs INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE devices (
-        key INTEGER PRIMARY KEY,
-        run_key INTEGER NOT NULL,
-        device_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        name TEXT,
-        uuid TEXT,
-        method TEXT,
-        details TEXT NOT NULL DEFAULT '{}',
-        flags TEXT NOT NULL DEFAULT '',
-        UNIQUE (run_key, device_id)
-    );
-    CREATE TABLE phases (
-        id INTEGER PRIMARY KEY,
-        run_key INTEGER NOT NULL,
-        device_key INTEGER NOT NULL,
-        epoch INTEGER,
-        stage TEXT NOT NULL,
-        start_s REAL,
-        end_s REAL,
-        energy_j REAL NOT NULL,
-        mean_power_w REAL,
-        peak_power_w REAL,
-        method TEXT NOT NULL,
-        flags TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX phases_run ON phases (run_key);
-    CREATE TABLE snapshots (
-        run_key INTEGER NOT NULL,
-        epoch INTEGER,
-        trainable_params INTEGER,
-        total_params INTEGER,
-        model_class TEXT,
-        label TEXT
-    );
-    CREATE UNIQUE INDEX snapshots_run_epoch ON snapshots (run_key, epoch);
-    """,
-    # 1 -> 2: why a run ended, when it was last written (duration of interrupted runs),
-    # and the downsampled power timeline.
-    """
-    ALTER TABLE runs ADD COLUMN reason TEXT;
-    ALTER TABLE runs ADD COLUMN updated_at TEXT;
-    UPDATE runs SET updated_at = COALESCE(ended_at, started_at);
-    CREATE TABLE timeline (
-        run_key INTEGER NOT NULL,
-        device_key INTEGER NOT NULL,
-        points TEXT NOT NULL,
-        PRIMARY KEY (run_key, device_key)
-    );
-    """,
-    # 2 -> 3: per training epoch, the scalar metrics at its commit (JSON object text) and the
-    # training samples it processed (NULL: unknown). Rows written before stay NULL: not recorded.
-    """
-    ALTER TABLE snapshots ADD COLUMN metrics TEXT;
-    ALTER TABLE snapshots ADD COLUMN train_samples INTEGER;
-    """,
-    # 3 -> 4: seconds a run was not running (between a process that ended or crashed and the
-    # one that continued it: reopen_run adds each gap). Durations are the span minus this;
-    # runs recorded before keep their durations (0).
-    """
-    ALTER TABLE runs ADD COLUMN paused_s REAL NOT NULL DEFAULT 0;
-    """,
-    # 4 -> 5: scheduler metadata (wattwise.scheduler.collect(), JSON object text) and its two
-    # join keys as indexed columns, so that a lab-sized ledger is filtered in SQL (RunFilter).
-    # Runs recorded before have none: '{}' and NULL.
-    """
-    ALTER TABLE runs ADD COLUMN scheduler TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE runs ADD COLUMN user_name TEXT;
-    ALTER TABLE runs ADD COLUMN job_id TEXT;
-    CREATE INDEX runs_user ON runs (user_name, started_at);
-    CREATE INDEX runs_job ON runs (job_id);
-    CREATE INDEX runs_started ON runs (started_at);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
     "key",
@@ -299,6 +199,9 @@ class RunRecord:
         """The run's job as ``sacct -j`` takes it, else its pod or torchrun run id."""
         return self.scheduler.get("job_id")
 
+    waiting: bool = False
+    """A server ledger's run whose latest writes are still in the local spool (not shipped)."""
+
     @property
     def energy_wh(self) -> float:
         return j_to_wh(self.energy_j)
@@ -351,12 +254,29 @@ class RunRecord:
             "user": self.user,
             "job_id": self.job_id,
             "scheduler": self.scheduler,
+            "waiting": self.waiting,
         }
 
 
-def default_path() -> pathlib.Path:
-    """``$WATTWISE_LEDGER`` if set, else ``./wattwise.db``."""
-    return pathlib.Path(os.environ.get("WATTWISE_LEDGER") or _DEFAULT_NAME)
+def default_location() -> str:
+    """``$WATTWISE_LEDGER`` if set (a path or a postgresql:// URL), else the ``ledger`` of
+    wattwise.toml / ``[tool.wattwise]`` when it sets one, else ``./wattwise.db``."""
+    from_env = os.environ.get("WATTWISE_LEDGER", "").strip()
+    if from_env:
+        return from_env
+    from wattwise import config
+
+    settings = config.load()
+    if settings.source("ledger").startswith("file:"):
+        return str(settings.get("ledger"))
+    return _DEFAULT_NAME
+
+
+def default_path() -> pathlib.Path | str:
+    """The default ledger: ``$WATTWISE_LEDGER`` if set, else ``./wattwise.db``; a path, or
+    for a server the URL with its password masked."""
+    location = parse_location(default_location())
+    return location.path if isinstance(location, FileLocation) else location.masked
 
 
 def _now_iso() -> str:
@@ -413,132 +333,6 @@ def _check_status(status: str) -> None:
         raise BadInput(f"run status {status!r} is not one of {', '.join(STATUSES)}")
 
 
-def _is_busy(err: sqlite3.OperationalError) -> bool:
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    text = str(err).lower()
-    return "locked" in text or "busy" in text
-
-
-def _retry(action: Callable[[], T]) -> T:
-    """Run ``action``, retrying with jittered back-off while the file is locked by others."""
-    deadline = time.monotonic() + _RETRY_FOR_S
-    delay_s = 0.01
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as err:
-            if not _is_busy(err) or time.monotonic() > deadline:
-                raise
-            logger.debug("ledger busy, retrying in %.3f s: %s", delay_s, err)
-        time.sleep(delay_s * random.uniform(0.5, 1.5))
-        delay_s = min(delay_s * 2, 0.5)
-
-
-_UNWRITABLE_CODES = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
-
-
-def _is_unwritable(err: sqlite3.OperationalError) -> bool:
-    """SQLite could not create or write the file or its WAL side files (a read-only folder,
-    file or file system)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _UNWRITABLE_CODES
-    text = str(err).lower()
-    return "unable to open" in text or "readonly" in text or "read-only" in text
-
-
-class _Unwritable(Exception):
-    """Internal: the ledger cannot be opened for writing; ``bad_input`` says so to the user."""
-
-    def __init__(self, path: pathlib.Path, why: str):
-        super().__init__(why)
-        self.bad_input = BadInput(
-            f"ledger {str(path)!r} cannot be written ({why}): its folder, the file or the file "
-            "system is read-only; accepted: a ledger in a writable folder (--ledger PATH or "
-            "WATTWISE_LEDGER), or only reading commands here"
-        )
-
-
-_CREATION_GRACE_S = 1.0
-"""How long a foreign-looking file is re-read in case a ledger is being created in it."""
-
-
-def _read_only_uri(path: pathlib.Path) -> str:
-    """URI that reads ``path`` without writing anything, not even WAL side files.
-
-    With no ``-wal`` file beside it, everything is in the main file: open it immutable, so no
-    ``-wal``/``-shm`` is created next to someone else's file. Otherwise a writer may be live, so
-    read through its WAL (read-only).
-    """
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    return uri if path.with_name(path.name + "-wal").exists() else uri + "&immutable=1"
-
-
-def _inspect(path: pathlib.Path) -> int | None:
-    """Check, without writing, that ``path`` is usable as a ledger; return its schema version.
-
-    None: nothing there yet (no file, or an empty file / SQLite database with no schema), so a
-    new ledger may be created in it. Anything else that is not a wattwise ledger of a version
-    this wattwise reads raises :class:`LedgerFormatError`.
-    """
-    expected = f"a wattwise ledger (SQLite, schema version <= {SCHEMA_VERSION})"
-    if path.is_dir():
-        raise LedgerFormatError(f"ledger path {str(path)!r} is a directory; expected {expected}")
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise LedgerFormatError(
-            f"cannot read ledger {str(path)!r} ({err}); expected {expected}"
-        ) from err
-    if not header:
-        return None
-    if header != _SQLITE_MAGIC:
-        raise LedgerFormatError(f"{str(path)!r} is not an SQLite file; expected {expected}")
-
-    def query() -> tuple[int, int, int]:
-        conn = sqlite3.connect(_read_only_uri(path), uri=True, timeout=_BUSY_TIMEOUT_S)
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        finally:
-            conn.close()
-        return app_id, version, n_objects
-
-    # A ledger being created by another process shows tables but no application_id yet to a
-    # reader that catches it mid-way (immutable reads take no lock): look again for a moment
-    # before calling it another application's database.
-    deadline = time.monotonic() + _CREATION_GRACE_S
-    while True:
-        try:
-            app_id, version, n_objects = _retry(query)
-        except sqlite3.DatabaseError as err:
-            raise LedgerFormatError(
-                f"{str(path)!r} is not a readable SQLite database ({err}); expected {expected}"
-            ) from err
-        if app_id != 0 or n_objects == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    if app_id == 0 and version == 0 and n_objects == 0:
-        return None
-    if app_id != APPLICATION_ID:
-        raise LedgerFormatError(
-            f"{str(path)!r} is an SQLite database of another application "
-            f"(application_id {app_id:#x}, {n_objects} schema objects); expected {expected}"
-        )
-    if version > SCHEMA_VERSION:
-        raise LedgerFormatError(
-            f"ledger {str(path)!r} has schema version {version}, written by a newer wattwise; "
-            f"this wattwise reads versions up to {SCHEMA_VERSION}: upgrade wattwise"
-        )
-    return version
-
-
 def _epoch_item(item: Sequence[Any]) -> tuple[Any, Any, Any, Any, Any]:
     """``(epoch, phases, snapshot[, metrics, train_samples])`` -> all five, checked."""
     if len(item) not in (3, 5):
@@ -581,32 +375,104 @@ def _downsample(points: Sequence[tuple[float, float]], limit: int) -> list[tuple
     return out
 
 
+def _spool_first(method: Callable[..., T]) -> Callable[..., T]:
+    """A server ledger reads a run still waiting in its spool from the spool (the server has
+    not got its latest writes yet); every other run from the server."""
+
+    @functools.wraps(method)
+    def read(self: Ledger, run_id: str | None = None, *args: Any, **kwargs: Any) -> T:
+        if self._spool is not None and run_id is not None:
+            book = self._spool_book_of(run_id)
+            if book is not None:
+                return getattr(book, method.__name__)(run_id, *args, **kwargs)
+        result = method(self, run_id, *args, **kwargs)
+        waiting = self.waiting_runs() if run_id is None else []
+        if waiting:  # a whole-ledger frame: the waiting runs' rows from the spool
+            import pandas as pd
+
+            spooled = getattr(self._spool.ledger, method.__name__)(None, *args, **kwargs)
+            result = pd.concat(
+                [
+                    result[~result["run_id"].isin(waiting)],
+                    spooled[spooled["run_id"].isin(waiting)],
+                ],
+                ignore_index=True,
+            )
+        return result
+
+    return read
+
+
+def _spooled(method: Callable[..., T]) -> Callable[..., T]:
+    """A run write of a server ledger goes to its local spool (see :mod:`.spool`)."""
+
+    @functools.wraps(method)
+    def write(self: Ledger, *args: Any, **kwargs: Any) -> T:
+        if self._spool is None:
+            return method(self, *args, **kwargs)
+        return self._spool.write(method.__name__, args, kwargs)
+
+    return write
+
+
 class Ledger:
-    """A SQLite file of measured runs. See the module docstring for the guarantees."""
+    """A store of measured runs: a SQLite file, or a PostgreSQL database reached through a
+    local spool. See the package docstring for the guarantees."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
-        self.path = pathlib.Path(path or default_path()).expanduser().absolute()
-        _inspect(self.path)  # raises on a foreign or newer file; writes nothing
+        self._setup(parse_location(default_location() if path is None else path), spooled=True)
+
+    @classmethod
+    def _direct(cls, location: str | FileLocation | PgLocation) -> Ledger:
+        """A Ledger whose writes go straight to the server (no spool): sync, merge, shipper."""
+        book = cls.__new__(cls)
+        book._setup(parse_location(location), spooled=False)
+        return book
+
+    def _setup(self, location: FileLocation | PgLocation, *, spooled: bool) -> None:
+        self.location = location
+        self._spool: Any = None
+        self._queue = False  # a spool: run writes also mark the run for shipping
+        if isinstance(location, PgLocation):
+            from wattwise.ledger.postgres import PgBackend
+
+            self.path: Any = location.masked  # what is shown: the password masked
+            self._backend: Any = PgBackend(location)
+            if spooled:
+                from wattwise.ledger.spool import Spool
+
+                self._spool = Spool(location)
+        else:
+            self.path = location.path
+            self._backend = SqliteBackend(location.path)
+        self.name = self._backend.name
+        self._backend.check()
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
         self._conn_read_only = False
         self._conn_pid = 0
         self._finalizer: weakref.finalize | None = None
 
-    def __repr__(self) -> str:
-        return f"Ledger({str(self.path)!r})"
+    @property
+    def is_server(self) -> bool:
+        """Whether this ledger is a PostgreSQL database (else a SQLite file)."""
+        return isinstance(self.location, PgLocation)
 
-    # Pickling / deep copies carry the path only; the copy opens its own connection.
+    @property
+    def location_text(self) -> str:
+        """The location as given (a server URL keeps its password: hand it to no output)."""
+        loc = self.location
+        return loc.url if isinstance(loc, PgLocation) else str(loc.path)
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.name!r})"
+
+    # Pickling / deep copies carry the location only; the copy opens its own connection.
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path)}
+        return {"path": self.location_text, "spooled": self._spool is not None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path = pathlib.Path(state["path"])
-        self._lock = threading.RLock()
-        self._conn = None
-        self._conn_read_only = False
-        self._conn_pid = 0
-        self._finalizer = None
+        self._setup(parse_location(state["path"]), spooled=state.get("spooled", True))
 
     def __enter__(self) -> Ledger:
         return self
@@ -615,7 +481,10 @@ class Ledger:
         self.close()
 
     def close(self) -> None:
-        """Close the connection (a later call reopens it)."""
+        """Close the connection (a later call reopens it). A server ledger first tries, for a
+        bounded time, to ship what its spool holds (what is left waits for `runs sync`)."""
+        if self._spool is not None:
+            self._spool.close()
         with self._lock:
             if self._finalizer is not None:
                 self._finalizer()
@@ -625,7 +494,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ connection and schema
 
-    def _connection(self, *, read_only_ok: bool = False) -> sqlite3.Connection:
+    def _connection(self, *, read_only_ok: bool = False) -> Any:
         """The connection, opened on first use. ``read_only_ok``: a ledger whose file or
         folder cannot be written is opened for reading instead of raising (reads only)."""
         with self._lock:
@@ -638,121 +507,18 @@ class Ledger:
             if self._conn is not None and self._conn_read_only and not read_only_ok:
                 self.close()  # a write after reads of an unwritable file: try writing again
             if self._conn is None:
-                try:
-                    conn, read_only = self._open(), False
-                except _Unwritable as unwritable:
-                    if not read_only_ok:
-                        raise unwritable.bad_input from None
-                    conn, read_only = self._open_read_only(unwritable.bad_input), True
+                conn, read_only = self._backend.open_read_write(read_only_ok)
                 self._conn, self._conn_read_only = conn, read_only
                 self._conn_pid = os.getpid()
                 self._finalizer = weakref.finalize(self, self._conn.close)
             return self._conn
-
-    def _open(self) -> sqlite3.Connection:
-        """A read-write connection, the file migrated to this schema version; _Unwritable when
-        the file or its folder cannot be written (WAL needs its side files beside the file)."""
-        _inspect(self.path)  # the file may have changed since __init__
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise _Unwritable(self.path, err.strerror or str(err)) from err
-        try:
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,  # transactions are explicit
-                check_same_thread=False,  # guarded by self._lock instead
-            )
-        except sqlite3.OperationalError as err:  # a new file in a read-only folder
-            if _is_unwritable(err):
-                raise _Unwritable(self.path, str(err)) from err
-            raise
-        try:
-            _retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            _retry(lambda: self._migrate(conn))
-        except sqlite3.OperationalError as err:
-            conn.close()
-            if _is_unwritable(err):
-                raise _Unwritable(self.path, str(err)) from err
-            raise
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _open_read_only(self, unwritable: BadInput) -> sqlite3.Connection:
-        """A connection that only reads the unwritable file (nothing is created beside it).
-        A file with no schema yet reads as an empty ledger; one that needs an upgrade to this
-        schema version cannot be read without writing it: BadInput says so."""
-        try:
-            conn = sqlite3.connect(
-                _read_only_uri(self.path),
-                uri=True,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            try:
-                version = _retry(lambda: conn.execute("PRAGMA user_version").fetchone()[0])
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.OperationalError as err:
-            raise unwritable from err
-        if version == SCHEMA_VERSION:
-            return conn
-        conn.close()
-        if version == 0:  # no schema yet (_inspect let it through): an empty ledger
-            empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            for step in MIGRATIONS:
-                empty.executescript(step)
-            return empty
-        raise BadInput(
-            f"ledger {str(self.path)!r} has schema version {version}: this wattwise reads "
-            f"version {SCHEMA_VERSION} and must have it upgraded first, which writes the file, "
-            "but its folder, the file or the file system is read-only; accepted: the ledger in "
-            "a writable folder (a copy of it will do)"
-        ) from None
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Checked again under the write lock: another process may have just done it.
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if app_id == 0 and (version or n_objects):
-                raise LedgerFormatError(
-                    f"{str(self.path)!r} became another application's SQLite database while "
-                    "it was being opened; expected a wattwise ledger"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-            if version != SCHEMA_VERSION:
-                logger.info(
-                    "ledger %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION
-                )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _write(self, action: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``action`` in one short write transaction, retried while the file is locked."""
 
         def attempt() -> T:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._backend.begin_write)
             try:
                 result = action(conn)
                 conn.execute("COMMIT")
@@ -763,23 +529,27 @@ class Ledger:
             return result
 
         with self._lock:
-            return _retry(attempt)
+            return self._backend.retry(attempt)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self._conn is None and not self.path.exists():
+            if self._conn is None and not self._backend.exists():
                 return []  # reading creates no file: a ledger not written yet is empty
             conn = self._connection(read_only_ok=True)
-            return _retry(lambda: conn.execute(sql, params).fetchall())
+            return self._backend.retry(lambda: conn.execute(sql, params).fetchall())
 
     # ------------------------------------------------------------------ writing
 
     def ensure_writable(self) -> None:
         """Open the ledger for writing now (creating it, schema included), so that one that
         cannot be written is refused (BadInput) before work that depends on writing it."""
+        if self._spool is not None:
+            self._spool.ledger.ensure_writable()  # training writes go to the spool
+            return
         with self._lock:
             self._connection()
 
+    @_spooled
     def begin_run(
         self,
         *,
@@ -836,11 +606,14 @@ class Ledger:
         def write(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise BadInput(
-                    f"run id {run_id!r} is already in ledger {str(self.path)!r}; "
+                    f"run id {run_id!r} is already in ledger {self.name!r}; "
                     "use reopen_run() to continue it or give a new id"
                 )
-            run_key = conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row).lastrowid
+            run_key = conn.execute(
+                f"INSERT INTO runs ({columns}) VALUES ({marks}) RETURNING key", row
+            ).fetchone()[0]
             self._put_devices(conn, run_key, devices)
+            self._mark_for_shipping(conn, run_id)
 
         self._write(write)
         return run_id
@@ -871,7 +644,8 @@ class Ledger:
     def _device_key(conn: sqlite3.Connection, run_key: int, device_id: str, kind: str) -> int:
         """Key of a run's device, added (kind only) when its DeviceInfo was never given."""
         conn.execute(
-            "INSERT OR IGNORE INTO devices (run_key, device_id, kind) VALUES (?, ?, ?)",
+            "INSERT INTO devices (run_key, device_id, kind) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_key, device_id) DO NOTHING",
             (run_key, device_id, kind),
         )
         return conn.execute(
@@ -891,10 +665,20 @@ class Ledger:
         its key. BadInput if unknown."""
         row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
-            raise BadInput(f"no run {run_id!r} in ledger {str(self.path)!r}")
+            raise BadInput(f"no run {run_id!r} in ledger {self.name!r}")
         sql = f"UPDATE runs SET updated_at = ?{', ' + assignments if assignments else ''} "
         conn.execute(sql + "WHERE key = ?", (now or _now_iso(), *params, row[0]))
+        self._mark_for_shipping(conn, run_id)
         return row[0]
+
+    def _mark_for_shipping(self, conn: Any, run_id: str) -> None:
+        """In a spool, in the write's own transaction: the run has something to ship."""
+        if self._queue:
+            conn.execute(
+                "INSERT INTO ship_queue (run_id, seq) VALUES (?, 1) "
+                "ON CONFLICT (run_id) DO UPDATE SET seq = seq + 1",
+                (run_id,),
+            )
 
     def add_phases(
         self,
@@ -923,6 +707,7 @@ class Ledger:
             settle=settle,
         )
 
+    @_spooled
     def add_epochs(
         self,
         run_id: str,
@@ -997,9 +782,13 @@ class Ledger:
                 rows,
             )
             conn.executemany(
-                "INSERT OR REPLACE INTO snapshots (run_key, epoch, trainable_params, "
+                "INSERT INTO snapshots (run_key, epoch, trainable_params, "
                 "total_params, model_class, label, metrics, train_samples) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_key, epoch) DO UPDATE SET "
+                "trainable_params = excluded.trainable_params, total_params = "
+                "excluded.total_params, model_class = excluded.model_class, label = "
+                "excluded.label, metrics = excluded.metrics, train_samples = "
+                "excluded.train_samples",
                 [
                     (
                         run_key,
@@ -1019,6 +808,7 @@ class Ledger:
 
         self._write(write)
 
+    @_spooled
     def add_timeline(
         self,
         run_id: str,
@@ -1045,12 +835,14 @@ class Ledger:
             merged.extend((float(t), float(w)) for t, w in points)
             merged.sort()
             conn.execute(
-                "INSERT OR REPLACE INTO timeline (run_key, device_key, points) VALUES (?, ?, ?)",
+                "INSERT INTO timeline (run_key, device_key, points) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_key, device_key) DO UPDATE SET points = excluded.points",
                 (run_key, device_key, json.dumps(_downsample(merged, MAX_TIMELINE_POINTS))),
             )
 
         self._write(write)
 
+    @_spooled
     def finish_run(
         self,
         run_id: str,
@@ -1069,6 +861,7 @@ class Ledger:
             params += (_dumps({k: float(v) for k, v in metrics.items()}),)
         self._write(lambda conn: self._touch(conn, run_id, assignments, params))
 
+    @_spooled
     def reopen_run(self, run_id: str) -> None:
         """Continue a run (resume): status back to ``running``, owned by this process.
 
@@ -1093,6 +886,7 @@ class Ledger:
 
         self._write(write)
 
+    @_spooled
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
         _check_status(status)
         self._write(
@@ -1101,6 +895,7 @@ class Ledger:
             )
         )
 
+    @_spooled
     def update_settings(self, run_id: str, values: Mapping[str, Any]) -> None:
         """Merge ``values`` into a run's ``settings`` (its other keys kept), in one transaction.
 
@@ -1124,7 +919,19 @@ class Ledger:
         self._write(write)
 
     def remove(self, run_id: str) -> None:
-        """Delete a run (id or unique prefix) and everything recorded for it."""
+        """Delete a run (id or unique prefix) and everything recorded for it (a server
+        ledger's run: on the server and in this folder's spool)."""
+        if self._spool is not None:
+            book = self._spool_book_of(run_id)
+            if book is not None:  # not shipped yet: it must not be shipped after all
+                full_id = book._resolve(run_id)
+                book.remove(full_id)
+                book._write(
+                    lambda conn: conn.execute("DELETE FROM ship_queue WHERE run_id = ?", (full_id,))
+                )
+                if not self._read("SELECT 1 FROM runs WHERE run_id = ?", (full_id,)):
+                    return
+                run_id = full_id
         full_id = self._resolve(run_id)
 
         def write(conn: sqlite3.Connection) -> None:
@@ -1138,10 +945,18 @@ class Ledger:
     def merge(self, other_path: str | os.PathLike[str]) -> tuple[int, int]:
         """Import the runs of another ledger that this one lacks; returns (added, skipped).
 
-        The other file is checked first and only read (a copy of it is upgraded to this schema);
-        runs already here, by id, are skipped, so merging twice adds nothing the second time.
+        The other ledger (a file or a server URL) is checked first and only read (a file is
+        copied and the copy upgraded to this schema); runs already here, by id, are skipped, so
+        merging twice adds nothing the second time. A server ledger takes merged runs directly
+        (not through its spool).
         """
-        other = pathlib.Path(other_path).expanduser().absolute()
+        from wattwise.ledger.copy import copy_runs
+
+        source = parse_location(other_path)
+        if isinstance(source, PgLocation):
+            with Ledger._direct(source) as other_book, Ledger._direct(self.location) as target:
+                return copy_runs(other_book, target)
+        other = source.path
         if not other.is_file():
             raise LedgerFormatError(f"no ledger file at {str(other)!r}; expected a wattwise ledger")
         if _inspect(other) is None:
@@ -1157,6 +972,9 @@ class Ledger:
                 dst.close()
             with Ledger(copy_path) as copy:
                 copy._connection()  # migrates the copy to this schema version
+                if self.is_server:
+                    with Ledger._direct(self.location) as target:
+                        return copy_runs(copy, target)
             with self._lock:
                 conn = self._connection()
                 conn.execute("ATTACH DATABASE ? AS other", (str(copy_path),))
@@ -1226,14 +1044,44 @@ class Ledger:
             return ids[0]
         if not ids:
             raise BadInput(
-                f"no run {query!r} in ledger {str(self.path)!r}; "
+                f"no run {query!r} in ledger {self.name!r}; "
                 "give a run id or a unique prefix (see `wattwise runs`)"
             )
         raise BadInput(
-            f"run prefix {query!r} is ambiguous in ledger {str(self.path)!r}: it matches "
+            f"run prefix {query!r} is ambiguous in ledger {self.name!r}: it matches "
             f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; give more characters"
         )
 
+    def _spool_book_of(self, run_id: str) -> Ledger | None:
+        """The spool's Ledger if ``run_id`` (or a unique prefix) is a run waiting there."""
+        waiting = self._spool.waiting()
+        if not waiting:
+            return None
+        book = self._spool.ledger
+        try:
+            full = book._resolve(run_id)
+        except BadInput:
+            return None
+        return book if full in waiting else None
+
+    @property
+    def spool_path(self) -> pathlib.Path | None:
+        """The local spool of a server ledger (None for a file)."""
+        return None if self._spool is None else self._spool.path
+
+    def waiting_runs(self) -> list[str]:
+        """Ids of runs whose latest writes wait in this server ledger's spool ([] for a file)."""
+        return [] if self._spool is None else sorted(self._spool.waiting())
+
+    def sync(self) -> tuple[int, int]:
+        """Ship what this server ledger's spool holds now; (shipped, still waiting).
+
+        ServerError (a BadInput, exit 2) when the server cannot be used; nothing is lost."""
+        if self._spool is None:
+            return (0, 0)
+        return self._spool.ship()
+
+    @_spool_first
     def get_run(self, run_id_or_unique_prefix: str) -> RunRecord:
         """One run by id or unique id prefix; BadInput if unknown or ambiguous."""
         return self._records(self._resolve(run_id_or_unique_prefix))[0]
@@ -1241,7 +1089,21 @@ class Ledger:
     def list_runs(self, filter: RunFilter | None = None) -> list[RunRecord]:
         """Every run, oldest first (no pandas needed); with a ``RunFilter``, those it matches
         (narrowed in SQL on indexed columns, then checked one by one for the status, which
-        depends on whether a running run's process is still there)."""
+        depends on whether a running run's process is still there). A server ledger's runs
+        waiting in its spool come from the spool, with ``waiting=True``."""
+        records = self._filtered_records(filter)
+        waiting = set(self.waiting_runs())
+        if not waiting:
+            return records
+        spooled = [
+            dataclasses.replace(rec, waiting=True)
+            for rec in self._spool.ledger._filtered_records(filter)
+            if rec.run_id in waiting
+        ]
+        mixed = [rec for rec in records if rec.run_id not in waiting] + spooled
+        return sorted(mixed, key=lambda rec: (rec.started_at, rec.run_id))
+
+    def _filtered_records(self, filter: RunFilter | None) -> list[RunRecord]:
         if filter is None or filter.empty:
             return self._records(None)
         return [rec for rec in self._records(None, filter) if filter.matches(rec)]
@@ -1385,18 +1247,9 @@ class Ledger:
         import pandas as pd
 
         records = self.list_runs(filter)
-        condition, values = ("1", []) if filter is None else filter.sql("r.")
-        params = {
-            rid: (first, last)
-            for rid, first, last in self._read(
-                "SELECT r.run_id, "
-                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
-                "ORDER BY epoch LIMIT 1), "
-                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
-                f"ORDER BY epoch DESC LIMIT 1) FROM runs r WHERE {condition}",
-                values,
-            )
-        }
+        params = self._first_last_params(filter)
+        if self.waiting_runs():
+            params.update(self._spool.ledger._first_last_params(filter))
         rows = []
         metric_names: set[str] = set()
         for rec in records:
@@ -1444,6 +1297,23 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
+    def _first_last_params(self, filter: RunFilter | None = None) -> dict[str, tuple[Any, Any]]:
+        """run_id -> trainable parameters at its first and last snapshot (NULL epochs first,
+        as SQLite orders them, on both backends), of the runs ``filter`` narrows to."""
+        condition, values = ("1 = 1", []) if filter is None else filter.sql("r.")
+        return {
+            rid: (first, last)
+            for rid, first, last in self._read(
+                "SELECT r.run_id, "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch IS NOT NULL, epoch LIMIT 1), "
+                "(SELECT trainable_params FROM snapshots WHERE run_key = r.key "
+                "ORDER BY epoch IS NOT NULL DESC, epoch DESC LIMIT 1) "
+                f"FROM runs r WHERE {condition}",
+                values,
+            )
+        }
+
     def _child_filter(
         self, run_id: str | None, alias: str = "", run_filter: RunFilter | None = None
     ) -> tuple[str, tuple]:
@@ -1451,11 +1321,12 @@ class Ledger:
         narrows to in SQL (a superset for running/interrupted), or every run."""
         if run_id is None:
             if run_filter is None or run_filter.empty:
-                return "1", ()
+                return "1 = 1", ()
             condition, values = run_filter.sql()
             return f"{alias}run_key IN (SELECT key FROM runs WHERE {condition})", tuple(values)
         return f"{alias}run_key = (SELECT key FROM runs WHERE run_id = ?)", (self._resolve(run_id),)
 
+    @_spool_first
     def phases(
         self,
         run_id: str | None = None,
@@ -1515,6 +1386,7 @@ class Ledger:
         )
         return frame
 
+    @_spool_first
     def snapshots(
         self,
         run_id: str | None = None,
@@ -1529,7 +1401,8 @@ class Ledger:
         rows = self._read(
             "SELECT r.run_id, s.epoch, s.trainable_params, s.total_params, s.model_class, "
             f"s.label, s.metrics, s.train_samples FROM snapshots s JOIN runs r "
-            f"ON r.key = s.run_key WHERE {condition} ORDER BY s.run_key, s.epoch",
+            f"ON r.key = s.run_key WHERE {condition} "
+            "ORDER BY s.run_key, s.epoch IS NOT NULL, s.epoch",
             params,
         )
         frame = pd.DataFrame.from_records(rows, columns=list(SNAPSHOTS_COLUMNS))
@@ -1544,6 +1417,7 @@ class Ledger:
             frame[column] = frame[column].astype("Int64")
         return frame
 
+    @_spool_first
     def timeline(self, run_id: str) -> dict[str, list[tuple[float, float]]]:
         """The stored downsampled power series: device_id -> [(t_s, power_w)]."""
         condition, params = self._child_filter(run_id, "t.")
@@ -1556,6 +1430,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ lineage
 
+    @_spool_first
     def ancestors(self, run_id: str) -> list[str]:
         """Parent, grandparent, ... as far as this ledger knows them."""
         current = self._resolve(run_id)
@@ -1573,6 +1448,7 @@ class Ledger:
             seen.add(parent)
             current = parent
 
+    @_spool_first
     def own_energy_j(self, run_id: str) -> float:
         """Device energy of this run alone (every phase, every device)."""
         condition, params = self._child_filter(run_id)
@@ -1580,6 +1456,7 @@ class Ledger:
             f"SELECT COALESCE(SUM(energy_j), 0.0) FROM phases WHERE {condition}", params
         )[0][0]
 
+    @_spool_first
     def cumulative_energy_j(self, run_id: str) -> float:
         """This run's energy plus that of every ancestor in this ledger."""
         return sum(
