@@ -448,13 +448,21 @@ def test_ddp_two_ranks_on_two_gpus_count_each_gpu_once(
     # CLOCK_MONOTONIC, the stand-in's too), within one counter update at each end
     first = min(r["start_s"] for r in gpu_rows) - t0_s
     last = max(r["end_s"] for r in gpu_rows) - t0_s
+    # (the tolerance, 0.2 s of a trace's peak power, can hold both GPUs' energies when the two
+    # recordings differ by less than that over a short fit: each trace takes the GPU closest to
+    # it, and the two must be different GPUs)
+    paired = {}
     for index, trace in traces.items():
         expected_j = trace.energy_j(last) - trace.energy_j(first)
         peak_w = max(trace.instant_mw) / 1000
-        matches = [
-            d for d, j in measured.items() if j == pytest.approx(expected_j, abs=0.2 * peak_w)
-        ]
-        assert len(matches) == 1, (index, expected_j, measured)
+        closest = min(measured, key=lambda d: abs(measured[d] - expected_j))
+        assert measured[closest] == pytest.approx(expected_j, abs=0.2 * peak_w), (
+            index,
+            expected_j,
+            measured,
+        )
+        paired[index] = closest
+    assert len(set(paired.values())) == 2, (paired, measured)
 
 
 @pytest.mark.slow
