@@ -95,53 +95,55 @@ def read_run(source: Ledger, run_id: str) -> dict[str, Any] | None:
 
 def write_run(target: Ledger, data: dict[str, Any], *, replace: bool) -> bool:
     """Store one run read by :func:`read_run`; False if the target has it and not ``replace``."""
+    return target._write(lambda conn: write_rows(conn, data, replace=replace))
+
+
+def write_rows(conn: Any, data: dict[str, Any], *, replace: bool) -> bool:
+    """:func:`write_run` inside a write transaction the caller holds on ``conn``."""
     run = data["run"]
     columns = ", ".join(RUN_COLUMNS)
     marks = ", ".join("?" for _ in RUN_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c != "run_id")
 
-    def write(conn: Any) -> bool:
-        if replace:
-            run_key = conn.execute(
-                f"INSERT INTO runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE "
-                f"SET {updates} RETURNING key",
-                tuple(run.values()),
-            ).fetchone()[0]
-            for table in ("phases", "snapshots", "timeline", "devices"):
-                conn.execute(f"DELETE FROM {table} WHERE run_key = ?", (run_key,))
-        else:
-            row = conn.execute(
-                f"INSERT INTO runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO NOTHING "
-                "RETURNING key",
-                tuple(run.values()),
-            ).fetchone()
-            if row is None:
-                return False
-            run_key = row[0]
-        device_key: dict[Any, Any] = {}
-        for old_key, *values in data["devices"]:
-            device_key[old_key] = conn.execute(
-                f"INSERT INTO devices (run_key, {', '.join(DEVICE_COLUMNS)}) "
-                f"VALUES (?, {', '.join('?' for _ in DEVICE_COLUMNS)}) RETURNING key",
-                (run_key, *values),
-            ).fetchone()[0]
-        conn.executemany(
-            f"INSERT INTO phases (run_key, device_key, {', '.join(PHASE_COLUMNS)}) "
-            f"VALUES (?, ?, {', '.join('?' for _ in PHASE_COLUMNS)})",
-            [(run_key, device_key[dev], *values) for dev, *values in data["phases"]],
-        )
-        conn.executemany(
-            f"INSERT INTO snapshots (run_key, {', '.join(SNAPSHOT_COLUMNS)}) "
-            f"VALUES (?, {', '.join('?' for _ in SNAPSHOT_COLUMNS)})",
-            [(run_key, *values) for values in data["snapshots"]],
-        )
-        conn.executemany(
-            "INSERT INTO timeline (run_key, device_key, points) VALUES (?, ?, ?)",
-            [(run_key, device_key[dev], points) for dev, points in data["timeline"]],
-        )
-        return True
-
-    return target._write(write)
+    if replace:
+        run_key = conn.execute(
+            f"INSERT INTO runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE "
+            f"SET {updates} RETURNING key",
+            tuple(run.values()),
+        ).fetchone()[0]
+        for table in ("phases", "snapshots", "timeline", "devices"):
+            conn.execute(f"DELETE FROM {table} WHERE run_key = ?", (run_key,))
+    else:
+        row = conn.execute(
+            f"INSERT INTO runs ({columns}) VALUES ({marks}) ON CONFLICT (run_id) DO NOTHING "
+            "RETURNING key",
+            tuple(run.values()),
+        ).fetchone()
+        if row is None:
+            return False
+        run_key = row[0]
+    device_key: dict[Any, Any] = {}
+    for old_key, *values in data["devices"]:
+        device_key[old_key] = conn.execute(
+            f"INSERT INTO devices (run_key, {', '.join(DEVICE_COLUMNS)}) "
+            f"VALUES (?, {', '.join('?' for _ in DEVICE_COLUMNS)}) RETURNING key",
+            (run_key, *values),
+        ).fetchone()[0]
+    conn.executemany(
+        f"INSERT INTO phases (run_key, device_key, {', '.join(PHASE_COLUMNS)}) "
+        f"VALUES (?, ?, {', '.join('?' for _ in PHASE_COLUMNS)})",
+        [(run_key, device_key[dev], *values) for dev, *values in data["phases"]],
+    )
+    conn.executemany(
+        f"INSERT INTO snapshots (run_key, {', '.join(SNAPSHOT_COLUMNS)}) "
+        f"VALUES (?, {', '.join('?' for _ in SNAPSHOT_COLUMNS)})",
+        [(run_key, *values) for values in data["snapshots"]],
+    )
+    conn.executemany(
+        "INSERT INTO timeline (run_key, device_key, points) VALUES (?, ?, ?)",
+        [(run_key, device_key[dev], points) for dev, points in data["timeline"]],
+    )
+    return True
 
 
 def copy_runs(

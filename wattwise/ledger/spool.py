@@ -26,6 +26,7 @@ import pathlib
 import re
 import sqlite3
 import threading
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import BadInput
@@ -44,6 +45,17 @@ attempt, unless the last one failed (the server is away: the spool keeps it)."""
 SHIP_CONNECT_TIMEOUT_S = 5
 BACKOFF_S = (1.0, 30.0)
 QUEUE_DDL = "CREATE TABLE IF NOT EXISTS ship_queue (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+
+SHIP_LOCK_SPACE = 0x77617474
+"""First key of the server's transaction-level advisory lock a shipper takes on a run (the
+second is the run id's CRC-32): PostgreSQL keeps two-key locks apart from the one-key lock the
+schema migration takes."""
+
+
+def _lock_key(run_id: str) -> int:
+    """The run id as a signed 32-bit advisory-lock key."""
+    return zlib.crc32(run_id.encode()) - 2**31
+
 
 _open_spools: set[Spool] = set()
 """Spools whose shipper runs: held until closed, so a Ledger dropped after its last write
@@ -139,16 +151,30 @@ class Spool:
         """Ship every waiting run now, on this thread; (shipped, still waiting).
 
         Raises the server's error (ServerError, a BadInput) when it cannot be reached."""
-        from wattwise.ledger.copy import read_run, write_run
+        from wattwise.ledger.copy import read_run, write_rows
 
         with self._ship_lock:
             book = self.ledger
             shipped = 0
             for run_id, seq in book._read("SELECT run_id, seq FROM ship_queue ORDER BY run_id"):
-                data = read_run(book, run_id)
-                if data is not None:
-                    write_run(self.server, data, replace=True)
-                    shipped += 1
+
+                def ship_one(conn: Any, run_id: str = run_id) -> dict | None:
+                    # Every process writing into one spool ships its runs, and may ship another
+                    # process's too. The run is locked on the server first and read from the
+                    # spool only then, so the server takes its states in the order the spool
+                    # had them: a shipper holding an older state can no longer overwrite a newer
+                    # one shipped (and removed from the spool) meanwhile.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(CAST(? AS integer), CAST(? AS integer))",
+                        (SHIP_LOCK_SPACE, _lock_key(run_id)),
+                    )
+                    data = read_run(book, run_id)
+                    if data is not None:
+                        write_rows(conn, data, replace=True)
+                    return data
+
+                data = self.server._write(ship_one)
+                shipped += data is not None
                 ended = data is None or data["run"]["status"] != "running"
 
                 def settle(conn: Any, run_id: str = run_id, seq: int = seq, ended: bool = ended):
