@@ -674,9 +674,12 @@ class Ledger:
     def _mark_for_shipping(self, conn: Any, run_id: str) -> None:
         """In a spool, in the write's own transaction: the run has something to ship."""
         if self._queue:
+            # a fresh random mark each write, never a counter: a mark cleared by one shipper and
+            # made again by the next write must not equal the mark an older shipper still holds,
+            # or that shipper's settle would clear the new one and the write would never ship
             conn.execute(
-                "INSERT INTO ship_queue (run_id, seq) VALUES (?, 1) "
-                "ON CONFLICT (run_id) DO UPDATE SET seq = seq + 1",
+                "INSERT INTO ship_queue (run_id, seq) VALUES (?, abs(random())) "
+                "ON CONFLICT (run_id) DO UPDATE SET seq = abs(random())",
                 (run_id,),
             )
 

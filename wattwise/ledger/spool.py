@@ -116,7 +116,9 @@ class Spool:
     def write(self, name: str, args: tuple, kwargs: dict) -> Any:
         """Run the Ledger write ``name`` on the spool, then wake the shipper."""
         book = self.ledger
-        if name == "reopen_run":
+        if name != "begin_run":
+            # a run that ended was shipped and left the spool; a later write to it (reopen,
+            # or trainer.test after fit) brings it back from the server first
             self._pull(str(args[0] if args else kwargs["run_id"]))
         result = getattr(book, name)(*args, **kwargs)
         self._start()
