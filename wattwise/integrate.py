@@ -148,6 +148,16 @@ class DeviceIntegrator:
     def lost(self) -> bool:
         return self._lost_since is not None
 
+    @property
+    def settled_t_s(self) -> float:
+        """The latest time whose cumulative energy no later reading can raise: the newest
+        counter anchor when the counter is the method, else the newest power reading (-inf
+        before any). Beyond it the curve is carried on with the newest power, a guess the
+        counter's next update may settle lower (live metrics stop here; see Sampler.live)."""
+        if self.method_for() in ("counter", "rapl"):
+            return self._at[-1]
+        return self._pt[-1] if self._pt else -math.inf
+
     def power_at(self, t: float) -> float | None:
         """Power at ``t`` interpolated linearly between readings (None without readings)."""
         pt, pw = self._pt, self._pw

@@ -10,8 +10,10 @@ on the training thread. Metrics (the run's labels: ``run_id``, ``architecture``)
 - ``wattwise_energy_joules_total{run_id,architecture,device,kind,stage,method}`` counter: device
   energy before PUE since the run began in this process; ``stage`` is the phase label (``train``,
   ``validate``, ``other``, ... or ``run`` for ``wattwise run``), ``method`` how it was measured.
-  Never goes down: each series is held at the highest value exported (an open phase carried on
-  with power may settle a little lower when the counter's next update arrives).
+  Counted up to each device's newest counter update (never the power-carried guess beyond it,
+  which the next update may settle lower), so it lags by at most one update period and never
+  exceeds the ledger's total; each series is also held at the highest value exported (a
+  boundary inside an open phase may shift a little between stages when it settles).
 - ``wattwise_power_watts{device,kind}`` gauge: the newest power reading per device.
 - ``wattwise_run_info{run_id,architecture,job_id,user,region}`` = 1.
 - ``wattwise_cost_usd_total{run_id,architecture,pricing}`` when a pricing scenario is set and

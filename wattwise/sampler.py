@@ -226,21 +226,30 @@ class Sampler:
 
         Returns ``(energy, power)``: ``energy`` maps ``(device_id, phase label, method)`` to
         the J of every finalized phase since the start plus the phases still open (settled or
-        not: as :meth:`collect_nowait` would give them provisional), the open one up to the
-        newest reading; ``power`` maps device_id to its newest power reading (a lost sensor
-        has none). Phases named in ``exclude`` (the Meter's end marker) count nothing.
-        Once every phase is finalized (after ``Meter.stop``) ``energy`` sums to the phases
-        returned, exactly.
+        not: as :meth:`collect_nowait` would give them provisional), each device up to its
+        settled time (:attr:`DeviceIntegrator.settled_t_s`: a counter's newest update, so that
+        a live value never exceeds what the phases settle to); ``power`` maps device_id to its
+        newest power reading (a lost sensor has none). Phases named in ``exclude`` (the Meter's
+        end marker) count nothing. Once every phase is finalized (after ``Meter.stop``)
+        ``energy`` sums to the phases returned, exactly.
         """
         with self._lock:
             self._drain()
             energy = dict(self._done_j)
             if self._bounds:
+                # Up to each device's settled time only: a value carried on with power beyond
+                # the counter's newest update may settle lower, and a counter never goes down.
                 now = {
-                    dev: (i.cumulative_j(max(i.last_t_s, self._bounds[-1].t_s)), i.method_for())
+                    dev: (i.cumulative_j(max(self._bounds[0].t_s, i.settled_t_s)), i.method_for())
                     for dev, i in self._integrators.items()
                 }
-                marks = [self._bound_energy(b) for b in self._bounds]
+                marks = [
+                    {
+                        dev: (min(j, now[dev][0]), m) if dev in now else (j, m)
+                        for dev, (j, m) in self._bound_energy(b).items()
+                    }
+                    for b in self._bounds
+                ]
                 for b, e0, e1 in zip(self._bounds, marks, [*marks[1:], now], strict=True):
                     if b.label in exclude:
                         continue
