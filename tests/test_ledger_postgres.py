@@ -331,6 +331,61 @@ def test_cli_runs_report_and_estimate_on_a_server_ledger(pg_url, tmp_path, capsy
     assert json.loads(out)["targets"][0]["energy_kwh"] > 0
 
 
+class _RemovedAfterRunRow:
+    """A connection that, right after the run's row is read, lets another connection remove
+    the run (as a second shipper settling it in a shared spool does)."""
+
+    def __init__(self, conn, remove):
+        self._conn, self._remove = conn, remove
+
+    def execute(self, sql, params=()):
+        cursor = self._conn.execute(sql, params)
+        if sql.startswith("SELECT key,") and "FROM runs WHERE run_id" in sql:
+            rows = cursor.fetchall()
+            self._remove()
+
+            class Done:
+                def fetchall(self):
+                    return rows
+
+            return Done()
+        return cursor
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_run_removed_while_it_is_read_is_read_whole(backend, tmp_path, request, monkeypatch):
+    """A shipper read a spooled run in separate statements: the run's row, then (after another
+    process's shipper had settled and removed it) no phases. Shipped with replace, that empty
+    run wiped the run's epochs on the server (16 concurrent writers: 90 of 96 phases)."""
+    from wattwise.ledger.copy import read_run
+
+    location = tmp_path / "w.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    writer = Ledger._direct(str(location))
+    run_id = _fit(writer, "mlp")
+
+    def remove() -> None:
+        def delete(conn):
+            (key,) = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            for table in ("phases", "snapshots", "timeline", "devices"):
+                conn.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+            conn.execute("DELETE FROM runs WHERE key = ?", (key,))
+
+        writer._write(delete)
+
+    reader = Ledger._direct(str(location))
+    opened = reader._connection
+    monkeypatch.setattr(
+        reader, "_connection", lambda **kw: _RemovedAfterRunRow(opened(**kw), remove)
+    )
+    data = read_run(reader, run_id)
+    assert data is not None and data["run"]["epochs"] == 2
+    assert len(data["phases"]) == 4 and len(data["snapshots"]) == 2  # as it was: whole
+    assert read_run(Ledger._direct(str(location)), run_id) is None  # and it is gone now
+
+
 def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(pg_url, tmp_path):
     """16 processes, each a run of 6 epochs written through Ledger(url) (spool, shipper) as
     EnergyCallback writes them, all in one folder (one shared spool) and one server."""

@@ -65,25 +65,36 @@ SNAPSHOT_COLUMNS = (
 
 
 def read_run(source: Ledger, run_id: str) -> dict[str, Any] | None:
-    """Every stored row of one run (None if the source lacks it)."""
-    rows = source._read(
-        f"SELECT key, {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)
-    )
-    if not rows:
+    """Every stored row of one run (None if the source lacks it), all read in one read
+    transaction: another process may remove the run meanwhile (a shipper settling it in a
+    shared spool), and rows read around that would be a run without its epochs."""
+    if source._conn is None and not source._backend.exists():
+        return None  # reading creates no file
+    return source._read_tx(lambda conn: read_rows(conn, run_id))
+
+
+def read_rows(conn: Any, run_id: str) -> dict[str, Any] | None:
+    """:func:`read_run` inside a transaction the caller holds on ``conn``."""
+
+    def rows(sql: str, params: tuple) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+
+    found = rows(f"SELECT key, {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,))
+    if not found:
         return None
-    key, *values = rows[0]
-    devices = source._read(
+    key, *values = found[0]
+    devices = rows(
         f"SELECT key, {', '.join(DEVICE_COLUMNS)} FROM devices WHERE run_key = ? ORDER BY key",
         (key,),
     )
-    phases = source._read(
+    phases = rows(
         f"SELECT device_key, {', '.join(PHASE_COLUMNS)} FROM phases WHERE run_key = ? ORDER BY id",
         (key,),
     )
-    snapshots = source._read(
+    snapshots = rows(
         f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots WHERE run_key = ?", (key,)
     )
-    timeline = source._read("SELECT device_key, points FROM timeline WHERE run_key = ?", (key,))
+    timeline = rows("SELECT device_key, points FROM timeline WHERE run_key = ?", (key,))
     return {
         "run": dict(zip(RUN_COLUMNS, values, strict=True)),
         "devices": devices,

@@ -531,6 +531,22 @@ class Ledger:
         with self._lock:
             return self._backend.retry(attempt)
 
+    def _read_tx(self, action: Callable[[Any], T]) -> T:
+        """Run ``action``'s reads in one read transaction: all of them see one state of the
+        ledger, however other processes write meanwhile (several SELECTs of one run)."""
+
+        def attempt() -> T:
+            conn = self._connection(read_only_ok=True)
+            conn.execute(self._backend.begin_read)
+            try:
+                return action(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+        with self._lock:
+            return self._backend.retry(attempt)
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             if self._conn is None and not self._backend.exists():

@@ -160,6 +160,9 @@ class PgBackend:
 
     dialect = "postgresql"
     begin_write = "BEGIN"
+    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    """Every statement of a read transaction sees one snapshot (READ COMMITTED, the default,
+    gives each statement its own)."""
 
     def __init__(self, location: PgLocation):
         self.location = location

@@ -164,6 +164,8 @@ class SqliteBackend:
 
     dialect = "sqlite"
     begin_write = "BEGIN IMMEDIATE"
+    begin_read = "BEGIN"
+    """Deferred: the first SELECT takes the snapshot (WAL) the later ones see."""
 
     def __init__(self, path: pathlib.Path):
         self.path = path
