@@ -63,11 +63,15 @@ def spooled_run(url: str, epochs: int) -> tuple[Ledger, str]:
 
 def one_ship(url: str, epochs: int, repeats: int) -> tuple[float, float]:
     """Median wall and CPU seconds of shipping the run once (it stays in the spool: running)."""
-    book, _ = spooled_run(url, epochs)
+    book, run_id = spooled_run(url, epochs)
     walls, cpus = [], []
     for _ in range(repeats):
-        book._spool.ledger._write(
-            lambda conn: conn.execute("UPDATE ship_queue SET seq = abs(random())")
+        book._spool.ledger._write(  # marked for shipping again, as the next epoch's write does
+            lambda conn: conn.execute(
+                "INSERT INTO ship_queue (run_id, seq) VALUES (?, abs(random())) "
+                "ON CONFLICT (run_id) DO UPDATE SET seq = abs(random())",
+                (run_id,),
+            )
         )
         w0, c0 = time.perf_counter(), time.process_time()
         shipped, _waiting = book.sync()
