@@ -331,28 +331,46 @@ def test_cli_runs_report_and_estimate_on_a_server_ledger(pg_url, tmp_path, capsy
     assert json.loads(out)["targets"][0]["energy_kwh"] > 0
 
 
-class _RemovedAfterRunRow:
-    """A connection that, right after the run's row is read, lets another connection remove
-    the run (as a second shipper settling it in a shared spool does)."""
+class _Meddling:
+    """A connection that, right after the first statement containing ``when`` has run, lets
+    another connection or process commit ``meddle`` (what a second shipper or a training
+    writing into the same ledger does at that moment)."""
 
-    def __init__(self, conn, remove):
-        self._conn, self._remove = conn, remove
+    def __init__(self, conn, when, meddle):
+        self._conn, self._when, self._meddle = conn, when, meddle
 
     def execute(self, sql, params=()):
         cursor = self._conn.execute(sql, params)
-        if sql.startswith("SELECT key,") and "FROM runs WHERE run_id" in sql:
+        if self._meddle is not None and self._when in sql:
             rows = cursor.fetchall()
-            self._remove()
+            meddle, self._meddle = self._meddle, None
+            meddle()
 
             class Done:
                 def fetchall(self):
                     return rows
+
+                def fetchone(self):
+                    return rows[0] if rows else None
 
             return Done()
         return cursor
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
+
+
+def _meddle_with(monkeypatch, book, when, meddle):
+    opened = book._connection
+    proxies = {}
+
+    def connection(**kw):
+        conn = opened(**kw)
+        if id(conn) not in proxies:
+            proxies[id(conn)] = _Meddling(conn, when, meddle)
+        return proxies[id(conn)]
+
+    monkeypatch.setattr(book, "_connection", connection)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -376,14 +394,56 @@ def test_a_run_removed_while_it_is_read_is_read_whole(backend, tmp_path, request
         writer._write(delete)
 
     reader = Ledger._direct(str(location))
-    opened = reader._connection
-    monkeypatch.setattr(
-        reader, "_connection", lambda **kw: _RemovedAfterRunRow(opened(**kw), remove)
-    )
+    _meddle_with(monkeypatch, reader, "FROM runs WHERE run_id", remove)
     data = read_run(reader, run_id)
     assert data is not None and data["run"]["epochs"] == 2
     assert len(data["phases"]) == 4 and len(data["snapshots"]) == 2  # as it was: whole
     assert read_run(Ledger._direct(str(location)), run_id) is None  # and it is gone now
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_runs_listed_while_a_run_is_shipped_again_are_whole(
+    backend, tmp_path, request, monkeypatch
+):
+    """list_runs read the runs, their devices and their energy in separate statements; a
+    shipper replacing a run in between (its devices deleted and inserted under new keys) left
+    energy rows whose device was not among those read: KeyError (`wattwise runs` during 16
+    concurrent fits)."""
+    from wattwise.ledger.copy import read_run, write_run
+
+    location = tmp_path / "w.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    writer = Ledger._direct(str(location))
+    run_id = _fit(writer, "mlp")
+    _fit(writer, "later")  # so that the first run's devices come back under new keys
+
+    def ship_again() -> None:
+        assert write_run(writer, read_run(writer, run_id), replace=True)
+
+    reader = Ledger._direct(str(location))
+    _meddle_with(monkeypatch, reader, "FROM devices", ship_again)
+    runs = reader.list_runs()
+    assert [r.architecture for r in runs] == ["mlp", "later"]
+    assert [r.energy_j for r in runs] == [3600 + 7200 + 2 * 360] * 2
+    assert [len(r.devices) for r in runs] == [2, 2]
+
+
+def test_a_waiting_run_shipped_while_it_is_read_is_found(pg_url, tmp_path, monkeypatch):
+    """A run waiting in the spool is read from the spool; a shipper (another process sharing
+    the spool) could ship it and remove it between the check and the read: 'no run ... in
+    ledger spool' for a run that exists (seen as trainer.test's run not found after a fit)."""
+    book = Ledger(pg_url)
+    book._spool._start = lambda: None
+    run_id = _fit(book, "mlp")
+    assert book.waiting_runs() == [run_id]
+    other = Ledger(pg_url)  # the same spool file, its own shipper
+
+    def ship() -> None:
+        assert other.sync() == (1, 0)
+
+    _meddle_with(monkeypatch, book._spool.ledger, "substr(run_id", ship)
+    assert book.get_run(run_id).energy_j == 3600 + 7200 + 2 * 360
+    assert book.waiting_runs() == []  # it was shipped meanwhile
+    assert server(pg_url).get_run(run_id).epochs == 2
 
 
 def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(pg_url, tmp_path):

@@ -19,6 +19,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -381,16 +382,31 @@ def _spool_first(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def read(self: Ledger, run_id: str | None = None, *args: Any, **kwargs: Any) -> T:
-        if self._spool is not None and run_id is not None:
-            book = self._spool_book_of(run_id)
-            if book is not None:
-                return getattr(book, method.__name__)(run_id, *args, **kwargs)
-        result = method(self, run_id, *args, **kwargs)
-        waiting = self.waiting_runs() if run_id is None else []
-        if waiting:  # a whole-ledger frame: the waiting runs' rows from the spool
+        # The spool is read first, in one read transaction, and the server after it: a run
+        # that is not waiting in that state of the spool was shipped before, so the server
+        # has it by the time it is read (a shipper may remove a shipped run from the spool
+        # at any moment; reads around that would miss it in both places).
+        if self._spool is None or not self._spool.waiting():  # (reading creates no spool)
+            with self._consistent():
+                return method(self, run_id, *args, **kwargs)
+        book = self._spool.ledger
+        with book._consistent():
+            waiting = self._spool.waiting()
+            if run_id is not None:
+                waiting = []
+                try:
+                    full = book._resolve(run_id)
+                except BadInput:
+                    full = None
+                if full is not None and full in self._spool.waiting():
+                    return getattr(book, method.__name__)(full, *args, **kwargs)
+            elif waiting:  # a whole-ledger frame: the waiting runs' rows from the spool
+                spooled = getattr(book, method.__name__)(None, *args, **kwargs)
+        with self._consistent():
+            result = method(self, run_id, *args, **kwargs)
+        if waiting:
             import pandas as pd
 
-            spooled = getattr(self._spool.ledger, method.__name__)(None, *args, **kwargs)
             result = pd.concat(
                 [
                     result[~result["run_id"].isin(waiting)],
@@ -448,6 +464,7 @@ class Ledger:
         self.name = self._backend.name
         self._backend.check()
         self._lock = threading.RLock()
+        self._reading = 0  # depth of _consistent() on the thread holding _lock
         self._conn: Any = None
         self._conn_read_only = False
         self._conn_pid = 0
@@ -531,21 +548,35 @@ class Ledger:
         with self._lock:
             return self._backend.retry(attempt)
 
-    def _read_tx(self, action: Callable[[Any], T]) -> T:
-        """Run ``action``'s reads in one read transaction: all of them see one state of the
-        ledger, however other processes write meanwhile (several SELECTs of one run)."""
-
-        def attempt() -> T:
+    @contextlib.contextmanager
+    def _consistent(self) -> Iterator[None]:
+        """Every read inside (``_read``, ``_read_tx``, on this thread) sees one state of the
+        ledger, whatever other processes commit meanwhile: one read transaction (SQLite: a
+        deferred BEGIN, whose first SELECT takes the WAL snapshot; PostgreSQL: REPEATABLE
+        READ, where READ COMMITTED gives each statement its own). Nests; no writes inside."""
+        with self._lock:
+            if self._reading or (self._conn is None and not self._backend.exists()):
+                self._reading += 1  # an outer transaction holds (or no file: nothing to read)
+                try:
+                    yield
+                finally:
+                    self._reading -= 1
+                return
             conn = self._connection(read_only_ok=True)
-            conn.execute(self._backend.begin_read)
+            self._backend.retry(lambda: conn.execute(self._backend.begin_read))
+            self._reading = 1
             try:
-                return action(conn)
+                yield
             finally:
+                self._reading = 0
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
 
-        with self._lock:
-            return self._backend.retry(attempt)
+    def _read_tx(self, action: Callable[[Any], T]) -> T:
+        """Run ``action`` on the connection inside :meth:`_consistent`."""
+        with self._consistent():
+            conn = self._connection(read_only_ok=True)
+            return self._backend.retry(lambda: action(conn))
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -1110,22 +1141,27 @@ class Ledger:
         (narrowed in SQL on indexed columns, then checked one by one for the status, which
         depends on whether a running run's process is still there). A server ledger's runs
         waiting in its spool come from the spool, with ``waiting=True``."""
+        if self._spool is None:
+            return self._filtered_records(filter)
+        book = self._spool.ledger  # first, in one state: see _spool_first
+        with book._consistent():
+            waiting = set(self._spool.waiting())
+            spooled = [
+                dataclasses.replace(rec, waiting=True)
+                for rec in (book._filtered_records(filter) if waiting else [])
+                if rec.run_id in waiting
+            ]
         records = self._filtered_records(filter)
-        waiting = set(self.waiting_runs())
         if not waiting:
             return records
-        spooled = [
-            dataclasses.replace(rec, waiting=True)
-            for rec in self._spool.ledger._filtered_records(filter)
-            if rec.run_id in waiting
-        ]
         mixed = [rec for rec in records if rec.run_id not in waiting] + spooled
         return sorted(mixed, key=lambda rec: (rec.started_at, rec.run_id))
 
     def _filtered_records(self, filter: RunFilter | None) -> list[RunRecord]:
-        if filter is None or filter.empty:
-            return self._records(None)
-        return [rec for rec in self._records(None, filter) if filter.matches(rec)]
+        with self._consistent():
+            if filter is None or filter.empty:
+                return self._records(None)
+            return [rec for rec in self._records(None, filter) if filter.matches(rec)]
 
     def _records(self, run_id: str | None, run_filter: RunFilter | None = None) -> list[RunRecord]:
         if run_id:
