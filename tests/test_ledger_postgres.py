@@ -446,6 +446,32 @@ def test_a_waiting_run_shipped_while_it_is_read_is_found(pg_url, tmp_path, monke
     assert server(pg_url).get_run(run_id).epochs == 2
 
 
+@pytest.mark.parametrize("write", ["reopen_run", "add_phases"])
+def test_a_write_to_a_run_shipped_and_removed_meanwhile_pulls_it_back(write, pg_url, monkeypatch):
+    """A write to an ended run (trainer.test after fit) first pulls it back into the spool if
+    it left; a shipper in another process could remove it right after that check, and the
+    write found no run ('no run ... in ledger spool')."""
+    from test_cli_runs import CPU, _phase
+
+    book = Ledger(pg_url)
+    book._spool._start = lambda: None
+    run_id = _fit(book, "mlp")  # ended, waiting in the spool
+    other = Ledger(pg_url)  # the same spool file, its own shipper
+
+    def ship() -> None:
+        assert other.sync() == (1, 0)  # shipped, and removed from the spool (it ended)
+
+    _meddle_with(monkeypatch, book._spool.ledger, "SELECT 1 FROM runs WHERE run_id", ship)
+    if write == "reopen_run":
+        book.reopen_run(run_id)
+    else:
+        book.add_phases(run_id, [_phase("test", CPU, 36.0)], epoch=None)
+    assert book.sync() == (1, 0)
+    run = server(pg_url).get_run(run_id)
+    assert run.status == ("running" if write == "reopen_run" else "finished")
+    assert run.energy_j == 3600 + 7200 + 2 * 360 + (36 if write == "add_phases" else 0)
+
+
 def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(pg_url, tmp_path):
     """16 processes, each a run of 6 epochs written through Ledger(url) (spool, shipper) as
     EnergyCallback writes them, all in one folder (one shared spool) and one server."""

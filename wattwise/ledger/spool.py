@@ -116,11 +116,24 @@ class Spool:
     def write(self, name: str, args: tuple, kwargs: dict) -> Any:
         """Run the Ledger write ``name`` on the spool, then wake the shipper."""
         book = self.ledger
-        if name != "begin_run":
+        if name == "begin_run":
+            result = book.begin_run(*args, **kwargs)
+        else:
             # a run that ended was shipped and left the spool; a later write to it (reopen,
             # or trainer.test after fit) brings it back from the server first
-            self._pull(str(args[0] if args else kwargs["run_id"]))
-        result = getattr(book, name)(*args, **kwargs)
+            run_id = str(args[0] if args else kwargs["run_id"])
+            self._pull(run_id)
+            try:
+                result = getattr(book, name)(*args, **kwargs)
+            except BadInput:
+                # A shipper (any process sharing the spool) may have shipped the ended run
+                # and removed it right after the pull found it here: pull it back, once.
+                # A pulled run is not marked for shipping, so no shipper removes it again
+                # before this write.
+                if book._read("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
+                    raise  # the run is here: the write itself was refused
+                self._pull(run_id)
+                result = getattr(book, name)(*args, **kwargs)
         self._start()
         self._wake.set()
         return result
