@@ -555,7 +555,8 @@ class Ledger:
         deferred BEGIN, whose first SELECT takes the WAL snapshot; PostgreSQL: REPEATABLE
         READ, where READ COMMITTED gives each statement its own). Nests; no writes inside."""
         with self._lock:
-            if self._reading or (self._conn is None and not self._backend.exists()):
+            outer = self._reading or (self._conn is not None and self._conn.in_transaction)
+            if outer or (self._conn is None and not self._backend.exists()):
                 self._reading += 1  # an outer transaction holds (or no file: nothing to read)
                 try:
                     yield
